@@ -1,0 +1,212 @@
+"""The one place every model call goes through: an on-disk cache, usage counters, concurrency.
+
+`CallCache` stores completions in SQLite (WAL, busy timeout) keyed by the model identity,
+the full request and the sample index, so a second identical run makes no model call and
+several processes can share one cache file. `Gateway` wraps any `Model` with that cache,
+counts calls, tokens and time per model, and bounds how many calls share one resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from memcollab.llm.base import ChatRequest, Completion, Model
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    model_identity TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    completion_json TEXT NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+_BUSY_TIMEOUT_MS = 60_000
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class CallCache:
+    """Completions on disk in SQLite, safe for several threads and processes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._init_schema()
+
+    def _init_schema(self) -> None:
+        # Switching to WAL takes a brief exclusive lock. SQLite's busy handler is not
+        # consulted for that switch, so a process that races another one on a brand-new
+        # file retries here instead of failing with "database is locked".
+        for attempt in range(50):
+            try:
+                conn = self._conn()
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+        return conn
+
+    def get(self, key: str) -> Completion | None:
+        """The cached completion for `key`, or None."""
+        row = (
+            self._conn()
+            .execute("SELECT completion_json FROM calls WHERE key = ?", (key,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return Completion.model_validate_json(row[0])
+
+    def put(
+        self, key: str, model_identity: str, request: ChatRequest, completion: Completion
+    ) -> None:
+        """Store a completion; the first writer of a key wins."""
+        self._conn().execute(
+            "INSERT OR IGNORE INTO calls (key, model_identity, request_json, completion_json,"
+            " created_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                key,
+                model_identity,
+                request.model_dump_json(),
+                completion.model_copy(update={"cached": False}).model_dump_json(),
+                time.time(),
+            ),
+        )
+
+    def __len__(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+@dataclass
+class ModelStats:
+    """Counters of one model's calls in this process."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class Gateway:
+    """Routes model calls through the cache, the usage counters and the concurrency limits."""
+
+    def __init__(self, cache: CallCache | None = None) -> None:
+        self.cache = cache
+        self._stats: dict[str, ModelStats] = {}
+        self._limits: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def stats(self) -> dict[str, ModelStats]:
+        """A snapshot of the counters, per model name."""
+        with self._lock:
+            return {name: ModelStats(**s.as_dict()) for name, s in self._stats.items()}
+
+    def _limit(self, model: Model) -> threading.BoundedSemaphore:
+        key, limit = model.concurrency()
+        with self._lock:
+            sem = self._limits.get(key)
+            if sem is None:
+                sem = threading.BoundedSemaphore(max(1, limit))
+                self._limits[key] = sem
+            return sem
+
+    def complete(self, model: Model, request: ChatRequest) -> Completion:
+        """Answer `request` with `model`, from the cache when possible."""
+        key = request.cache_key(model.identity()) if self.cache is not None else ""
+        hit = self._lookup(model, key)
+        if hit is not None:
+            return hit
+        with self._limit(model):
+            # Another thread may have answered the same request while this one waited.
+            hit = self._lookup(model, key)
+            if hit is not None:
+                return hit
+            started = time.perf_counter()
+            try:
+                completion = model.complete(request)
+            except Exception:
+                with self._lock:
+                    self._stats.setdefault(model.name, ModelStats()).errors += 1
+                raise
+            elapsed = time.perf_counter() - started
+        with self._lock:
+            stat = self._stats.setdefault(model.name, ModelStats())
+            stat.calls += 1
+            stat.prompt_tokens += completion.usage.prompt_tokens
+            stat.completion_tokens += completion.usage.completion_tokens
+            stat.seconds += elapsed
+        if self.cache is not None:
+            self.cache.put(key, model.identity(), request, completion)
+        return completion
+
+    def _lookup(self, model: Model, key: str) -> Completion | None:
+        if self.cache is None:
+            return None
+        cached = self.cache.get(key)
+        if cached is None:
+            return None
+        with self._lock:
+            self._stats.setdefault(model.name, ModelStats()).cache_hits += 1
+        return cached.model_copy(update={"cached": True})
+
+    async def acomplete(self, model: Model, request: ChatRequest) -> Completion:
+        """`complete` without blocking the event loop (the call runs in a worker thread)."""
+        return await asyncio.to_thread(self.complete, model, request)
+
+    def bind(self, model: Model) -> ModelClient:
+        """A handle that calls `model` through this gateway."""
+        return ModelClient(self, model)
+
+
+@dataclass(frozen=True)
+class ModelClient:
+    """A model bound to a gateway: what the rest of memcollab calls."""
+
+    gateway: Gateway
+    model: Model
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def complete(self, request: ChatRequest) -> Completion:
+        return self.gateway.complete(self.model, request)
+
+    async def acomplete(self, request: ChatRequest) -> Completion:
+        return await self.gateway.acomplete(self.model, request)

@@ -1,0 +1,25 @@
+"""Where memcollab keeps things on disk. Every location can be overridden by an env variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+
+def cache_root() -> Path:
+    """The root of memcollab's caches: MEMCOLLAB_CACHE_DIR, else the XDG user cache dir."""
+    env = os.environ.get("MEMCOLLAB_CACHE_DIR")
+    return Path(env).expanduser() if env else Path(user_cache_dir("memcollab"))
+
+
+def models_dir() -> Path:
+    """Where packaged GGUF files are assembled: MEMCOLLAB_MODELS_DIR, else <cache root>/models."""
+    env = os.environ.get("MEMCOLLAB_MODELS_DIR")
+    return Path(env).expanduser() if env else cache_root() / "models"
+
+
+def call_cache_path() -> Path:
+    """The default SQLite file of the model-call cache."""
+    return cache_root() / "calls.sqlite"

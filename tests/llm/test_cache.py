@@ -1,0 +1,134 @@
+import asyncio
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from memcollab.llm.base import ChatRequest, Completion, Usage, user
+from memcollab.llm.cache import CallCache, Gateway
+from memcollab.llm.scripted import ScriptedModel
+
+
+def _ask(text: str, sample_index: int = 0) -> ChatRequest:
+    return ChatRequest(messages=(user(text),), sample_index=sample_index)
+
+
+def test_second_identical_run_makes_no_model_calls(tmp_path: Path) -> None:
+    prompts = [f"question {i}" for i in range(5)]
+    first = ScriptedModel(lambda r: "answer to " + r.messages[0].content, name="m")
+    gateway = Gateway(CallCache(tmp_path / "calls.sqlite"))
+    answers = [gateway.complete(first, _ask(p)).text for p in prompts]
+    assert len(first.requests) == 5
+
+    # A new process would open the same file: a fresh cache object and gateway.
+    second = ScriptedModel(lambda r: "DIFFERENT", name="m")
+    rerun = Gateway(CallCache(tmp_path / "calls.sqlite"))
+    replay = [rerun.complete(second, _ask(p)) for p in prompts]
+    assert second.requests == []
+    assert [c.text for c in replay] == answers
+    assert all(c.cached for c in replay)
+    assert rerun.stats()["m"].cache_hits == 5
+    assert rerun.stats()["m"].calls == 0
+
+
+def test_sample_index_keeps_samples_distinct(tmp_path: Path) -> None:
+    model = ScriptedModel(lambda r: f"sample {r.sample_index}", name="m")
+    gateway = Gateway(CallCache(tmp_path / "c.sqlite"))
+    texts = [gateway.complete(model, _ask("same", i)).text for i in range(3)]
+    assert texts == ["sample 0", "sample 1", "sample 2"]
+    assert len(model.requests) == 3
+    assert len(gateway.cache or []) == 3
+
+
+def test_identity_separates_models(tmp_path: Path) -> None:
+    gateway = Gateway(CallCache(tmp_path / "c.sqlite"))
+    a = ScriptedModel(["from a"], name="a")
+    b = ScriptedModel(["from b"], name="b")
+    assert gateway.complete(a, _ask("q")).text == "from a"
+    assert gateway.complete(b, _ask("q")).text == "from b"
+
+
+def test_stats_count_calls_tokens_and_errors() -> None:
+    model = ScriptedModel(["alpha beta", "gamma"], name="m")
+    gateway = Gateway(None)
+    gateway.complete(model, _ask("one two three"))
+    gateway.complete(model, _ask("four"))
+    with pytest.raises(RuntimeError):
+        gateway.complete(model, _ask("five"))
+    stats = gateway.stats()["m"]
+    assert (stats.calls, stats.errors) == (2, 1)
+    assert (stats.prompt_tokens, stats.completion_tokens) == (4, 3)
+
+
+def test_failed_calls_are_not_cached(tmp_path: Path) -> None:
+    gateway = Gateway(CallCache(tmp_path / "c.sqlite"))
+    with pytest.raises(RuntimeError):
+        gateway.complete(ScriptedModel([], name="m"), _ask("q"))
+    assert len(gateway.cache or []) == 0
+
+
+class _SlowModel(ScriptedModel):
+    """Records how many calls overlap."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(lambda r: r.messages[0].content, name="slow", max_concurrency=limit)
+        self.active = 0
+        self.peak = 0
+        self._gauge = threading.Lock()
+
+    def complete(self, request: ChatRequest) -> Completion:
+        with self._gauge:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(0.05)
+        with self._gauge:
+            self.active -= 1
+        return super().complete(request)
+
+
+def test_concurrency_limit_is_applied_to_async_callers() -> None:
+    model = _SlowModel(limit=2)
+    gateway = Gateway(None)
+
+    async def run_all() -> list[Completion]:
+        return await asyncio.gather(*(gateway.acomplete(model, _ask(f"q{i}")) for i in range(8)))
+
+    results = asyncio.run(run_all())
+    assert [c.text for c in results] == [f"q{i}" for i in range(8)]
+    assert model.peak == 2
+
+
+def _writer(path: str, worker: int, count: int) -> None:
+    cache = CallCache(path)
+    for i in range(count):
+        request = _ask(f"w{worker}-{i}")
+        key = request.cache_key("m")
+        cache.put(
+            key,
+            "m",
+            request,
+            Completion(text=str(i), finish_reason="stop", usage=Usage(), model="m"),
+        )
+        assert cache.get(key) is not None
+        # Everyone also writes one shared key: the first writer wins, nobody fails.
+        shared = _ask("shared")
+        cache.put(
+            shared.cache_key("m"),
+            "m",
+            shared,
+            Completion(text=f"w{worker}", finish_reason="stop", model="m"),
+        )
+
+
+def test_concurrent_processes_share_one_cache_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.sqlite")  # created by the racing processes themselves
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, 150)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert len(CallCache(path)) == 4 * 150 + 1

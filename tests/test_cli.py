@@ -1,0 +1,105 @@
+"""The CLI as a user runs it: a real subprocess, exit codes, one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from memcollab.llm.scripted import ScriptedModel
+from tests.support.openai_stub import OpenAIStubServer
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memcollab", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _fleet(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "fleet.toml"
+    path.write_text(body)
+    return str(path)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_chat_with_a_scripted_fleet_and_cache(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, '[models.bot]\nprovider = "scripted"\nresponses = ["Hi there"]\n')
+    first = run_cli("models", "chat", "bot", "hello", "--fleet", fleet)
+    assert first.returncode == 0, first.stderr
+    assert "Hi there" in first.stdout
+    again = run_cli("models", "chat", "bot", "hello", "--fleet", fleet)
+    assert "cache" in again.stdout
+
+
+def test_unknown_model_name(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, '[models.bot]\nprovider = "scripted"\nresponses = ["x"]\n')
+    result = run_cli("models", "chat", "robot", "hi", "--fleet", fleet)
+    assert_one_line_error(result, "no model called 'robot'", "known models: bot")
+
+
+def test_malformed_fleet_toml(tmp_path: Path) -> None:
+    result = run_cli("models", "chat", "bot", "hi", "--fleet", _fleet(tmp_path, "[models.bot\n"))
+    assert_one_line_error(result, "is not valid TOML")
+
+
+def test_gguf_path_that_does_not_exist(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, '[models.m]\nprovider = "llamacpp"\npath = "/no/such.gguf"\n')
+    result = run_cli("models", "chat", "m", "hi", "--fleet", fleet)
+    assert_one_line_error(result, "GGUF file not found: /no/such.gguf")
+
+
+def test_unreachable_endpoint(tmp_path: Path) -> None:
+    fleet = _fleet(
+        tmp_path,
+        '[models.r]\nprovider = "openai"\nmodel = "m"\n'
+        'base_url = "http://127.0.0.1:9/v1"\nmax_retries = 0\n',
+    )
+    result = run_cli("models", "chat", "r", "hi", "--fleet", fleet)
+    assert_one_line_error(result, "cannot reach http://127.0.0.1:9/v1", "is the server running")
+
+
+def test_bad_api_key(tmp_path: Path) -> None:
+    with OpenAIStubServer(ScriptedModel(["ok"], cycle=True), api_key="right") as server:
+        fleet = _fleet(
+            tmp_path,
+            f'[models.r]\nprovider = "openai"\nmodel = "stub-model"\n'
+            f'base_url = "{server.base_url}"\napi_key_env = "R_KEY"\n',
+        )
+        result = run_cli("models", "chat", "r", "hi", "--fleet", fleet, env={"R_KEY": "wrong"})
+        assert_one_line_error(result, "refused the API key")
+        good = run_cli(
+            "models", "chat", "r", "hi", "--fleet", fleet, "--no-cache", env={"R_KEY": "right"}
+        )
+        assert good.returncode == 0 and "ok" in good.stdout
+
+
+def test_unknown_packaged_model_in_prepare() -> None:
+    assert_one_line_error(run_cli("models", "prepare", "llama-70b"), "unknown packaged model")
+
+
+def test_models_list_shows_every_packaged_model(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, '[models.bot]\nprovider = "scripted"\nresponses = ["x"]\n')
+    result = run_cli("models", "list", "--fleet", fleet)
+    assert result.returncode == 0, result.stderr
+    for name in ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m", "bot"):
+        assert name in result.stdout
+
+
+def test_usage_error_is_not_a_traceback() -> None:
+    result = run_cli("models", "chat")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Missing argument" in result.stderr
