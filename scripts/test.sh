@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install memcollab with every extra into a virtual environment, then lint and run the tests.
+# The live tests (Gemma 3 270M through llama.cpp) are required here: a missing local stack
+# fails the run instead of skipping. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${MEMCOLLAB_VENV:-.venv}"
+python="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+# The first build of llama-cpp-python compiles llama.cpp: about 6 minutes on 2 cores.
+"$venv/bin/python" -m pip install -q -e ".[local,server,postgres,dev]"
+"$venv/bin/ruff" check src tests benchmarks
+MEMCOLLAB_REQUIRE_LIVE=1 "$venv/bin/python" -m pytest "$@"
