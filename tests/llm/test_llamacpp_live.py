@@ -80,3 +80,15 @@ def test_missing_and_invalid_gguf(tmp_path: Path) -> None:
     junk.write_bytes(b"not a gguf file at all")
     with pytest.raises(ModelUnavailableError, match="could not load"):
         LlamaCppModel("x", junk).complete(_ask("hi"))
+
+
+def test_registry_prompt_mode_matches_the_gguf_and_needs_no_load(gemma: LlamaCppModel) -> None:
+    from memcollab.llm import llamacpp, packaged
+    from memcollab.llm.fleet import Fleet
+
+    assert packaged.get("gemma3-270m").chat is gemma.uses_chat_template()
+    fleet_model = Fleet.default().model("gemma3-270m")
+    assert isinstance(fleet_model, LlamaCppModel)
+    loaded_before = set(llamacpp._LOADED)
+    assert fleet_model.identity() == gemma.identity()  # same weights, same frame
+    assert set(llamacpp._LOADED) == loaded_before  # identity did not load the weights

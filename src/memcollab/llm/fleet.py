@@ -96,13 +96,16 @@ def _build_llamacpp(spec: ModelSpec) -> Model:
     if spec.packaged is not None:
         entry = packaged.get(spec.packaged)
         path = packaged.ensure_ready(entry)
+        # The registry knows whether the GGUF has a chat template, so a cached call never
+        # has to load the weights just to learn the prompt mode.
+        known_format = "chat" if entry.chat else "completion"
         return LlamaCppModel(
             spec.name,
             path,
             sha256=entry.sha256,
             n_ctx=spec.n_ctx,
             n_threads=spec.n_threads,
-            prompt_format=spec.prompt_format,
+            prompt_format=known_format if spec.prompt_format == "auto" else spec.prompt_format,
         )
     assert spec.path is not None
     return LlamaCppModel(

@@ -71,6 +71,10 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> _Loaded:
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
                 seed=42,
+                # Every request is prefilled from scratch (see complete), so a sliding-window
+                # model needs no full-size SWA cache; this also keeps llama.cpp from printing
+                # a warning about it on stderr.
+                swa_full=False,
                 verbose=False,
             )
         except ValueError as exc:
