@@ -13,19 +13,26 @@ from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
 
+from memcollab.agent import Agent
+from memcollab.collect import CollectEvent, ModelSummary, TrajectoryStore, collect, summarise
+from memcollab.collect import write_summary
 from memcollab.errors import UserError
 from memcollab.llm import packaged
 from memcollab.llm.base import ChatRequest, Completion, Message
 from memcollab.llm.cache import CallCache, Gateway
 from memcollab.llm.fleet import Fleet
 from memcollab.paths import call_cache_path, models_dir
+from memcollab.tasks.datasets import load_tasks
+from memcollab.tasks.task import Task
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="Local and remote models of a fleet.")
@@ -196,14 +203,111 @@ def demo(
         with console.status(f"{name} is thinking..."):
             completion = gateway.complete(fleet.model(name), request)
         _print_completion(completion)
-    stats = gateway.stats()
+    _print_gateway_stats(gateway)
+
+
+def _summary_table(title: str, rows: dict[str, ModelSummary]) -> Table:
+    table = Table(title=title)
+    for col in ("model", "tasks", "accuracy", "mean turns", "prompt tok", "completion tok"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, s in rows.items():
+        table.add_row(name, str(s.tasks), f"{100 * s.accuracy:.1f}%", f"{s.mean_turns:.2f}",
+                      f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}")
+    return table
+
+
+@app.command("collect")
+def collect_command(
+    tasks: Annotated[list[str], typer.Option("--tasks", "-t", help="Dataset spec (repeatable),"
+                     " e.g. gsm8k:train[:200], mbpp:train[~50], humaneval:train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Runs folder (created or resumed).")],
+    fleet: FleetOption = None,
+    models: Annotated[list[str] | None, typer.Option("--model", "-m",
+                      help="Only these fleet models (repeatable).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="MEMCOLLAB_DATA_DIR",
+                        help="Folder holding gsm8k/, math/, mbpp/.")] = None,
+    max_turns: Annotated[int, typer.Option(min=1, help="Model calls per task at most.")] = 5,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per reply.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of `[~n]` task sampling.")] = 0,
+    redo: Annotated[bool, typer.Option("--redo", help="Recompute stored trajectories.")] = False,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Run every fleet model on every task; stream trajectories to OUT (resumable)."""
+    loaded = Fleet.load(fleet)
+    names = models or loaded.names()
+    for name in names:
+        loaded.spec(name)
+    task_list = _load_task_specs(tasks, data_dir, seed)
+    gateway = _gateway(cache, no_cache)
+    agents = []
+    for name in names:
+        spec = loaded.spec(name)
+        decoding = spec.decoding
+        if max_tokens is not None:
+            decoding = decoding.model_copy(update={"max_tokens": max_tokens})
+        agents.append(Agent(gateway.bind(loaded.model(name)), max_turns=max_turns,
+                            decoding=decoding))
+    store = TrajectoryStore.in_dir(out)
+    console.print(f"{len(task_list)} tasks x {len(agents)} models -> {out}"
+                  f" ({len(store)} trajectories already there)")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    tally: dict[str, list[int]] = {name: [0, 0] for name in names}
+    with Progress(*columns, console=console) as progress:
+        overall = progress.add_task("[bold]all", total=len(task_list) * len(agents), acc="")
+        bars = {name: progress.add_task(name, total=len(task_list), acc="") for name in names}
+
+        def on_event(event: CollectEvent) -> None:
+            progress.advance(overall)
+            progress.advance(bars[event.model])
+            if not event.skipped:
+                tally[event.model][0] += int(event.correct)
+                tally[event.model][1] += 1
+                right, seen = tally[event.model]
+                progress.update(bars[event.model], acc=f"acc {right}/{seen}")
+
+        try:
+            result = collect(agents, task_list, store, redo=redo, workers=workers,
+                             on_event=on_event)
+        except KeyboardInterrupt:
+            progress.stop()
+            err_console.print(f"interrupted: {len(store)} trajectories are kept in {out};"
+                              " run the same command again to resume")
+            raise typer.Exit(130) from None
+    count = store.export_jsonl(Path(out) / "trajectories.jsonl")
+    write_summary(Path(out), result.per_model, {
+        "tasks": tasks, "fleet": loaded.source, "models": names, "max_turns": max_turns,
+    })
+    console.print(f"computed {result.computed}, reused {result.skipped};"
+                  f" {count} trajectories in {out}/trajectories.jsonl")
+    console.print(_summary_table("Collection summary", result.per_model))
+    datasets = sorted({t.id.split("/")[0] for t in task_list})
+    if len(datasets) > 1:
+        for dataset in datasets:
+            subset = [t for t in store if t.task_id.startswith(dataset + "/")]
+            console.print(_summary_table(f"{dataset}", summarise(subset)))
+    _print_gateway_stats(gateway)
+
+
+def _load_task_specs(specs: list[str], data_dir: Path | None, seed: int) -> list[Task]:
+    seen: dict[str, Task] = {}
+    for spec in specs:
+        for task in load_tasks(spec, data_dir, seed):
+            seen.setdefault(task.id, task)
+    if not seen:
+        raise UserError(f"the task specs {specs} select no task")
+    return list(seen.values())
+
+
+def _print_gateway_stats(gateway: Gateway) -> None:
     table = Table(title="Model calls")
     for col in ("model", "calls", "cache hits", "completion tokens", "seconds"):
         table.add_column(col)
-    for name, s in stats.items():
-        table.add_row(
-            name, str(s.calls), str(s.cache_hits), str(s.completion_tokens), f"{s.seconds:.1f}"
-        )
+    for name, s in gateway.stats().items():
+        table.add_row(name, str(s.calls), str(s.cache_hits), str(s.completion_tokens),
+                      f"{s.seconds:.1f}")
     console.print(table)
 
 

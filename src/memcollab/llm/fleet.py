@@ -57,6 +57,7 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)
     # scripted
     responses: list[str] | None = None
+    delay_s: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _check_provider_fields(self) -> ModelSpec:
@@ -137,7 +138,7 @@ def _build_openai(spec: ModelSpec) -> Model:
 def _build_scripted(spec: ModelSpec) -> Model:
     from memcollab.llm.scripted import ScriptedModel
 
-    return ScriptedModel(spec.responses or [], name=spec.name, cycle=True)
+    return ScriptedModel(spec.responses or [], name=spec.name, cycle=True, delay_s=spec.delay_s)
 
 
 class Fleet:

@@ -147,7 +147,10 @@ class LlamaCppModel:
         return f"llamacpp:sha256:{self._sha256}:{mode}"
 
     def concurrency(self) -> tuple[str, int]:
-        return f"llamacpp:{self.path.resolve()}", 1
+        # Every embedded model computes on the same CPU cores with all their threads; two
+        # generating at once only thrash. One local generation at a time, machine-wide in
+        # this process (the batching engine of a later issue serves many sequences at once).
+        return "llamacpp:local-cpu", 1
 
     def complete(self, request: ChatRequest) -> Completion:
         loaded = self._loaded()

@@ -6,6 +6,7 @@ Users test their own code on it; memcollab's tests run on it.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from memcollab.llm.base import ChatRequest, Completion, Usage
@@ -21,7 +22,7 @@ class ScriptedModel:
     """Answers from a list of responses (in order) or from a function of the request.
 
     Token counts are whitespace word counts, so usage is deterministic too. Every
-    call is recorded in `requests`.
+    call is recorded in `requests`. `delay_s` makes each call take that long.
     """
 
     def __init__(
@@ -31,11 +32,13 @@ class ScriptedModel:
         name: str = "scripted",
         cycle: bool = False,
         max_concurrency: int = 4,
+        delay_s: float = 0.0,
     ) -> None:
         self.name = name
         self._responses = responses
         self._cycle = cycle
         self._max_concurrency = max_concurrency
+        self._delay_s = delay_s
         self._lock = threading.Lock()
         self.requests: list[ChatRequest] = []
 
@@ -50,6 +53,8 @@ class ScriptedModel:
             index = len(self.requests)
             self.requests.append(request)
         text = self._respond(request, index)
+        if self._delay_s:
+            time.sleep(self._delay_s)  # stands in for generation time in tests of long runs
         finish = "stop"
         words = text.split()
         if len(words) > request.decoding.max_tokens:

@@ -1,0 +1,260 @@
+"""Run every model of a fleet on every task and keep the trajectories.
+
+Results stream into a SQLite file as each trajectory finishes, so a run killed at any point
+resumes with nothing finished lost or redone. Models run concurrently; each model's calls
+are bounded by its concurrency limit in the `Gateway`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memcollab.agent import Agent
+from memcollab.errors import UserError
+from memcollab.tasks.task import Task
+from memcollab.trajectory import Trajectory
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trajectories (
+    task_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    condition TEXT NOT NULL,
+    sample_index INTEGER NOT NULL,
+    correct INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (task_id, model, condition, sample_index)
+)
+"""
+
+
+class RunsError(UserError):
+    """A runs folder that cannot be used."""
+
+
+class TrajectoryStore:
+    """Trajectories of one run in SQLite (WAL); safe for threads and several processes."""
+
+    FILENAME = "trajectories.sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        conn = self._conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(_SCHEMA)
+
+    @classmethod
+    def in_dir(cls, run_dir: str | Path) -> TrajectoryStore:
+        """The store of a runs folder (created if needed)."""
+        return cls(Path(run_dir) / cls.FILENAME)
+
+    @classmethod
+    def open_existing(cls, run_dir: str | Path) -> TrajectoryStore:
+        """The store of an existing runs folder; RunsError when there is none."""
+        path = Path(run_dir) / cls.FILENAME
+        if not path.is_file():
+            raise RunsError(f"{run_dir} holds no trajectories ({cls.FILENAME} is missing)",
+                            "run `memcollab collect --out` into it first")
+        return cls(path)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=60000")
+            self._local.conn = conn
+        return conn
+
+    def put(self, trajectory: Trajectory, replace: bool = False) -> None:
+        """Store one trajectory (committed at once)."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        task_id, model, condition, sample = trajectory.key()
+        self._conn().execute(
+            f"{verb} INTO trajectories VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (task_id, model, condition, sample, int(trajectory.correct),
+             trajectory.model_dump_json(), time.time()),
+        )
+
+    def keys(self) -> set[tuple[str, str, str, int]]:
+        """The (task, model, condition, sample) keys already stored."""
+        rows = self._conn().execute(
+            "SELECT task_id, model, condition, sample_index FROM trajectories"
+        ).fetchall()
+        return {(r[0], r[1], r[2], int(r[3])) for r in rows}
+
+    def __iter__(self) -> Iterator[Trajectory]:
+        rows = self._conn().execute(
+            "SELECT json FROM trajectories ORDER BY rowid"
+        ).fetchall()
+        for (blob,) in rows:
+            yield Trajectory.model_validate_json(blob)
+
+    def __len__(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM trajectories").fetchone()[0])
+
+    def created_at(self) -> dict[tuple[str, str, str, int], float]:
+        """When each trajectory was stored (lets tests prove nothing was recomputed)."""
+        rows = self._conn().execute(
+            "SELECT task_id, model, condition, sample_index, created_at FROM trajectories"
+        ).fetchall()
+        return {(r[0], r[1], r[2], int(r[3])): float(r[4]) for r in rows}
+
+    def export_jsonl(self, path: str | Path) -> int:
+        """Write every trajectory as one JSON line; returns the count."""
+        count = 0
+        tmp = Path(path).with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            for trajectory in self:
+                fh.write(trajectory.model_dump_json() + "\n")
+                count += 1
+        tmp.replace(path)
+        return count
+
+
+@dataclass(frozen=True)
+class CollectEvent:
+    """Progress of a collection: a trajectory finished, or was already there."""
+
+    model: str
+    task_id: str
+    correct: bool
+    skipped: bool
+
+
+@dataclass
+class ModelSummary:
+    """Per-model totals of a run."""
+
+    tasks: int = 0
+    correct: int = 0
+    turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.tasks if self.tasks else 0.0
+
+    @property
+    def mean_turns(self) -> float:
+        return self.turns / self.tasks if self.tasks else 0.0
+
+
+@dataclass
+class CollectResult:
+    """What a collection did."""
+
+    computed: int = 0
+    skipped: int = 0
+    per_model: dict[str, ModelSummary] = field(default_factory=dict)
+
+
+def summarise(trajectories: Sequence[Trajectory] | TrajectoryStore,
+              condition: str | None = None) -> dict[str, ModelSummary]:
+    """Accuracy, turns and tokens per model (optionally for one condition)."""
+    out: dict[str, ModelSummary] = {}
+    for t in trajectories:
+        if condition is not None and t.condition != condition:
+            continue
+        s = out.setdefault(t.model, ModelSummary())
+        s.tasks += 1
+        s.correct += int(t.correct)
+        s.turns += t.turns
+        s.prompt_tokens += t.prompt_tokens
+        s.completion_tokens += t.completion_tokens
+        s.wall_s += t.wall_s
+    return out
+
+
+def collect(
+    agents: Sequence[Agent],
+    tasks: Sequence[Task],
+    store: TrajectoryStore,
+    *,
+    condition: str = "vanilla",
+    redo: bool = False,
+    workers: int = 4,
+    on_event: Callable[[CollectEvent], None] | None = None,
+) -> CollectResult:
+    """Every agent on every task; finished (task, model) pairs in `store` are skipped.
+
+    Jobs are interleaved across models so every model makes progress; a KeyboardInterrupt
+    cancels what has not started and keeps everything already stored.
+    """
+    done = set() if redo else store.keys()
+    result = CollectResult()
+    jobs: list[tuple[Agent, Task]] = []
+    for task in tasks:
+        for agent in agents:
+            key = (task.id, agent.client.name, condition, 0)
+            if key in done:
+                result.skipped += 1
+                if on_event:
+                    on_event(CollectEvent(agent.client.name, task.id, False, True))
+            else:
+                jobs.append((agent, task))
+
+    def run(agent: Agent, task: Task) -> Trajectory:
+        trajectory = agent.solve(task, condition=condition)
+        store.put(trajectory, replace=redo)
+        return trajectory
+
+    executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="collect")
+    pending: set[Future[Trajectory]] = set()
+    try:
+        queue = iter(jobs)
+        for agent, task in queue:
+            pending.add(executor.submit(run, agent, task))
+            if len(pending) >= workers * 2:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                trajectory = future.result()
+                result.computed += 1
+                if on_event:
+                    on_event(CollectEvent(trajectory.model, trajectory.task_id,
+                                          trajectory.correct, False))
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.add(executor.submit(run, *nxt))
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+    result.per_model = summarise(store, condition)
+    return result
+
+
+def write_summary(run_dir: Path, per_model: dict[str, ModelSummary], extra: dict) -> Path:
+    """summary.json of a run: per-model accuracy, turns, tokens, plus what produced it."""
+    path = run_dir / "summary.json"
+    payload = {
+        **extra,
+        "models": {
+            name: {
+                "tasks": s.tasks,
+                "correct": s.correct,
+                "accuracy": round(s.accuracy, 4),
+                "mean_turns": round(s.mean_turns, 3),
+                "prompt_tokens": s.prompt_tokens,
+                "completion_tokens": s.completion_tokens,
+                "wall_s": round(s.wall_s, 1),
+            }
+            for name, s in per_model.items()
+        },
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

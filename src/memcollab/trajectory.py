@@ -1,0 +1,72 @@
+"""The Trajectory record: everything one agent did on one task, and how it was judged.
+
+Frozen pydantic models of JSON-native fields only, so `Trajectory.model_validate_json(
+t.model_dump_json()) == t` holds exactly, today and for files written by older versions of
+the same `format_version`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from memcollab.llm.base import Message
+
+FORMAT_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolRun(_Record):
+    """Code the loop ran for the agent: a Python snippet, or the candidate on visible tests."""
+
+    kind: Literal["python", "visible_tests"]
+    code: str
+    status: str
+    output: str
+    duration_s: float
+
+
+class Step(_Record):
+    """One turn: one model call, and what the loop did with the reply."""
+
+    turn: int
+    reply: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cached: bool
+    tool: ToolRun | None = None
+    feedback: str | None = None
+
+
+class Trajectory(_Record):
+    """One agent's attempt at one task."""
+
+    task_id: str
+    domain: Literal["math", "code"]
+    model: str
+    condition: str = "vanilla"
+    memory_ids: tuple[str, ...] = ()
+    sample_index: int = 0
+    seed: int | None = None
+    messages: tuple[Message, ...]
+    steps: tuple[Step, ...]
+    final_answer: str | None
+    correct: bool
+    check: dict[str, Any]
+    finish: Literal["answer", "max_turns", "error"]
+    error: str | None = None
+    turns: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_s: float
+    format_version: int = FORMAT_VERSION
+
+    def key(self) -> tuple[str, str, str, int]:
+        """What identifies a trajectory in a run: task, model, condition, sample."""
+        return (self.task_id, self.model, self.condition, self.sample_index)
