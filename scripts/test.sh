@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${MEMCOLLAB_VENV:-.venv}"
 python="${PYTHON:-python3}"
+# The code sandbox (memcollab.tasks.sandbox) prefers bubblewrap; install it where we can.
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+fi
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi

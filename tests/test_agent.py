@@ -9,12 +9,16 @@ from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
 MATH = Task(id="t/math", domain="math", prompt="What is 6 * 7?", answer="42")
-GSM = Task(id="t/gsm", domain="math", prompt="How many?", answer="18",
-           metadata={"answer_style": "gsm8k"})
+GSM = Task(
+    id="t/gsm", domain="math", prompt="How many?", answer="18", metadata={"answer_style": "gsm8k"}
+)
 CODE = Task(
-    id="t/code", domain="code", prompt="Write add(a, b).\nassert add(1, 2) == 3",
+    id="t/code",
+    domain="code",
+    prompt="Write add(a, b).\nassert add(1, 2) == 3",
     tests=("assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(10, 5) == 15"),
-    visible_tests=("assert add(1, 2) == 3",), entry_point="add",
+    visible_tests=("assert add(1, 2) == 3",),
+    entry_point="add",
 )
 LIMITS = SandboxLimits(wall_s=10)
 
@@ -71,12 +75,14 @@ def test_passing_visible_but_failing_hidden_tests_is_wrong() -> None:
 
 def test_memory_enters_one_delimited_block_and_is_recorded() -> None:
     solver, model = agent(["\\boxed{42}"])
-    guidance = [Guidance("rec-1", "When multiplying, enforce a check; avoid guessing."),
-                Guidance("rec-2", "When stuck, enforce small cases; avoid leaps.")]
+    guidance = [
+        Guidance("rec-1", "When multiplying, enforce a check; avoid guessing."),
+        Guidance("rec-2", "When stuck, enforce small cases; avoid leaps."),
+    ]
     t = solver.solve(MATH, guidance, condition="memcollab")
     system_prompt = model.requests[0].messages[0].content
     assert system_prompt.count(MEMORY_OPEN) == 1 and system_prompt.count(MEMORY_CLOSE) == 1
-    block = system_prompt[system_prompt.index(MEMORY_OPEN):]
+    block = system_prompt[system_prompt.index(MEMORY_OPEN) :]
     assert "1. When multiplying" in block and "2. When stuck" in block
     assert t.memory_ids == ("rec-1", "rec-2") and t.condition == "memcollab"
     assert MEMORY_OPEN not in agent(["\\boxed{42}"])[0].first_messages(MATH)[0].content

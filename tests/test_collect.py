@@ -17,13 +17,16 @@ from memcollab.llm.cache import Gateway
 from memcollab.llm.scripted import ScriptedModel
 from memcollab.tasks.task import Task
 
-TASKS = [Task(id=f"toy/{i}", domain="math", prompt=f"What is {i} + {i}?", answer=str(2 * i))
-         for i in range(4)]
+TASKS = [
+    Task(id=f"toy/{i}", domain="math", prompt=f"What is {i} + {i}?", answer=str(2 * i))
+    for i in range(4)
+]
 
 
 def _agents() -> list[Agent]:
-    right = ScriptedModel(lambda r: "\\boxed{" + str(2 * int(r.messages[1].content.split()[2]))
-                          + "}", name="right")
+    right = ScriptedModel(
+        lambda r: "\\boxed{" + str(2 * int(r.messages[1].content.split()[2])) + "}", name="right"
+    )
     wrong = ScriptedModel(lambda r: "\\boxed{-1}", name="wrong")
     return [Agent(Gateway(None).bind(m)) for m in (right, wrong)]
 
@@ -62,17 +65,33 @@ def _count(db: Path) -> int:
 
 def test_killed_collection_resumes_without_redoing_work(tmp_path: Path) -> None:
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps({"id": f"k{i}", "q": f"{i}+{i}?", "a": 2 * i}) + "\n"
-                             for i in range(12)))
+    tasks.write_text(
+        "".join(json.dumps({"id": f"k{i}", "q": f"{i}+{i}?", "a": 2 * i}) + "\n" for i in range(12))
+    )
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text('[models.slow]\nprovider = "scripted"\nresponses = ["\\\\boxed{4}"]\n'
-                     "delay_s = 0.3\nmax_concurrency = 1\n")
+    fleet.write_text(
+        '[models.slow]\nprovider = "scripted"\nresponses = ["\\\\boxed{4}"]\n'
+        "delay_s = 0.3\nmax_concurrency = 1\n"
+    )
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "memcollab", "collect", "--fleet", str(fleet), "--tasks",
-           f"jsonl:{tasks}#domain=math,prompt=q,answer=a,id=id", "--out", str(out),
-           "--workers", "1", "--no-cache"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "memcollab",
+        "collect",
+        "--fleet",
+        str(fleet),
+        "--tasks",
+        f"jsonl:{tasks}#domain=math,prompt=q,answer=a,id=id",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--no-cache",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     db = out / TrajectoryStore.FILENAME
     deadline = time.monotonic() + 60
     while _count(db) < 4 and time.monotonic() < deadline:

@@ -89,7 +89,10 @@ class Agent:
             user_text = p["user_function"].format(prompt=task.prompt)
         else:
             user_text = p["user_text"].format(prompt=task.prompt)
-        return [Message(role="system", content=system_text), Message(role="user", content=user_text)]
+        return [
+            Message(role="system", content=system_text),
+            Message(role="user", content=user_text),
+        ]
 
     def solve(
         self,
@@ -175,8 +178,13 @@ class Agent:
             output = result.stdout + (f"\n{result.stderr}" if result.stderr else "")
             if result.status == "timeout":
                 output += f"\n(stopped: time limit of {self.limits.wall_s:g}s)"
-            tool = ToolRun(kind="python", code=blocks[-1], status=result.status,
-                           output=_clip(output.strip()), duration_s=round(result.duration_s, 3))
+            tool = ToolRun(
+                kind="python",
+                code=blocks[-1],
+                status=result.status,
+                output=_clip(output.strip()),
+                duration_s=round(result.duration_s, 3),
+            )
             return tool, p["tool_output"].format(output=tool.output or "(no output)"), False, None
         if not blocks:
             return None, p["no_code"], False, None
@@ -185,12 +193,20 @@ class Agent:
             return None, "", True, candidate
         verdict = run_tests(candidate, list(task.visible_tests), task.setup_code, self.limits)
         details = _clip(
-            "\n".join(x for x in (verdict.failed_test and f"Test: {verdict.failed_test}",
-                                   verdict.error) if x)
+            "\n".join(
+                x
+                for x in (verdict.failed_test and f"Test: {verdict.failed_test}", verdict.error)
+                if x
+            )
             or verdict.status
         )
-        tool = ToolRun(kind="visible_tests", code=candidate, status=verdict.status,
-                       output=details, duration_s=round(verdict.duration_s, 3))
+        tool = ToolRun(
+            kind="visible_tests",
+            code=candidate,
+            status=verdict.status,
+            output=details,
+            duration_s=round(verdict.duration_s, 3),
+        )
         if verdict.passed:
             return tool, "", True, candidate
         return tool, p["test_failed"].format(details=details), False, candidate

@@ -23,8 +23,14 @@ from rich.progress import (
 from rich.table import Table
 
 from memcollab.agent import Agent
-from memcollab.collect import CollectEvent, ModelSummary, TrajectoryStore, collect, summarise
-from memcollab.collect import write_summary
+from memcollab.collect import (
+    CollectEvent,
+    ModelSummary,
+    TrajectoryStore,
+    collect,
+    summarise,
+    write_summary,
+)
 from memcollab.errors import UserError
 from memcollab.llm import packaged
 from memcollab.llm.base import ChatRequest, Completion, Message
@@ -211,21 +217,40 @@ def _summary_table(title: str, rows: dict[str, ModelSummary]) -> Table:
     for col in ("model", "tasks", "accuracy", "mean turns", "prompt tok", "completion tok"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, s in rows.items():
-        table.add_row(name, str(s.tasks), f"{100 * s.accuracy:.1f}%", f"{s.mean_turns:.2f}",
-                      f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}")
+        table.add_row(
+            name,
+            str(s.tasks),
+            f"{100 * s.accuracy:.1f}%",
+            f"{s.mean_turns:.2f}",
+            f"{s.prompt_tokens:,}",
+            f"{s.completion_tokens:,}",
+        )
     return table
 
 
 @app.command("collect")
 def collect_command(
-    tasks: Annotated[list[str], typer.Option("--tasks", "-t", help="Dataset spec (repeatable),"
-                     " e.g. gsm8k:train[:200], mbpp:train[~50], humaneval:train.")],
+    tasks: Annotated[
+        list[str],
+        typer.Option(
+            "--tasks",
+            "-t",
+            help="Dataset spec (repeatable),"
+            " e.g. gsm8k:train[:200], mbpp:train[~50], humaneval:train.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Runs folder (created or resumed).")],
     fleet: FleetOption = None,
-    models: Annotated[list[str] | None, typer.Option("--model", "-m",
-                      help="Only these fleet models (repeatable).")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="MEMCOLLAB_DATA_DIR",
-                        help="Folder holding gsm8k/, math/, mbpp/.")] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Only these fleet models (repeatable)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", envvar="MEMCOLLAB_DATA_DIR", help="Folder holding gsm8k/, math/, mbpp/."
+        ),
+    ] = None,
     max_turns: Annotated[int, typer.Option(min=1, help="Model calls per task at most.")] = 5,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per reply.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 4,
@@ -247,13 +272,22 @@ def collect_command(
         decoding = spec.decoding
         if max_tokens is not None:
             decoding = decoding.model_copy(update={"max_tokens": max_tokens})
-        agents.append(Agent(gateway.bind(loaded.model(name)), max_turns=max_turns,
-                            decoding=decoding))
+        agents.append(
+            Agent(gateway.bind(loaded.model(name)), max_turns=max_turns, decoding=decoding)
+        )
     store = TrajectoryStore.in_dir(out)
-    console.print(f"{len(task_list)} tasks x {len(agents)} models -> {out}"
-                  f" ({len(store)} trajectories already there)")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    console.print(
+        f"{len(task_list)} tasks x {len(agents)} models -> {out}"
+        f" ({len(store)} trajectories already there)"
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     tally: dict[str, list[int]] = {name: [0, 0] for name in names}
     with Progress(*columns, console=console) as progress:
         overall = progress.add_task("[bold]all", total=len(task_list) * len(agents), acc="")
@@ -269,19 +303,31 @@ def collect_command(
                 progress.update(bars[event.model], acc=f"acc {right}/{seen}")
 
         try:
-            result = collect(agents, task_list, store, redo=redo, workers=workers,
-                             on_event=on_event)
+            result = collect(
+                agents, task_list, store, redo=redo, workers=workers, on_event=on_event
+            )
         except KeyboardInterrupt:
             progress.stop()
-            err_console.print(f"interrupted: {len(store)} trajectories are kept in {out};"
-                              " run the same command again to resume")
+            err_console.print(
+                f"interrupted: {len(store)} trajectories are kept in {out};"
+                " run the same command again to resume"
+            )
             raise typer.Exit(130) from None
     count = store.export_jsonl(Path(out) / "trajectories.jsonl")
-    write_summary(Path(out), result.per_model, {
-        "tasks": tasks, "fleet": loaded.source, "models": names, "max_turns": max_turns,
-    })
-    console.print(f"computed {result.computed}, reused {result.skipped};"
-                  f" {count} trajectories in {out}/trajectories.jsonl")
+    write_summary(
+        Path(out),
+        result.per_model,
+        {
+            "tasks": tasks,
+            "fleet": loaded.source,
+            "models": names,
+            "max_turns": max_turns,
+        },
+    )
+    console.print(
+        f"computed {result.computed}, reused {result.skipped};"
+        f" {count} trajectories in {out}/trajectories.jsonl"
+    )
     console.print(_summary_table("Collection summary", result.per_model))
     datasets = sorted({t.id.split("/")[0] for t in task_list})
     if len(datasets) > 1:
@@ -306,8 +352,9 @@ def _print_gateway_stats(gateway: Gateway) -> None:
     for col in ("model", "calls", "cache hits", "completion tokens", "seconds"):
         table.add_column(col)
     for name, s in gateway.stats().items():
-        table.add_row(name, str(s.calls), str(s.cache_hits), str(s.completion_tokens),
-                      f"{s.seconds:.1f}")
+        table.add_row(
+            name, str(s.calls), str(s.cache_hits), str(s.completion_tokens), f"{s.seconds:.1f}"
+        )
     console.print(table)
 
 

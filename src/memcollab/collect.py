@@ -62,8 +62,10 @@ class TrajectoryStore:
         """The store of an existing runs folder; RunsError when there is none."""
         path = Path(run_dir) / cls.FILENAME
         if not path.is_file():
-            raise RunsError(f"{run_dir} holds no trajectories ({cls.FILENAME} is missing)",
-                            "run `memcollab collect --out` into it first")
+            raise RunsError(
+                f"{run_dir} holds no trajectories ({cls.FILENAME} is missing)",
+                "run `memcollab collect --out` into it first",
+            )
         return cls(path)
 
     def _conn(self) -> sqlite3.Connection:
@@ -80,21 +82,28 @@ class TrajectoryStore:
         task_id, model, condition, sample = trajectory.key()
         self._conn().execute(
             f"{verb} INTO trajectories VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (task_id, model, condition, sample, int(trajectory.correct),
-             trajectory.model_dump_json(), time.time()),
+            (
+                task_id,
+                model,
+                condition,
+                sample,
+                int(trajectory.correct),
+                trajectory.model_dump_json(),
+                time.time(),
+            ),
         )
 
     def keys(self) -> set[tuple[str, str, str, int]]:
         """The (task, model, condition, sample) keys already stored."""
-        rows = self._conn().execute(
-            "SELECT task_id, model, condition, sample_index FROM trajectories"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT task_id, model, condition, sample_index FROM trajectories")
+            .fetchall()
+        )
         return {(r[0], r[1], r[2], int(r[3])) for r in rows}
 
     def __iter__(self) -> Iterator[Trajectory]:
-        rows = self._conn().execute(
-            "SELECT json FROM trajectories ORDER BY rowid"
-        ).fetchall()
+        rows = self._conn().execute("SELECT json FROM trajectories ORDER BY rowid").fetchall()
         for (blob,) in rows:
             yield Trajectory.model_validate_json(blob)
 
@@ -103,9 +112,11 @@ class TrajectoryStore:
 
     def created_at(self) -> dict[tuple[str, str, str, int], float]:
         """When each trajectory was stored (lets tests prove nothing was recomputed)."""
-        rows = self._conn().execute(
-            "SELECT task_id, model, condition, sample_index, created_at FROM trajectories"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT task_id, model, condition, sample_index, created_at FROM trajectories")
+            .fetchall()
+        )
         return {(r[0], r[1], r[2], int(r[3])): float(r[4]) for r in rows}
 
     def export_jsonl(self, path: str | Path) -> int:
@@ -159,8 +170,9 @@ class CollectResult:
     per_model: dict[str, ModelSummary] = field(default_factory=dict)
 
 
-def summarise(trajectories: Sequence[Trajectory] | TrajectoryStore,
-              condition: str | None = None) -> dict[str, ModelSummary]:
+def summarise(
+    trajectories: Sequence[Trajectory] | TrajectoryStore, condition: str | None = None
+) -> dict[str, ModelSummary]:
     """Accuracy, turns and tokens per model (optionally for one condition)."""
     out: dict[str, ModelSummary] = {}
     for t in trajectories:
@@ -223,8 +235,11 @@ def collect(
                 trajectory = future.result()
                 result.computed += 1
                 if on_event:
-                    on_event(CollectEvent(trajectory.model, trajectory.task_id,
-                                          trajectory.correct, False))
+                    on_event(
+                        CollectEvent(
+                            trajectory.model, trajectory.task_id, trajectory.correct, False
+                        )
+                    )
                 nxt = next(queue, None)
                 if nxt is not None:
                     pending.add(executor.submit(run, *nxt))

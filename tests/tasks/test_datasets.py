@@ -1,7 +1,6 @@
 """Loaders on the real benchmark files (../shared/data) and on malformed ones."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ from memcollab.tasks.datasets import (
     load_tasks,
     parse_spec,
 )
+from tests.support.data import DATA_DIR, needs_data
 
-DATA = Path(os.environ.get("MEMCOLLAB_DATA_DIR") or Path(__file__).parents[2].parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not (DATA / "gsm8k").is_dir(), reason=f"no benchmark data in {DATA}")
+DATA = DATA_DIR
 
 
 @needs_data
@@ -127,24 +126,33 @@ def test_bad_gsm8k_line_names_file_and_line(tmp_path: Path, line: str, message: 
 
 
 def test_bad_math_and_mbpp_lines(tmp_path: Path) -> None:
-    _write(tmp_path / "math" / "train.jsonl", [json.dumps({"problem": "p", "solution": "none",
-                                                           "type": "Algebra"})])
+    _write(
+        tmp_path / "math" / "train.jsonl",
+        [json.dumps({"problem": "p", "solution": "none", "type": "Algebra"})],
+    )
     with pytest.raises(DataError, match=r"train.jsonl:1: no `answer` and no \\boxed"):
         load_tasks("math:train", tmp_path)
-    _write(tmp_path / "mbpp" / "mbpp.jsonl", [json.dumps({"task_id": 11, "text": "t",
-                                                          "test_list": []})])
+    _write(
+        tmp_path / "mbpp" / "mbpp.jsonl",
+        [json.dumps({"task_id": 11, "text": "t", "test_list": []})],
+    )
     with pytest.raises(DataError, match="mbpp.jsonl:1: test_list must be a non-empty list"):
         load_tasks("mbpp:test", tmp_path)
 
 
 def test_generic_jsonl_with_field_mapping(tmp_path: Path) -> None:
-    path = _write(tmp_path / "mine.jsonl", [
-        json.dumps({"q": "What is 6*7?", "final": 42, "key": "a"}),
-        json.dumps({"q": "What is 1+1?", "final": "2", "key": "b"}),
-    ])
+    path = _write(
+        tmp_path / "mine.jsonl",
+        [
+            json.dumps({"q": "What is 6*7?", "final": 42, "key": "a"}),
+            json.dumps({"q": "What is 1+1?", "final": "2", "key": "b"}),
+        ],
+    )
     tasks = load_tasks(f"jsonl:{path}#domain=math,prompt=q,answer=final,id=key")
-    assert [(t.id, t.answer, t.prompt) for t in tasks] == [("a", "42", "What is 6*7?"),
-                                                          ("b", "2", "What is 1+1?")]
+    assert [(t.id, t.answer, t.prompt) for t in tasks] == [
+        ("a", "42", "What is 6*7?"),
+        ("b", "2", "What is 1+1?"),
+    ]
     with pytest.raises(DataError, match="mine.jsonl:1: missing field 'question'"):
         load_tasks(f"jsonl:{path}#domain=math,prompt=question")
     with pytest.raises(DataError, match="needs domain=math or domain=code"):

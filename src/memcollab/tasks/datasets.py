@@ -29,7 +29,6 @@ from memcollab.errors import UserError
 from memcollab.tasks.math_check import last_boxed, reference_answer_gsm8k
 from memcollab.tasks.task import Domain, Task
 
-
 log = logging.getLogger(__name__)
 
 
@@ -203,9 +202,12 @@ def humaneval_examples(prompt: str, entry_point: str) -> tuple[str, ...]:
         if f"{entry_point}(" not in line:
             continue
         match = _INLINE.match(line)
-        if match and match.group(1).lstrip().startswith(entry_point):
-            if check := _as_check(match.group(1), match.group(2)):
-                checks.append(check)
+        if (
+            match
+            and match.group(1).lstrip().startswith(entry_point)
+            and (check := _as_check(match.group(1), match.group(2)))
+        ):
+            checks.append(check)
     return tuple(checks)
 
 
@@ -244,8 +246,11 @@ def load_humaneval(path: Path | None = None, split: str = "all") -> list[Task]:
         _field(path, number, row, "test")
         rows.append((index, row, humaneval_examples(prompt, entry)))
     valid = _checks_passed_by_reference(
-        {row["task_id"]: (row["prompt"] + (row.get("canonical_solution") or ""), examples)
-         for _, row, examples in rows if row.get("canonical_solution")}
+        {
+            row["task_id"]: (row["prompt"] + (row.get("canonical_solution") or ""), examples)
+            for _, row, examples in rows
+            if row.get("canonical_solution")
+        }
     )
     tasks = []
     for index, row, examples in rows:
@@ -295,8 +300,9 @@ def _validate_cached(payload: str) -> str:
     program = f"PROBLEMS = {payload!r}\n{_VALIDATOR}"
     result = run_code(program, SandboxLimits(wall_s=60, cpu_s=60, output_bytes=2_000_000))
     if result.status != "ok":
-        log.warning("could not validate HumanEval examples (%s); keeping them all",
-                    result.stderr[-300:])
+        log.warning(
+            "could not validate HumanEval examples (%s); keeping them all", result.stderr[-300:]
+        )
         return "{}"
     return result.stdout
 
@@ -330,13 +336,23 @@ def load_generic_jsonl(path: Path, mapping: dict[str, str]) -> list[Task]:
         task_id = str(row.get(mapping.get("id", "id"), f"{path.stem}/{number - 1}"))
         if task_domain == "math":
             answer = _field(path, number, row, mapping.get("answer", "answer"), (str, int, float))
-            tasks.append(Task(id=task_id, domain="math", prompt=prompt, answer=str(answer),
-                              metadata={"dataset": path.stem}))
+            tasks.append(
+                Task(
+                    id=task_id,
+                    domain="math",
+                    prompt=prompt,
+                    answer=str(answer),
+                    metadata={"dataset": path.stem},
+                )
+            )
         else:
             tests = _field(path, number, row, mapping.get("tests", "tests"), list)
             tasks.append(
                 Task(
-                    id=task_id, domain="code", prompt=prompt, tests=tuple(tests),
+                    id=task_id,
+                    domain="code",
+                    prompt=prompt,
+                    tests=tuple(tests),
                     visible_tests=tuple(tests[:1]),
                     entry_point=row.get(mapping.get("entry_point", "entry_point")),
                     setup_code=row.get(mapping.get("setup_code", "setup_code")) or "",
@@ -371,9 +387,7 @@ def parse_spec(spec: str, seed: int = 0) -> DatasetSpec:
     spec = spec.strip()
     if spec.startswith("jsonl:"):
         body, _, fields = spec[len("jsonl:") :].partition("#")
-        mapping = tuple(
-            tuple(item.split("=", 1)) for item in fields.split(",") if "=" in item
-        )
+        mapping = tuple(tuple(item.split("=", 1)) for item in fields.split(",") if "=" in item)
         return DatasetSpec(name="jsonl", split=None, path=body, mapping=mapping)  # type: ignore[arg-type]
     match = _SPEC.match(spec)
     if match is None:
