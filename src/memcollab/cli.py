@@ -214,8 +214,9 @@ def demo(
 
 def _summary_table(title: str, rows: dict[str, ModelSummary]) -> Table:
     table = Table(title=title)
-    for col in ("model", "tasks", "accuracy", "mean turns", "prompt tok", "completion tok"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    table.add_column("model", no_wrap=True, min_width=18)
+    for col in ("tasks", "accuracy", "mean turns", "prompt tok", "completion tok"):
+        table.add_column(col, justify="right")
     for name, s in rows.items():
         table.add_row(
             name,
