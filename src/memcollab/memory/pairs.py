@@ -1,0 +1,249 @@
+"""Contrastive pairs: which trajectory of a task is preferred (tau+) and which is not (tau-).
+
+MemCollab distils memory from *success vs failure* pairs. This module chooses the pairs;
+`memory.distill` turns each pair into constraints.
+
+The ranking rule (ours, for fleets of more than two models; the paper's v2 says "the best and
+the worst"): the trajectories of one task are ordered by a single key fixed before any task is
+seen,
+
+    model strength (descending), then turns (ascending), then model name (ascending),
+
+with `strengths` from the fleet file (higher is stronger). Then
+
+* mixed task (some right, some wrong): tau+ = the *first* correct trajectory in that order (the
+  strongest model that succeeded; among equally strong ones the most direct), tau- = the *last*
+  incorrect one (the weakest model that failed; among equals the one that wasted most turns);
+* all right / all wrong: no pair, unless `tie_break=True`: then tau+ = the first trajectory
+  and tau- = the last one (the strongest model's against the weakest's), pair type
+  "tie_break", and its use is counted.
+
+One order for both rules keeps ell+/ell- consistent across pair types and makes the choice
+deterministic whatever order the trajectories arrive in. The price: with a very weak model in
+the fleet, tau- is often that model's failure, which can be less informative than a stronger
+model's near-miss.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from memcollab.memory.record import PairType
+from memcollab.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A preferred and an unpreferred trajectory of one task (either may be missing for the
+    single-trajectory "own" conditions), with the models that produced them."""
+
+    task_id: str
+    positive: Trajectory | None
+    negative: Trajectory | None
+    model_pos: str | None
+    model_neg: str | None
+    pair_type: PairType
+
+    def __post_init__(self) -> None:
+        if self.positive is None and self.negative is None:
+            raise ValueError(f"pair for task {self.task_id!r} has no trajectory")
+        for traj in (self.positive, self.negative):
+            if traj is not None and traj.task_id != self.task_id:
+                raise ValueError(
+                    f"pair for task {self.task_id!r} holds a trajectory of {traj.task_id!r}"
+                )
+
+    def trajectories(self) -> tuple[Trajectory, ...]:
+        """The trajectories of the pair, tau+ first."""
+        return tuple(t for t in (self.positive, self.negative) if t is not None)
+
+
+@dataclass(frozen=True)
+class PairingResult:
+    """The pairs of one condition, and what happened to every task.
+
+    `tasks` counts tasks seen; `mixed` tasks had both a success and a failure; `all_right` /
+    `all_wrong` had only one kind (for `own_pairs`: the model was right / wrong);
+    `single_model` tasks had one trajectory only (no contrast possible, never paired by
+    `make_pairs`); `tie_breaks_used` counts the all-right/all-wrong tasks paired anyway;
+    `ignored` counts trajectories not considered (other sample indices, other models).
+    """
+
+    pairs: tuple[Pair, ...] = ()
+    tasks: int = 0
+    mixed: int = 0
+    all_right: int = 0
+    all_wrong: int = 0
+    single_model: int = 0
+    tie_breaks_used: int = 0
+    ignored: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        """The counts as a flat dict (for logs and summary files)."""
+        counts = {
+            "tasks": self.tasks,
+            "pairs": len(self.pairs),
+            "mixed": self.mixed,
+            "all_right": self.all_right,
+            "all_wrong": self.all_wrong,
+            "single_model": self.single_model,
+            "tie_breaks_used": self.tie_breaks_used,
+            "ignored": self.ignored,
+        }
+        counts.update({f"type_{k}": v for k, v in sorted(self.by_type.items())})
+        return counts
+
+
+def _rank_key(strengths: dict[str, int]) -> Callable[[Trajectory], tuple[int, int, str]]:
+    def key(t: Trajectory) -> tuple[int, int, str]:
+        return (-strengths[t.model], t.turns, t.model)
+
+    return key
+
+
+def _group(trajectories: Iterable[Trajectory]) -> dict[str, list[Trajectory]]:
+    groups: dict[str, list[Trajectory]] = defaultdict(list)
+    for t in trajectories:
+        groups[t.task_id].append(t)
+    return dict(sorted(groups.items()))
+
+
+def _one_condition(trajectories: list[Trajectory]) -> None:
+    conditions = sorted({t.condition for t in trajectories})
+    if len(conditions) > 1:
+        raise ValueError(f"pair one condition at a time; got trajectories of {conditions}")
+
+
+def _by_type(pairs: list[Pair]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for p in pairs:
+        counts[p.pair_type] += 1
+    return dict(counts)
+
+
+def make_pairs(
+    trajectories: Iterable[Trajectory], strengths: dict[str, int], tie_break: bool = False
+) -> PairingResult:
+    """Cross-model pairs: per task, tau+ = a success and tau- = a failure (see the module doc
+    for the ranking rule with more than two models). Uses sample index 0 only; all
+    trajectories must share one condition; every model needs a strength."""
+    items = list(trajectories)
+    _one_condition(items)
+    missing = sorted({t.model for t in items} - strengths.keys())
+    if missing:
+        raise ValueError(f"no strength given for model(s) {missing}")
+    used = [t for t in items if t.sample_index == 0]
+    ignored = len(items) - len(used)
+    key = _rank_key(strengths)
+    pairs: list[Pair] = []
+    mixed = all_right = all_wrong = single = ties = 0
+    groups = _group(used)
+    for task_id, group in groups.items():
+        models = [t.model for t in group]
+        if len(set(models)) != len(models):
+            raise ValueError(f"task {task_id!r} has several sample-0 trajectories of one model")
+        ranked = sorted(group, key=key)
+        right = [t for t in ranked if t.correct]
+        wrong = [t for t in ranked if not t.correct]
+        if len(ranked) < 2:
+            single += 1
+            if right:
+                all_right += 1
+            else:
+                all_wrong += 1
+            continue
+        kind: PairType
+        if right and wrong:
+            mixed += 1
+            pos, neg, kind = right[0], wrong[-1], "mixed"
+        else:
+            if right:
+                all_right += 1
+            else:
+                all_wrong += 1
+            if not tie_break:
+                continue
+            ties += 1
+            pos, neg, kind = ranked[0], ranked[-1], "tie_break"
+        pairs.append(Pair(task_id, pos, neg, pos.model, neg.model, kind))
+    return PairingResult(
+        pairs=tuple(pairs),
+        tasks=len(groups),
+        mixed=mixed,
+        all_right=all_right,
+        all_wrong=all_wrong,
+        single_model=single,
+        tie_breaks_used=ties,
+        ignored=ignored,
+        by_type=_by_type(pairs),
+    )
+
+
+def own_pairs(trajectories: Iterable[Trajectory], model: str) -> PairingResult:
+    """The "own memory" condition: each of `model`'s trajectories (sample 0) alone; a success
+    becomes an own_success pair (tau+ only), a failure an own_failure pair (tau- only)."""
+    items = list(trajectories)
+    mine = [t for t in items if t.model == model and t.sample_index == 0]
+    _one_condition(mine)
+    pairs: list[Pair] = []
+    right = wrong = 0
+    groups = _group(mine)
+    for task_id, group in groups.items():
+        if len(group) > 1:
+            raise ValueError(f"task {task_id!r} has several sample-0 trajectories of {model!r}")
+        t = group[0]
+        if t.correct:
+            right += 1
+            pairs.append(Pair(task_id, t, None, model, None, "own_success"))
+        else:
+            wrong += 1
+            pairs.append(Pair(task_id, None, t, None, model, "own_failure"))
+    return PairingResult(
+        pairs=tuple(pairs),
+        tasks=len(groups),
+        all_right=right,
+        all_wrong=wrong,
+        ignored=len(items) - len(mine),
+        by_type=_by_type(pairs),
+    )
+
+
+def self_contrast_pairs(trajectories: Iterable[Trajectory], model: str) -> PairingResult:
+    """The self-contrast baseline: `model`'s several samples of a task, tau+ = the correct
+    sample with the lowest sample index, tau- = the incorrect one with the lowest index.
+    Tasks whose samples are all right or all wrong (or that have one sample) give no pair."""
+    items = list(trajectories)
+    mine = [t for t in items if t.model == model]
+    _one_condition(mine)
+    pairs: list[Pair] = []
+    mixed = all_right = all_wrong = single = 0
+    groups = _group(mine)
+    for task_id, group in groups.items():
+        samples = sorted(group, key=lambda t: t.sample_index)
+        indices = [t.sample_index for t in samples]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"task {task_id!r} has repeated sample indices for {model!r}")
+        right = [t for t in samples if t.correct]
+        wrong = [t for t in samples if not t.correct]
+        if len(samples) < 2:
+            single += 1
+        if right and wrong:
+            mixed += 1
+            pairs.append(Pair(task_id, right[0], wrong[0], model, model, "self_contrast"))
+        elif right:
+            all_right += 1
+        else:
+            all_wrong += 1
+    return PairingResult(
+        pairs=tuple(pairs),
+        tasks=len(groups),
+        mixed=mixed,
+        all_right=all_right,
+        all_wrong=all_wrong,
+        single_model=single,
+        ignored=len(items) - len(mine),
+        by_type=_by_type(pairs),
+    )
