@@ -44,6 +44,7 @@ def test_collect_stores_everything_and_resumes(tmp_path: Path) -> None:
     redo = collect(_agents(), TASKS[:1], store, redo=True)
     assert redo.computed == 2
     assert len(store) == 8
+    assert store.tasks() == {t.id: t for t in TASKS}
     assert store.export_jsonl(tmp_path / "t.jsonl") == 8
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 8
 

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS trajectories (
     json TEXT NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (task_id, model, condition, sample_index)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    json TEXT NOT NULL
 )
 """
 
@@ -50,7 +54,7 @@ class TrajectoryStore:
         self._local = threading.local()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(_SCHEMA)
+        conn.executescript(_SCHEMA)
 
     @classmethod
     def in_dir(cls, run_dir: str | Path) -> TrajectoryStore:
@@ -92,6 +96,25 @@ class TrajectoryStore:
                 time.time(),
             ),
         )
+
+    def put_tasks(self, tasks: Sequence[Task]) -> None:
+        """Keep the tasks of the run, so the folder alone is enough to build memory from."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO tasks VALUES (?, ?)",
+                [(t.id, t.model_dump_json()) for t in tasks],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def tasks(self) -> dict[str, Task]:
+        """The tasks of the run, by id."""
+        rows = self._conn().execute("SELECT json FROM tasks ORDER BY rowid").fetchall()
+        return {t.id: t for t in (Task.model_validate_json(r[0]) for r in rows)}
 
     def keys(self) -> set[tuple[str, str, str, int]]:
         """The (task, model, condition, sample) keys already stored."""
@@ -203,6 +226,7 @@ def collect(
     Jobs are interleaved across models so every model makes progress; a KeyboardInterrupt
     cancels what has not started and keeps everything already stored.
     """
+    store.put_tasks(tasks)
     done = set() if redo else store.keys()
     result = CollectResult()
     jobs: list[tuple[Agent, Task]] = []
