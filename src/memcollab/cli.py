@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -336,6 +337,229 @@ def collect_command(
             subset = [t for t in store if t.task_id.startswith(dataset + "/")]
             console.print(_summary_table(f"{dataset}", summarise(subset)))
     _print_gateway_stats(gateway)
+
+
+memory_app = typer.Typer(no_args_is_help=True, help="Inspect and move MemCollab memories.")
+app.add_typer(memory_app, name="memory")
+MemoryArg = Annotated[str, typer.Argument(help="Memory: a SQLite path or a postgresql:// URL.")]
+MemoryOption = Annotated[
+    str, typer.Option("--memory", help="Memory: a SQLite path or a postgresql:// URL.")
+]
+
+
+@app.command("distill")
+def distill_command(
+    runs: Annotated[Path, typer.Option("--runs", help="Runs folder written by `collect`.")],
+    memory: MemoryOption,
+    fleet: FleetOption = None,
+    distiller: Annotated[
+        str | None, typer.Option(help="Distiller model (default: the strongest of the fleet).")
+    ] = None,
+    namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
+    max_constraints: Annotated[int, typer.Option("--k", min=1, help="Constraints per pair.")] = 3,
+    tie_break: Annotated[
+        bool, typer.Option("--tie-break", help="Pair all-right / all-wrong tasks too (counted).")
+    ] = False,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Build memory from collected trajectories: pair, classify, distil (resumable)."""
+    from memcollab.memory.build import build_memory, pair_trajectories
+    from memcollab.memory.classify import DomainClassifier
+    from memcollab.memory.distill import Distiller
+    from memcollab.memory.store import open_memory
+
+    loaded = Fleet.load(fleet)
+    store = TrajectoryStore.open_existing(runs)
+    trajectories = [t for t in store if t.condition == "vanilla"]
+    if not trajectories:
+        raise UserError(f"{runs} holds no vanilla trajectories", "run `memcollab collect` first")
+    tasks = store.tasks()
+    if not tasks:
+        raise UserError(
+            f"{runs} does not record its tasks (collected by an older memcollab)",
+            "collect it again with this version: the call cache makes that cheap",
+        )
+    models = sorted({t.model for t in trajectories})
+    strengths = {m: loaded.spec(m).strength for m in models}
+    name = distiller or max(loaded.names(), key=lambda n: loaded.spec(n).strength)
+    gateway = _gateway(cache, no_cache)
+    client = gateway.bind(loaded.model(name))
+    pairs = pair_trajectories(trajectories, strengths, tie_break=tie_break)
+    console.print(
+        f"{len(trajectories)} trajectories of {len(models)} models on {len(tasks)}"
+        f" tasks -> {len(pairs.pairs)} pairs; distiller {name}"
+    )
+    with (
+        open_memory(memory) as mem,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress,
+    ):
+        bar = progress.add_task("distilling", total=len(pairs.pairs))
+        summary = build_memory(
+            pairs,
+            tasks,
+            mem,
+            Distiller(client, max_constraints=max_constraints),
+            DomainClassifier(client),
+            namespace=namespace,
+            on_event=lambda event: progress.advance(bar),
+        )
+        total = len(mem.records(namespace))
+    table = Table(title=f"Memory built into {memory}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    pairing = summary.pairing
+    for key in ("tasks", "pairs", "mixed", "all_right", "all_wrong", "tie_breaks_used"):
+        table.add_row(key.replace("_", " "), str(pairing.get(key, 0)))
+    for key, value in summary.distill.items():
+        if isinstance(value, dict):
+            for reason, count in value.items():
+                table.add_row(f"{key}: {reason}", str(count))
+        else:
+            table.add_row(key.replace("_", " "), str(value))
+    table.add_row("records added", str(summary.records_added))
+    table.add_row("records already there", str(summary.records_existing))
+    table.add_row("records in namespace", str(total))
+    console.print(table)
+    (runs / "distill_summary.json").write_text(
+        json.dumps({"memory": memory, "distiller": name, **summary.as_dict()}, indent=2) + "\n"
+    )
+
+
+@app.command("solve")
+def solve_command(
+    text: Annotated[str, typer.Argument(help="The task text.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Fleet model that solves it.")],
+    memory: Annotated[
+        str | None,
+        typer.Option("--memory", help="Memory to retrieve from (none: solve without memory)."),
+    ] = None,
+    domain: Annotated[str, typer.Option(help="math or code.")] = "math",
+    fleet: FleetOption = None,
+    p: Annotated[int, typer.Option("--p", min=1, help="Records to retrieve.")] = 3,
+    namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
+    max_turns: Annotated[int, typer.Option(min=1)] = 5,
+    max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Solve one task, retrieving guidance from memory; show the constraints it used."""
+    from memcollab.memory.classify import DomainClassifier
+    from memcollab.memory.retrieve import Retriever
+    from memcollab.memory.store import open_memory
+
+    if domain not in ("math", "code"):
+        raise UserError(f"unknown domain {domain!r}", "use --domain math or --domain code")
+    loaded = Fleet.load(fleet)
+    spec = loaded.spec(model)
+    client = _gateway(cache, no_cache).bind(loaded.model(model))
+    task = Task(id="cli/solve", domain=domain, prompt=text)  # type: ignore[arg-type]
+    guidance: tuple = ()
+    if memory is not None:
+        label = DomainClassifier(client).classify(task)
+        with open_memory(memory) as mem:
+            got = Retriever(mem, p=p, namespace=namespace).retrieve(task, label, model)
+        guidance = got.guidance
+        console.print(
+            f"[bold]label[/bold] {label.category} / {label.subcategory}"
+            f" ({label.source}); retrieved at level [bold]{got.level}[/bold]:"
+            f" {len(got.record_ids)} records, {len(guidance)} constraints"
+        )
+        for g in guidance:
+            console.print(f"  [dim]{g.record_id}[/dim] {escape(g.text)}")
+    decoding = spec.decoding
+    if max_tokens is not None:
+        decoding = decoding.model_copy(update={"max_tokens": max_tokens})
+    agent = Agent(client, max_turns=max_turns, decoding=decoding)
+    with console.status(f"{model} is solving..."):
+        trajectory = agent.solve(task, guidance, condition="memcollab" if memory else "vanilla")
+    console.rule(f"{model}: {trajectory.turns} turn(s), {trajectory.finish}")
+    console.print(escape(trajectory.steps[-1].reply.strip() if trajectory.steps else "(no reply)"))
+
+
+@memory_app.command("export")
+def memory_export(
+    memory: MemoryArg,
+    out: Annotated[Path, typer.Argument(help="JSONL file.")],
+    namespace: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Write a memory's records as JSONL (the portable format)."""
+    from memcollab.memory.store import open_memory
+
+    with open_memory(memory) as mem:
+        count = mem.export_jsonl(out, namespace)
+    console.print(f"exported {count} records to {out}")
+
+
+@memory_app.command("import")
+def memory_import(
+    memory: MemoryArg, source: Annotated[Path, typer.Argument(help="JSONL file.")]
+) -> None:
+    """Add the records of a JSONL export (records already there are skipped)."""
+    from memcollab.memory.store import open_memory
+
+    if not source.is_file():
+        raise UserError(f"memory file not found: {source}")
+    with open_memory(memory) as mem:
+        added, skipped = mem.import_jsonl(source)
+    console.print(f"imported {added} records, skipped {skipped} already present")
+
+
+@memory_app.command("stats")
+def memory_stats(
+    memory: MemoryArg,
+    namespace: Annotated[str, typer.Option()] = "default",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Records and constraints per category and per source model pair."""
+    from memcollab.memory.store import open_memory
+
+    with open_memory(memory) as mem:
+        stats = mem.stats(namespace)
+    if as_json:
+        console.print_json(json.dumps(stats))
+        return
+    console.print(
+        f"{stats['records']} records, {stats['constraints']} constraints in namespace {namespace!r}"
+    )
+    for key in ("buckets", "pairs"):
+        rows = stats.get(key) or []
+        if not rows:
+            continue
+        table = Table(title=key)
+        for col in rows[0]:
+            table.add_column(str(col))
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        console.print(table)
+    for key in ("pair_types", "distillers"):
+        console.print(f"{key}: {json.dumps(stats.get(key, {}))}")
+
+
+@memory_app.command("show")
+def memory_show(memory: MemoryArg, record_id: Annotated[str, typer.Argument()]) -> None:
+    """One record: its task, label, source models and constraints."""
+    from memcollab.memory.store import open_memory
+
+    with open_memory(memory) as mem:
+        record = mem.get(record_id)
+        usage = mem.usage(record_id)
+    console.print(
+        f"[bold]{record.id}[/bold] {record.domain} / {record.category} /"
+        f" {record.subcategory}  ({record.pair_type}: + {record.model_pos},"
+        f" - {record.model_neg}; distiller {record.distiller})"
+    )
+    console.print(f"[dim]task {record.source_task_id}:[/dim] {escape(record.task_text[:500])}")
+    for c in record.constraints:
+        console.print(f"  - {escape(c.text())}")
+    console.print(f"[dim]usage: {json.dumps(usage)}[/dim]")
 
 
 def _load_task_specs(specs: list[str], data_dir: Path | None, seed: int) -> list[Task]:

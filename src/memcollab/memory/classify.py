@@ -358,3 +358,21 @@ class Classifier:
             with self._lock:
                 self._fallback_index.setdefault(key, index)
         return index.nearest(text)
+
+
+class DomainClassifier:
+    """One `Classifier` per domain, all asking the same model: files any task by its domain."""
+
+    def __init__(
+        self, client: ModelClient, taxonomies: dict[str, Taxonomy | str] | None = None
+    ) -> None:
+        chosen = {"math": "math", "code": "code", **(taxonomies or {})}
+        self.by_domain = {domain: Classifier(client, tax) for domain, tax in chosen.items()}
+
+    def classify(self, task: Task) -> Label:
+        """The (category, subcategory) of `task` in its domain's taxonomy."""
+        return self.by_domain[task.domain].classify(task)
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Counters per domain."""
+        return {domain: c.stats.as_dict() for domain, c in self.by_domain.items()}

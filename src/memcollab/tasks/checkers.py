@@ -28,10 +28,12 @@ def check(task: Task, final: str | None, limits: SandboxLimits | None = None) ->
     if final is None:
         return CheckResult(False, {"reason": "no_answer"})
     if task.domain == "math":
-        if task.answer is None:
-            raise ValueError(f"math task {task.id} has no reference answer")
+        if task.answer is None:  # a user's free-form task: nothing to check against
+            return CheckResult(False, {"reason": "no_reference"})
         verdict = check_math(final, task.answer, style=answer_style(task))
         return CheckResult(verdict.correct, asdict(verdict))
+    if not task.tests:
+        return CheckResult(False, {"reason": "no_tests"})
     result = run_tests(final, list(task.tests), task.setup_code, limits or SandboxLimits())
     details = {
         "status": result.status,

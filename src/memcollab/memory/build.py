@@ -1,0 +1,166 @@
+"""Build a MemCollab memory from collected trajectories.
+
+trajectories of one condition ─► pairs ─► (classify the task, distill the pair) ─► records.
+One record per paired training task (the paper). Record ids are deterministic, so a build
+that is interrupted and run again skips what is already stored, and the model calls it
+repeats are answered by the call cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from memcollab.memory.distill import Distiller, DistillResult, DistillStats
+from memcollab.memory.pairs import Pair, PairingResult, make_pairs, own_pairs
+from memcollab.memory.record import MemoryRecord, record_id, task_hash
+from memcollab.memory.store import MemoryStore
+from memcollab.tasks.task import Task
+from memcollab.trajectory import Trajectory
+
+Pairing = Literal["contrastive", "own"]
+
+
+class LabelLike(Protocol):
+    category: str
+    subcategory: str
+
+
+class TaskClassifier(Protocol):
+    """Anything that files a task under (category, subcategory)."""
+
+    def classify(self, task: str | Task) -> LabelLike: ...
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """Progress of a build: one pair handled."""
+
+    task_id: str
+    status: str  # "added" | "exists" | a DistillResult status without constraints
+
+
+@dataclass
+class BuildSummary:
+    """What a build did: pairing counts, distillation counters, records written."""
+
+    pairing: dict[str, int] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)
+    records_added: int = 0
+    records_existing: int = 0
+    pairs_without_constraints: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pairing": self.pairing,
+            "distill": self.distill,
+            "records_added": self.records_added,
+            "records_existing": self.records_existing,
+            "pairs_without_constraints": self.pairs_without_constraints,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def pair_trajectories(
+    trajectories: Iterable[Trajectory],
+    strengths: Mapping[str, int],
+    *,
+    pairing: Pairing = "contrastive",
+    model: str | None = None,
+    tie_break: bool = False,
+) -> PairingResult:
+    """The pairs a build distils: cross-model contrast, or one model's own trajectories."""
+    if pairing == "own":
+        if model is None:
+            raise ValueError("own-memory pairing needs the model whose trajectories to use")
+        return own_pairs(trajectories, model)
+    return make_pairs(list(trajectories), dict(strengths), tie_break=tie_break)
+
+
+def build_memory(
+    pairs: PairingResult,
+    tasks: Mapping[str, Task],
+    memory: MemoryStore,
+    distiller: Distiller,
+    classifier: TaskClassifier,
+    *,
+    namespace: str = "default",
+    on_event: Callable[[BuildEvent], None] | None = None,
+) -> BuildSummary:
+    """Classify and distil every pair into `memory`; pairs already stored are skipped."""
+    started = time.perf_counter()
+    summary = BuildSummary(pairing=pairs.summary())
+    stats = DistillStats()
+    for pair in pairs.pairs:
+        task = tasks.get(pair.task_id)
+        if task is None:
+            raise KeyError(f"the runs hold no task {pair.task_id!r} for a trajectory")
+        rid = _record_id(pair, namespace, distiller.name)
+        if _exists(memory, rid):
+            summary.records_existing += 1
+            _emit(on_event, pair.task_id, "exists")
+            continue
+        result = distiller.distill(task, pair)
+        stats.add(result)
+        if not result.constraints:
+            summary.pairs_without_constraints += 1
+            _emit(on_event, pair.task_id, result.status)
+            continue
+        label = classifier.classify(task)
+        memory.add(_record(rid, namespace, task, pair, result, label, distiller.name))
+        summary.records_added += 1
+        _emit(on_event, pair.task_id, "added")
+    summary.distill = stats.as_dict()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _record_id(pair: Pair, namespace: str, distiller: str) -> str:
+    return record_id(
+        namespace, pair.task_id, pair.pair_type, pair.model_pos, pair.model_neg, distiller
+    )
+
+
+def _exists(memory: MemoryStore, rid: str) -> bool:
+    from memcollab.memory.store import MemoryNotFoundError
+
+    try:
+        memory.get(rid)
+    except MemoryNotFoundError:
+        return False
+    return True
+
+
+def _record(
+    rid: str,
+    namespace: str,
+    task: Task,
+    pair: Pair,
+    result: DistillResult,
+    label: LabelLike,
+    distiller: str,
+) -> MemoryRecord:
+    return MemoryRecord(
+        id=rid,
+        namespace=namespace,
+        domain=task.domain,
+        category=label.category,
+        subcategory=label.subcategory,
+        task_text=task.prompt,
+        task_hash=task_hash(task.prompt),
+        source_task_id=task.id,
+        constraints=result.constraints,
+        model_pos=pair.model_pos,
+        model_neg=pair.model_neg,
+        pair_type=pair.pair_type,
+        distiller=distiller,
+        created_at=time.time(),
+    )
+
+
+def _emit(on_event: Callable[[BuildEvent], None] | None, task_id: str, status: str) -> None:
+    if on_event is not None:
+        on_event(BuildEvent(task_id, status))

@@ -1,0 +1,218 @@
+"""Task-aware retrieval: filter memory to the task's bucket, rank by TF-IDF, take the top p.
+
+`task_aware` (the paper): keep records of the task's (category, subcategory); when that
+bucket is empty back off to the category, then to the whole domain (ours; the level used is
+reported); rank by TF-IDF cosine between the new task and the stored task texts
+(scikit-learn); take the top p records and return their constraints (at most p x K).
+Ablations and controls: `global_tfidf` (the same ranking over the whole domain, no
+category filter), `random` (p records drawn at random: a placebo), `none`.
+Optional (the paper's v2): keep only records whose pair the querying model took part in.
+
+Each bucket's TF-IDF index is built once and reused until the store changes
+(`store.version()`).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from memcollab.agent import Guidance
+from memcollab.memory.record import MemoryRecord, task_hash
+from memcollab.tasks.task import Task
+
+Mode = Literal["task_aware", "global_tfidf", "random", "none"]
+Level = Literal["subcategory", "category", "domain", "none"]
+
+
+class LabelLike(Protocol):
+    """A (category, subcategory) label, as the classifier returns it."""
+
+    category: str
+    subcategory: str
+
+
+class RecordSource(Protocol):
+    """What retrieval needs from a memory store."""
+
+    def records(
+        self,
+        namespace: str = "default",
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+    ) -> list[MemoryRecord]: ...
+
+    def version(self) -> int: ...
+
+    def count_retrieved(self, record_ids: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What one query returned: guidance for the agent and where it came from."""
+
+    guidance: tuple[Guidance, ...]
+    record_ids: tuple[str, ...]
+    level: Level
+    mode: Mode
+    category: str | None = None
+    subcategory: str | None = None
+
+
+@dataclass
+class _Index:
+    version: int
+    records: list[MemoryRecord]
+    vectorizer: TfidfVectorizer | None
+    matrix: object | None
+    by_hash: dict[str, list[int]] = field(default_factory=dict)
+    participant_masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def participant_mask(self, model: str) -> np.ndarray:
+        """Which records come from a pair `model` took part in (cached per model)."""
+        mask = self.participant_masks.get(model)
+        if mask is None:
+            mask = np.array([model in (r.model_pos, r.model_neg) for r in self.records], bool)
+            self.participant_masks[model] = mask
+        return mask
+
+
+class Retriever:
+    """Retrieves memory guidance for a task from a store."""
+
+    def __init__(
+        self,
+        store: RecordSource,
+        *,
+        p: int = 3,
+        mode: Mode = "task_aware",
+        namespace: str = "default",
+        participant_filter: bool = False,
+        seed: int = 0,
+        count_usage: bool = True,
+    ) -> None:
+        if p < 1:
+            raise ValueError("p must be at least 1")
+        self.store = store
+        self.p = p
+        self.mode = mode
+        self.namespace = namespace
+        self.participant_filter = participant_filter
+        self.seed = seed
+        self.count_usage = count_usage
+        self._indexes: dict[tuple[str, str | None, str | None], _Index] = {}
+        self._lock = threading.Lock()
+
+    def retrieve(
+        self, task: Task, label: LabelLike | None = None, model: str | None = None
+    ) -> Retrieved:
+        """Guidance for `task`; `label` is the querying model's classification of it."""
+        if self.mode == "none":
+            return Retrieved((), (), "none", "none")
+        if self.mode == "random":
+            pool = self._filter(self._index(task.domain, None, None).records, model)
+            rng = random.Random(f"{self.seed}:{task.id}")
+            chosen = rng.sample(pool, min(self.p, len(pool)))
+            return self._result(chosen, "domain")
+        if self.mode == "global_tfidf" or label is None:
+            return self._result(self._rank(task, (task.domain, None, None), model), "domain")
+        levels: list[tuple[Level, tuple[str, str | None, str | None]]] = [
+            ("subcategory", (task.domain, label.category, label.subcategory)),
+            ("category", (task.domain, label.category, None)),
+            ("domain", (task.domain, None, None)),
+        ]
+        for level, bucket in levels:
+            ranked = self._rank(task, bucket, model)
+            if ranked:
+                return self._result(ranked, level, label)
+        return self._result([], "domain", label)
+
+    def _filter(self, records: list[MemoryRecord], model: str | None) -> list[MemoryRecord]:
+        if not self.participant_filter or model is None:
+            return records
+        return [r for r in records if model in (r.model_pos, r.model_neg)]
+
+    def _index(self, domain: str, category: str | None, subcategory: str | None) -> _Index:
+        key = (domain, category, subcategory)
+        version = self.store.version()
+        with self._lock:
+            index = self._indexes.get(key)
+            if index is not None and index.version == version:
+                return index
+        records = self.store.records(self.namespace, domain, category, subcategory)
+        vectorizer: TfidfVectorizer | None = None
+        matrix = None
+        if records:
+            vectorizer = TfidfVectorizer(sublinear_tf=True)
+            try:
+                matrix = vectorizer.fit_transform([r.task_text for r in records])
+            except ValueError:  # every text empty or stop words only: no vocabulary
+                vectorizer, matrix = None, None
+        by_hash: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            by_hash.setdefault(record.task_hash, []).append(i)
+        index = _Index(version, records, vectorizer, matrix, by_hash)
+        with self._lock:
+            self._indexes[key] = index
+        return index
+
+    def _rank(
+        self, task: Task, bucket: tuple[str, str | None, str | None], model: str | None
+    ) -> list[MemoryRecord]:
+        index = self._index(*bucket)
+        if not index.records:
+            return []
+        if index.vectorizer is None or index.matrix is None:
+            scores = np.zeros(len(index.records))
+        else:
+            query = index.vectorizer.transform([task.prompt])
+            scores = (index.matrix @ query.T).toarray().ravel()  # rows are L2-normalised
+        keep = self._keep(index, task, model)
+        candidates = np.flatnonzero(keep) if keep is not None else np.arange(len(scores))
+        if len(candidates) == 0:
+            return []
+        k = min(self.p, len(candidates))
+        # Top k in O(n) with argpartition, then an exact order (score desc, then insertion
+        # order) among those k: deterministic, and fast at 100k records.
+        if k < len(candidates):
+            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+        chosen = sorted(candidates.tolist(), key=lambda i: (-scores[i], i))
+        return [index.records[i] for i in chosen]
+
+    def _keep(self, index: _Index, task: Task, model: str | None) -> np.ndarray | None:
+        """A mask of usable records, or None when all are usable.
+
+        A record distilled from this very task text is never retrieved for it; with the
+        participant filter, only records whose pair involved `model` are kept.
+        """
+        same = index.by_hash.get(task_hash(task.prompt), [])
+        use_filter = self.participant_filter and model is not None
+        if not same and not use_filter:
+            return None
+        mask = index.participant_mask(model).copy() if use_filter and model else None
+        if mask is None:
+            mask = np.ones(len(index.records), dtype=bool)
+        mask[same] = False
+        return mask
+
+    def _result(
+        self, records: list[MemoryRecord], level: Level, label: LabelLike | None = None
+    ) -> Retrieved:
+        guidance = tuple(Guidance(r.id, c.text()) for r in records for c in r.constraints)
+        ids = tuple(r.id for r in records)
+        if ids and self.count_usage:
+            self.store.count_retrieved(list(ids))
+        return Retrieved(
+            guidance=guidance,
+            record_ids=ids,
+            level=level if ids else "none",
+            mode=self.mode,
+            category=label.category if label else None,
+            subcategory=label.subcategory if label else None,
+        )

@@ -1,0 +1,134 @@
+"""collect -> distill -> memory export/import/stats/show -> solve, end to end on scripted
+models through the real CLI (subprocesses), in seconds."""
+
+import json
+from pathlib import Path
+
+from memcollab.memory.store import SQLiteMemory
+from tests.test_cli import assert_one_line_error, run_cli
+
+FLEET = """
+[models.right]
+provider = "scripted"
+responses = ["I add them. \\\\boxed{4}"]
+strength = 2
+
+[models.wrong]
+provider = "scripted"
+responses = ["I multiply them. \\\\boxed{5}"]
+strength = 1
+
+[models.distiller]
+provider = "scripted"
+strength = 3
+responses = [
+  "1. When combining two quantities, enforce reading which operation is asked; avoid multiplying when the task asks for a sum.",
+  "2",
+  "3",
+]
+"""
+
+
+def _setup(tmp_path: Path) -> tuple[str, Path]:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(FLEET)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"t{i}", "q": f"Add two and two, then report case {chr(97 + i)}.", "a": 4}
+            )
+            + "\n"
+            for i in range(3)
+        )
+    )
+    out = tmp_path / "runs"
+    result = run_cli(
+        "collect",
+        "--fleet",
+        str(fleet),
+        "--model",
+        "right",
+        "--model",
+        "wrong",
+        "--tasks",
+        f"jsonl:{tasks}#domain=math,prompt=q,answer=a,id=id",
+        "--out",
+        str(out),
+        "--no-cache",
+    )
+    assert result.returncode == 0, result.stderr
+    return str(fleet), out
+
+
+def test_collect_distill_export_import_show_solve(tmp_path: Path) -> None:
+    fleet, runs = _setup(tmp_path)
+    memory = tmp_path / "mem.sqlite"
+    built = run_cli(
+        "distill", "--runs", str(runs), "--memory", str(memory), "--fleet", fleet, "--no-cache"
+    )
+    assert built.returncode == 0, built.stderr
+    assert "records added" in built.stdout
+    summary = json.loads((runs / "distill_summary.json").read_text())
+    assert summary["pairing"]["mixed"] == 3 and summary["records_added"] == 3
+    assert summary["distiller"] == "distiller"
+
+    records = SQLiteMemory(memory).records()
+    assert len(records) == 3
+    assert {(r.model_pos, r.model_neg, r.pair_type) for r in records} == {
+        ("right", "wrong", "mixed")
+    }
+    assert all(r.constraints[0].avoid.startswith("multiplying") for r in records)
+
+    again = run_cli(
+        "distill", "--runs", str(runs), "--memory", str(memory), "--fleet", fleet, "--no-cache"
+    )
+    assert json.loads((runs / "distill_summary.json").read_text())["records_existing"] == 3
+    assert again.returncode == 0
+
+    exported = tmp_path / "mem.jsonl"
+    assert run_cli("memory", "export", str(memory), str(exported)).returncode == 0
+    copy = tmp_path / "copy.sqlite"
+    first = run_cli("memory", "import", str(copy), str(exported))
+    assert "imported 3 records, skipped 0" in first.stdout
+    second = run_cli("memory", "import", str(copy), str(exported))
+    assert "imported 0 records, skipped 3" in second.stdout
+    assert SQLiteMemory(copy).records() == records
+
+    stats = run_cli("memory", "stats", str(copy), "--json")
+    assert json.loads(stats.stdout)["records"] == 3
+    shown = run_cli("memory", "show", str(copy), records[0].id)
+    assert "enforce reading which operation is asked" in shown.stdout
+
+    solved = run_cli(
+        "solve",
+        "What is two plus two?",
+        "--model",
+        "right",
+        "--memory",
+        str(memory),
+        "--fleet",
+        fleet,
+        "--no-cache",
+    )
+    assert solved.returncode == 0, solved.stderr
+    assert "retrieved at level" in solved.stdout
+    assert "avoid multiplying when the task asks for a sum" in solved.stdout
+    assert "boxed{4}" in solved.stdout
+
+
+def test_bad_inputs_give_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(
+        run_cli("distill", "--runs", str(tmp_path), "--memory", str(tmp_path / "m.sqlite")),
+        "holds no trajectories",
+    )
+    newer = tmp_path / "newer.jsonl"
+    newer.write_text(json.dumps({"id": "x", "format_version": 99}) + "\n")
+    assert_one_line_error(
+        run_cli("memory", "import", str(tmp_path / "m.sqlite"), str(newer)), "newer"
+    )
+    assert_one_line_error(
+        run_cli("memory", "stats", "postgresql://nobody:pw@127.0.0.1:9/none"),
+        "cannot connect to PostgreSQL",
+    )
+    assert_one_line_error(run_cli("memory", "show", str(tmp_path / "m.sqlite"), "nope"), "nope")
