@@ -32,12 +32,54 @@ from memcollab.memory.store import SQLiteMemory
 from memcollab.memory.taxonomy import builtin_taxonomy
 from memcollab.tasks.task import Task
 
-WORDS = (
-    "triangle circle area perimeter angle integer prime divisor remainder fraction ratio"
-    " percent probability dice coin card sequence series sum product polynomial root"
-    " equation inequality function graph vector matrix complex number digit base modulo"
-    " train speed distance time price cost discount interest apple box row column count"
-).split()
+WORDS = [
+    "triangle",
+    "circle",
+    "area",
+    "perimeter",
+    "angle",
+    "integer",
+    "prime",
+    "divisor",
+    "remainder",
+    "fraction",
+    "ratio",
+    "percent",
+    "probability",
+    "dice",
+    "coin",
+    "card",
+    "sequence",
+    "series",
+    "sum",
+    "product",
+    "polynomial",
+    "root",
+    "equation",
+    "inequality",
+    "function",
+    "graph",
+    "vector",
+    "matrix",
+    "complex",
+    "number",
+    "digit",
+    "base",
+    "modulo",
+    "train",
+    "speed",
+    "distance",
+    "time",
+    "price",
+    "cost",
+    "discount",
+    "interest",
+    "apple",
+    "box",
+    "row",
+    "column",
+    "count",
+]
 
 
 def _label(buckets: list[tuple[str, str]], rng: random.Random) -> tuple[str, str]:
@@ -111,7 +153,10 @@ def measure(size: int, queries: int, seed: int) -> dict[str, Any]:
             warm.append(time.perf_counter() - t0)
             assert len(result.record_ids) == 3 and result.level == "subcategory"
         store.close()
-    ms = lambda xs, q: round(float(np.percentile(np.array(xs) * 1000, q)), 3)  # noqa: E731
+
+    def ms(xs: list[float], q: int) -> float:
+        return round(float(np.percentile(np.array(xs) * 1000, q)), 3)
+
     return {
         "records": size,
         "buckets": len(buckets),

@@ -21,12 +21,14 @@ strength = 1
 [models.distiller]
 provider = "scripted"
 strength = 3
-responses = [
-  "1. When combining two quantities, enforce reading which operation is asked; avoid multiplying when the task asks for a sum.",
-  "2",
-  "3",
-]
-"""
+responses = [DISTILLED, "2", "3"]
+""".replace(
+    "DISTILLED",
+    json.dumps(
+        "1. When combining two quantities, enforce reading which operation is asked;"
+        " avoid multiplying when the task asks for a sum."
+    ),
+)
 
 
 def _setup(tmp_path: Path) -> tuple[str, Path]:
