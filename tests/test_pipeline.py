@@ -134,3 +134,12 @@ def test_bad_inputs_give_one_line(tmp_path: Path) -> None:
         "cannot connect to PostgreSQL",
     )
     assert_one_line_error(run_cli("memory", "show", str(tmp_path / "m.sqlite"), "nope"), "nope")
+
+
+def test_bad_taxonomy_file_is_one_line(tmp_path: Path) -> None:
+    fleet, runs = _setup(tmp_path)
+    bad = tmp_path / "tax.toml"
+    bad.write_text("name = [unclosed\n")
+    result = run_cli("distill", "--runs", str(runs), "--memory", str(tmp_path / "m.sqlite"),
+                     "--fleet", fleet, "--taxonomy", f"math={bad}", "--no-cache")
+    assert_one_line_error(result, "tax.toml")

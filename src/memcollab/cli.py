@@ -342,6 +342,22 @@ def collect_command(
 memory_app = typer.Typer(no_args_is_help=True, help="Inspect and move MemCollab memories.")
 app.add_typer(memory_app, name="memory")
 MemoryArg = Annotated[str, typer.Argument(help="Memory: a SQLite path or a postgresql:// URL.")]
+TaxonomyOption = Annotated[
+    list[str] | None,
+    typer.Option("--taxonomy", help="DOMAIN=FILE: your own taxonomy TOML (repeatable)."),
+]
+
+
+def _taxonomies(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        domain, sep, path = item.partition("=")
+        if not sep or domain not in ("math", "code") or not path:
+            raise UserError(f"bad --taxonomy {item!r}", "write --taxonomy math=FILE or code=FILE")
+        out[domain] = path
+    return out
+
+
 MemoryOption = Annotated[
     str, typer.Option("--memory", help="Memory: a SQLite path or a postgresql:// URL.")
 ]
@@ -360,6 +376,7 @@ def distill_command(
     tie_break: Annotated[
         bool, typer.Option("--tie-break", help="Pair all-right / all-wrong tasks too (counted).")
     ] = False,
+    taxonomy: TaxonomyOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
@@ -385,6 +402,7 @@ def distill_command(
     name = distiller or max(loaded.names(), key=lambda n: loaded.spec(n).strength)
     gateway = _gateway(cache, no_cache)
     client = gateway.bind(loaded.model(name))
+    classifier = DomainClassifier(client, _taxonomies(taxonomy))
     pairs = pair_trajectories(trajectories, strengths, tie_break=tie_break)
     console.print(
         f"{len(trajectories)} trajectories of {len(models)} models on {len(tasks)}"
@@ -407,7 +425,7 @@ def distill_command(
             tasks,
             mem,
             Distiller(client, max_constraints=max_constraints),
-            DomainClassifier(client),
+            classifier,
             namespace=namespace,
             on_event=lambda event: progress.advance(bar),
         )
@@ -447,6 +465,13 @@ def solve_command(
     namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
     max_turns: Annotated[int, typer.Option(min=1)] = 5,
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    participant_filter: Annotated[
+        bool,
+        typer.Option(
+            "--participant-filter", help="Only records whose pair involved this model (v2)."
+        ),
+    ] = False,
+    taxonomy: TaxonomyOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
@@ -463,9 +488,12 @@ def solve_command(
     task = Task(id="cli/solve", domain=domain, prompt=text)  # type: ignore[arg-type]
     guidance: tuple = ()
     if memory is not None:
-        label = DomainClassifier(client).classify(task)
+        label = DomainClassifier(client, _taxonomies(taxonomy)).classify(task)
         with open_memory(memory) as mem:
-            got = Retriever(mem, p=p, namespace=namespace).retrieve(task, label, model)
+            retriever = Retriever(
+                mem, p=p, namespace=namespace, participant_filter=participant_filter
+            )
+            got = retriever.retrieve(task, label, model)
         guidance = got.guidance
         console.print(
             f"[bold]label[/bold] {label.category} / {label.subcategory}"
