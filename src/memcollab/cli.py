@@ -453,8 +453,22 @@ def distill_command(
 
 @app.command("solve")
 def solve_command(
-    text: Annotated[str, typer.Argument(help="The task text.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Fleet model that solves it.")],
+    text: Annotated[str | None, typer.Argument(help="The task text (or use --task).")] = None,
+    task_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="Take the first task of a dataset spec instead, e.g. gsm8k:test[0:1];"
+            " its answer is then checked.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", envvar="MEMCOLLAB_DATA_DIR", help="Folder holding gsm8k/, math/, mbpp/."
+        ),
+    ] = None,
     memory: Annotated[
         str | None,
         typer.Option("--memory", help="Memory to retrieve from (none: solve without memory)."),
@@ -485,7 +499,12 @@ def solve_command(
     loaded = Fleet.load(fleet)
     spec = loaded.spec(model)
     client = _gateway(cache, no_cache).bind(loaded.model(model))
-    task = Task(id="cli/solve", domain=domain, prompt=text)  # type: ignore[arg-type]
+    if (text is None) == (task_spec is None):
+        raise UserError("give the task text or --task SPEC (one of them)")
+    if task_spec is not None:
+        task = _load_task_specs([task_spec], data_dir, 0)[0]
+    else:
+        task = Task(id="cli/solve", domain=domain, prompt=text or "")  # type: ignore[arg-type]
     guidance: tuple = ()
     if memory is not None:
         label = DomainClassifier(client, _taxonomies(taxonomy)).classify(task)
@@ -510,6 +529,9 @@ def solve_command(
         trajectory = agent.solve(task, guidance, condition="memcollab" if memory else "vanilla")
     console.rule(f"{model}: {trajectory.turns} turn(s), {trajectory.finish}")
     console.print(escape(trajectory.steps[-1].reply.strip() if trajectory.steps else "(no reply)"))
+    if task_spec is not None:
+        verdict = "[green]correct[/green]" if trajectory.correct else "[red]wrong[/red]"
+        console.print(f"{task.id}: {verdict} (reference {escape(str(task.answer))})")
 
 
 @memory_app.command("export")
