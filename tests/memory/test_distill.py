@@ -479,3 +479,17 @@ def test_stats_aggregate() -> None:
         "constraints": 3,
         "rejected": {"number": 1, "over_limit": 2},
     }
+
+
+def test_ensure_reads_as_enforce() -> None:
+    from memcollab.memory.distill import parse_constraints
+
+    parsed = parse_constraints(
+        "1. When adding several amounts, ensure each amount is counted once; avoid double"
+        " counting.\n2. When converting units, make sure that both sides use one unit;"
+        " avoid mixing units."
+    )
+    assert [(c.when, c.enforce) for c in parsed.candidates] == [
+        ("adding several amounts", "each amount is counted once"),
+        ("converting units", "both sides use one unit"),
+    ]
