@@ -439,9 +439,9 @@ def distill_command(
     for key, value in summary.distill.items():
         if isinstance(value, dict):
             for reason, count in value.items():
-                table.add_row(f"{key}: {reason}", str(count))
+                table.add_row(f"distill {key}: {reason}", str(count))
         else:
-            table.add_row(key.replace("_", " "), str(value))
+            table.add_row(f"distill {key.replace('_', ' ')}", str(value))
     table.add_row("records added", str(summary.records_added))
     table.add_row("records already there", str(summary.records_existing))
     table.add_row("records in namespace", str(total))

@@ -60,7 +60,7 @@ def test_choice_by_name_in_any_spelling() -> None:
     )
 
 
-def test_prompts_are_numbered_choices_with_descriptions_and_small_greedy_calls() -> None:
+def test_prompts_are_listed_choices_with_descriptions_and_small_greedy_calls() -> None:
     clf, model = classifier(responder("5", "4"))
     clf.classify(MOD_TASK)
     first, second = model.requests
@@ -68,11 +68,11 @@ def test_prompts_are_numbered_choices_with_descriptions_and_small_greedy_calls()
         assert request.decoding.temperature == 0.0
         assert request.decoding.max_tokens <= 16
         assert len(request.messages) == 1 and request.messages[0].role == "user"
-        assert _prompt(request).endswith("Answer with the number only.")
+        assert _prompt(request).endswith("Answer with the exact name only.")
         assert MOD_TASK in _prompt(request)
     tax = builtin_taxonomy("math")
-    assert "1. Algebra: " + tax.category("Algebra").description in _prompt(first)
-    assert "7. Precalculus: " in _prompt(first)
+    assert "- Algebra: " + tax.category("Algebra").description in _prompt(first)
+    assert "- Precalculus: " in _prompt(first)
     # The second call lists only the chosen category's subcategories.
     listed = re.findall(r"^(\d+)\. ([^:]+):", _prompt(second), flags=re.MULTILINE)
     assert [name for _, name in listed] == list(tax.subcategories("Number Theory"))
@@ -83,7 +83,7 @@ def test_invalid_reply_gets_one_stricter_retry() -> None:
     def respond(request: ChatRequest) -> str:
         if not _is_category_step(request):
             return "1"
-        return "2" if "Reply with a single number from 1 to 7" in _prompt(request) else "Hmm."
+        return "2" if "Reply with one name from the list" in _prompt(request) else "Hmm."
 
     clf, model = classifier(respond)
     label = clf.classify(MOD_TASK)
@@ -171,7 +171,7 @@ def test_user_taxonomy_file_and_single_subcategory_needs_no_second_call(tmp_path
     assert (label.category, label.subcategory, label.source) == ("Numbers", "primes", "model")
     assert len(model.requests) == 1
     assert clf.taxonomy == load_taxonomy(path)
-    assert "2. Numbers: ints" in _prompt(model.requests[0])
+    assert "- Numbers: ints" in _prompt(model.requests[0])
 
 
 def test_long_task_text_is_cut_in_the_prompt() -> None:
