@@ -147,7 +147,7 @@ def models_prepare(
 
 
 def _print_completion(completion: Completion) -> None:
-    console.print(completion.text.strip() or "[dim](empty answer)[/dim]")
+    console.print(completion.text.strip() or "(empty answer)", markup=False, highlight=False)
     usage = completion.usage
     speed = usage.completion_tokens / completion.latency_s if completion.latency_s > 0 else 0.0
     source = "cache" if completion.cached else f"{completion.latency_s:.1f}s, {speed:.1f} tok/s"
@@ -520,7 +520,7 @@ def solve_command(
             f" {len(got.record_ids)} records, {len(guidance)} constraints"
         )
         for g in guidance:
-            console.print(f"  [dim]{g.record_id}[/dim] {escape(g.text)}")
+            console.print(f"  {g.record_id} {g.text}", markup=False, highlight=False)
     decoding = spec.decoding
     if max_tokens is not None:
         decoding = decoding.model_copy(update={"max_tokens": max_tokens})
@@ -528,7 +528,9 @@ def solve_command(
     with console.status(f"{model} is solving..."):
         trajectory = agent.solve(task, guidance, condition="memcollab" if memory else "vanilla")
     console.rule(f"{model}: {trajectory.turns} turn(s), {trajectory.finish}")
-    console.print(escape(trajectory.steps[-1].reply.strip() if trajectory.steps else "(no reply)"))
+    console.print(
+        trajectory.steps[-1].reply.strip() if trajectory.steps else "(no reply)", markup=False
+    )
     if task_spec is not None:
         verdict = "[green]correct[/green]" if trajectory.correct else "[red]wrong[/red]"
         console.print(f"{task.id}: {verdict} (reference {escape(str(task.answer))})")
