@@ -457,7 +457,10 @@ def _math500(root: Path | None, split: str | None) -> list[Task]:
 
 
 def _mbpp(root: Path | None, split: str | None) -> list[Task]:
-    return load_mbpp(_need(root, "mbpp/mbpp.jsonl", f"mbpp:{split or 'test'}"), split or "test")
+    split = split or "test"
+    if split not in MBPP_SPLITS:  # say so before asking for the data directory
+        raise DataError(f"unknown MBPP split {split!r}", f"use one of {', '.join(MBPP_SPLITS)}")
+    return load_mbpp(_need(root, "mbpp/mbpp.jsonl", f"mbpp:{split}"), split)
 
 
 def _humaneval(root: Path | None, split: str | None) -> list[Task]:
