@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import cast
 
 import pytest
 
@@ -22,16 +21,6 @@ from memcollab.tasks.sandbox import (
 )
 
 FAST = SandboxLimits(wall_s=0.5, cpu_s=1)
-
-
-@pytest.fixture(params=["bwrap", "fallback"])
-def backend(request: pytest.FixtureRequest) -> BackendName:
-    """Each backend usable on this machine (bubblewrap is skipped where it cannot run)."""
-    try:
-        isolation_report(request.param)
-    except SandboxError as exc:
-        pytest.skip(f"{request.param} backend unavailable here: {exc}")
-    return cast(BackendName, request.param)
 
 
 # --- run_code ------------------------------------------------------------------------------

@@ -16,13 +16,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 
 from memcollab.tasks.sandbox import (
     BackendName,
-    SandboxError,
     SandboxLimits,
     TestVerdict,
     _parse_record,
@@ -38,15 +36,6 @@ RECORD = repr(
 )
 WRONG = "def f(x):\n    return 0\n"  # the task: f(1) == 2
 TESTS = ["assert f(1) == 2", "assert f(2) == 3"]
-
-
-@pytest.fixture(params=["bwrap", "fallback"])
-def backend(request: pytest.FixtureRequest) -> BackendName:
-    try:
-        isolation_report(request.param)
-    except SandboxError as exc:
-        pytest.skip(f"{request.param} backend unavailable here: {exc}")
-    return cast(BackendName, request.param)
 
 
 def require(backend: BackendName, *names: str) -> None:

@@ -809,15 +809,20 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _kill_descendants(root: int) -> None:
-    for attempt in range(200):
-        pids = _descendants(root)
+def _kill_until_gone(find: Callable[[], list[int]], attempts: int) -> None:
+    """SIGKILL what `find` returns, again and again, until it finds nothing (or we give up)."""
+    for attempt in range(attempts):
+        pids = find()
         if not pids:
             return
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.002 if attempt < 50 else 0.02)
+
+
+def _kill_descendants(root: int) -> None:
+    _kill_until_gone(lambda: _descendants(root), 200)
 
 
 def _pids_of_uid(uid: int) -> list[int]:
@@ -846,14 +851,7 @@ def _pids_of_uid(uid: int) -> list[int]:
 
 def _sweep_uid(uid: int) -> None:
     """Kill every process of the run's uid until none is left (its own uid: nothing else)."""
-    for attempt in range(400):
-        pids = _pids_of_uid(uid)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.002 if attempt < 50 else 0.02)
+    _kill_until_gone(lambda: _pids_of_uid(uid), 400)
 
 
 def _id_ranges(path: str) -> list[tuple[int, int]]:
