@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from memcollab.agent import Agent
 from memcollab.errors import UserError
+from memcollab.sqlite_local import LocalSQLite
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
@@ -50,11 +50,7 @@ class TrajectoryStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
+        self._db = LocalSQLite(self.path, _SCHEMA)
 
     @classmethod
     def in_dir(cls, run_dir: str | Path) -> TrajectoryStore:
@@ -73,12 +69,7 @@ class TrajectoryStore:
         return cls(path)
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=60000")
-            self._local.conn = conn
-        return conn
+        return self._db.conn()
 
     def put(self, trajectory: Trajectory, replace: bool = False) -> None:
         """Store one trajectory (committed at once)."""

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from memcollab.llm.base import ChatRequest, Completion, Model
+from memcollab.sqlite_local import LocalSQLite
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,6 @@ CREATE TABLE IF NOT EXISTS calls (
     created_at REAL NOT NULL
 )
 """
-_BUSY_TIMEOUT_MS = 60_000
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-    return conn
 
 
 class CallCache:
@@ -43,32 +37,10 @@ class CallCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._init_schema()
-
-    def _init_schema(self) -> None:
-        # Switching to WAL takes a brief exclusive lock. SQLite's busy handler is not
-        # consulted for that switch, so a process that races another one on a brand-new
-        # file retries here instead of failing with "database is locked".
-        for attempt in range(50):
-            try:
-                conn = self._conn()
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(_SCHEMA)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 49:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        self._db = LocalSQLite(self.path, _SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _connect(self.path)
-            self._local.conn = conn
-        return conn
+        return self._db.conn()
 
     def get(self, key: str) -> Completion | None:
         """The cached completion for `key`, or None."""
@@ -102,10 +74,7 @@ class CallCache:
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
 
 
 @dataclass
