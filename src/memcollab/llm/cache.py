@@ -117,7 +117,8 @@ class Gateway:
 
     def complete(self, model: Model, request: ChatRequest) -> Completion:
         """Answer `request` with `model`, from the cache when possible."""
-        key = request.cache_key(model.identity()) if self.cache is not None else ""
+        identity = model.identity() if self.cache is not None else ""
+        key = request.cache_key(identity) if self.cache is not None else ""
         hit = self._lookup(model, key)
         if hit is not None:
             return hit
@@ -141,7 +142,7 @@ class Gateway:
             stat.completion_tokens += completion.usage.completion_tokens
             stat.seconds += elapsed
         if self.cache is not None:
-            self.cache.put(key, model.identity(), request, completion)
+            self.cache.put(key, identity, request, completion)
         return completion
 
     def _lookup(self, model: Model, key: str) -> Completion | None:

@@ -116,7 +116,11 @@ class Retriever:
         if self.mode == "none":
             return Retrieved((), (), "none", "none")
         if self.mode == "random":
-            pool = self._filter(self._index(task.domain, None, None).records, model)
+            index = self._index(task.domain, None, None)
+            pool = index.records
+            if self.participant_filter and model is not None:
+                mask = index.participant_mask(model)
+                pool = [r for r, keep in zip(pool, mask, strict=True) if keep]
             rng = random.Random(f"{self.seed}:{task.id}")
             chosen = rng.sample(pool, min(self.p, len(pool)))
             return self._result(chosen, "domain")
@@ -132,11 +136,6 @@ class Retriever:
             if ranked:
                 return self._result(ranked, level, label)
         return self._result([], "domain", label)
-
-    def _filter(self, records: list[MemoryRecord], model: str | None) -> list[MemoryRecord]:
-        if not self.participant_filter or model is None:
-            return records
-        return [r for r in records if model in (r.model_pos, r.model_neg)]
 
     def _index(self, domain: str, category: str | None, subcategory: str | None) -> _Index:
         key = (domain, category, subcategory)
