@@ -111,3 +111,26 @@ def test_killed_collection_resumes_without_redoing_work(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["models"]["slow"]["tasks"] == 12
     assert summary["models"]["slow"]["correct"] == 1  # only k2 has answer 4
+
+
+def test_default_workers_fill_every_models_concurrency() -> None:
+    from memcollab.collect import MAX_DEFAULT_WORKERS, default_workers
+
+    class Batched(ScriptedModel):
+        def __init__(self, name: str, key: str, limit: int) -> None:
+            super().__init__(["x"], name=name)
+            self._limit = (key, limit)
+
+        def concurrency(self) -> tuple[str, int]:
+            return self._limit
+
+    gateway = Gateway(None)
+    agents = [
+        Agent(gateway.bind(Batched("a", "engine:a", 8))),
+        Agent(gateway.bind(Batched("b", "engine:b", 16))),
+        Agent(gateway.bind(Batched("c", "shared-cpu", 1))),
+        Agent(gateway.bind(Batched("d", "shared-cpu", 1))),  # shares c's limit: counted once
+    ]
+    assert default_workers(agents) == 8 + 16 + 1
+    wide = [Agent(gateway.bind(Batched(f"m{i}", f"k{i}", 64))) for i in range(3)]
+    assert default_workers(wide) == MAX_DEFAULT_WORKERS

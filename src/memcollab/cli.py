@@ -255,7 +255,14 @@ def collect_command(
     ] = None,
     max_turns: Annotated[int, typer.Option(min=1, help="Model calls per task at most.")] = 5,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per reply.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 4,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Tasks in flight at once (default: what the models serve at once, e.g. each"
+            " local model's batch width).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of `[~n]` task sampling.")] = 0,
     redo: Annotated[bool, typer.Option("--redo", help="Recompute stored trajectories.")] = False,
     cache: CacheOption = None,

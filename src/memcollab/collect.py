@@ -202,6 +202,18 @@ def summarise(
     return out
 
 
+MAX_DEFAULT_WORKERS = 64
+
+
+def default_workers(agents: Sequence[Agent]) -> int:
+    """Tasks worth having in flight: the sum of the models' concurrency limits.
+
+    Models that share one limit (one concurrency key) count once; capped at 64 threads.
+    """
+    limits = dict(agent.client.model.concurrency() for agent in agents)
+    return max(1, min(MAX_DEFAULT_WORKERS, sum(limits.values())))
+
+
 def collect(
     agents: Sequence[Agent],
     tasks: Sequence[Task],
@@ -209,14 +221,17 @@ def collect(
     *,
     condition: str = "vanilla",
     redo: bool = False,
-    workers: int = 4,
+    workers: int | None = None,
     on_event: Callable[[CollectEvent], None] | None = None,
 ) -> CollectResult:
     """Every agent on every task; finished (task, model) pairs in `store` are skipped.
 
     Jobs are interleaved across models so every model makes progress; a KeyboardInterrupt
-    cancels what has not started and keeps everything already stored.
+    cancels what has not started and keeps everything already stored. `workers` (tasks in
+    flight) defaults to what the models can serve at once (`default_workers`), so a batching
+    engine gets a full batch of concurrent tasks.
     """
+    workers = workers or default_workers(agents)
     store.put_tasks(tasks)
     done = set() if redo else store.keys()
     result = CollectResult()

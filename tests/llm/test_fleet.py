@@ -100,3 +100,54 @@ def test_unknown_model_name_lists_known_ones(tmp_path: Path) -> None:
     fleet = Fleet.load(_write(tmp_path, FLEET))
     with pytest.raises(ModelNotFoundError, match="known models: strong, local-file"):
         fleet.spec("weak")
+
+
+def test_engine_settings_reach_the_llamacpp_model(tmp_path: Path) -> None:
+    from memcollab.llm import packaged
+    from memcollab.llm.llamacpp import DEFAULT_BATCH_WIDTH, LlamaCppModel
+
+    fleet = Fleet.load(
+        _write(
+            tmp_path,
+            """
+[models.wide]
+provider = "llamacpp"
+path = "/models/custom.gguf"
+batch_width = 12
+prefix_cache = false
+repack_weights = false
+
+[models.plain]
+provider = "llamacpp"
+path = "/models/custom.gguf"
+engine = "simple"
+""",
+        )
+    )
+    wide = fleet.model("wide")
+    assert isinstance(wide, LlamaCppModel)
+    assert (wide.batch_width, wide.prefix_cache, wide.repack_weights) == (12, False, False)
+    key, limit = wide.concurrency()
+    assert key.startswith("llamacpp:engine:") and limit == 12
+    plain = fleet.model("plain")
+    assert isinstance(plain, LlamaCppModel)
+    assert plain.concurrency() == ("llamacpp:local-cpu", 1)
+    assert plain.batch_width == DEFAULT_BATCH_WIDTH
+    # A packaged model takes the width measured for it unless the file sets one.
+    default = Fleet.default()
+    for name in default.names():
+        assert default.spec(name).batch_width is None
+    assert {m.batch_width for m in packaged.PACKAGED_MODELS.values()} <= set(range(1, 65))
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("batch_width = 0", "batch_width"),
+        ('engine = "turbo"', "engine"),
+    ],
+)
+def test_bad_engine_settings_are_one_clear_error(tmp_path: Path, entry: str, message: str) -> None:
+    text = f'[models.m]\nprovider = "llamacpp"\npath = "/x.gguf"\n{entry}\n'
+    with pytest.raises(ConfigError, match=message):
+        Fleet.load(_write(tmp_path, text))

@@ -9,6 +9,7 @@ A fleet file is TOML:
     provider = "llamacpp"        # llamacpp | openai | scripted
     packaged = "qwen2.5-coder-1.5b"   # or: path = "/models/x.gguf"
     strength = 3                 # higher is stronger; a tie-break in pairing
+    batch_width = 8              # sequences decoded together (default: measured per model)
 
     [models.gpt]
     provider = "openai"
@@ -48,6 +49,10 @@ class ModelSpec(BaseModel):
     n_ctx: int = Field(default=4096, ge=256)
     n_threads: int | None = Field(default=None, ge=1)
     prompt_format: Literal["auto", "chat", "completion"] = "auto"
+    engine: Literal["batch", "simple"] = "batch"
+    batch_width: int | None = Field(default=None, ge=1, le=64)
+    prefix_cache: bool | None = None
+    repack_weights: bool | None = None
     # openai
     model: str | None = None
     base_url: str | None = None
@@ -92,8 +97,18 @@ def register_provider(name: str) -> Callable[[ProviderFactory], ProviderFactory]
 @register_provider("llamacpp")
 def _build_llamacpp(spec: ModelSpec) -> Model:
     from memcollab.llm import packaged
-    from memcollab.llm.llamacpp import LlamaCppModel
+    from memcollab.llm.llamacpp import (
+        DEFAULT_BATCH_WIDTH,
+        DEFAULT_PREFIX_CACHE,
+        DEFAULT_REPACK,
+        LlamaCppModel,
+    )
 
+    engine_options: dict[str, Any] = {
+        "engine": spec.engine,
+        "prefix_cache": DEFAULT_PREFIX_CACHE if spec.prefix_cache is None else spec.prefix_cache,
+        "repack_weights": DEFAULT_REPACK if spec.repack_weights is None else spec.repack_weights,
+    }
     if spec.packaged is not None:
         entry = packaged.get(spec.packaged)
         path = packaged.ensure_ready(entry)
@@ -107,6 +122,8 @@ def _build_llamacpp(spec: ModelSpec) -> Model:
             n_ctx=spec.n_ctx,
             n_threads=spec.n_threads,
             prompt_format=known_format if spec.prompt_format == "auto" else spec.prompt_format,
+            batch_width=spec.batch_width or entry.batch_width,
+            **engine_options,
         )
     assert spec.path is not None
     return LlamaCppModel(
@@ -115,6 +132,8 @@ def _build_llamacpp(spec: ModelSpec) -> Model:
         n_ctx=spec.n_ctx,
         n_threads=spec.n_threads,
         prompt_format=spec.prompt_format,
+        batch_width=spec.batch_width or DEFAULT_BATCH_WIDTH,
+        **engine_options,
     )
 
 

@@ -2,14 +2,21 @@
 
 Instruct models are prompted with the chat template stored in the GGUF. Base models (no
 template) are prompted as plain completion inside the few-shot frame this package ships
-(`frame.py`). A loaded model is kept and reused by every `LlamaCppModel` that names the same
-file and settings; calls into one loaded model are serialised, since a llama.cpp context
-serves one sequence at a time through this API.
+(`frame.py`). Two ways to run a request:
+
+* `engine = "batch"` (the default): the continuous-batching engine (`engine.py`) serves
+  every concurrent request for the model, `batch_width` sequences per decode step. Prompts
+  are rendered and tokenized exactly as llama-cpp-python's `create_chat_completion` /
+  `create_completion` do, so the engine sees the same tokens.
+* `engine = "simple"`: llama-cpp-python's high-level API, one request at a time per loaded
+  model (the path this project used before the engine; kept for comparison).
+
+A loaded model or engine is shared by every `LlamaCppModel` that names the same file and
+settings.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -19,10 +26,17 @@ from typing import Any, Literal
 
 from memcollab.errors import ContextOverflowError, ModelNotFoundError, ModelUnavailableError
 from memcollab.llm.base import ChatRequest, Completion, Usage
+from memcollab.llm.engine import BatchEngine, SamplingParams, quiet_llama_log
 from memcollab.llm.frame import CompletionFrame, default_frame
 from memcollab.llm.packaged import sha256_file
 
 PromptFormat = Literal["auto", "chat", "completion"]
+
+# Defaults of the batching engine, chosen by benchmarks/engine_throughput.py (see its
+# results file for the measurements behind them).
+DEFAULT_BATCH_WIDTH = 8
+DEFAULT_PREFIX_CACHE = True
+DEFAULT_REPACK = True
 
 
 @dataclass
@@ -59,11 +73,7 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> _Loaded:
             raise ModelUnavailableError(
                 "llama-cpp-python is not installed", "pip install 'memcollab[local]'"
             ) from None
-        # llama-cpp-python prints llama.cpp's log to stderr unless its logger is quietened;
-        # the library never prints, so keep it to errors unless the user configured it.
-        llama_logger = logging.getLogger("llama-cpp-python")
-        if llama_logger.level == logging.NOTSET:
-            llama_logger.setLevel(logging.ERROR)
+        quiet_llama_log()
         try:
             llama = Llama(
                 model_path=str(path),
@@ -88,9 +98,13 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> _Loaded:
 
 
 def unload_all() -> None:
-    """Forget every loaded model (they are freed once nothing else holds them)."""
+    """Forget every loaded model and close every engine (requests in flight are cancelled)."""
     with _LOADED_LOCK:
         _LOADED.clear()
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        engine.close()
 
 
 def file_identity(path: Path) -> str:
@@ -100,6 +114,36 @@ def file_identity(path: Path) -> str:
     if key not in _FILE_SHA:
         _FILE_SHA[key] = sha256_file(path)
     return _FILE_SHA[key]
+
+
+EngineMode = Literal["batch", "simple"]
+_ENGINES: dict[tuple[str, int, int, int, int, bool], BatchEngine] = {}
+
+
+def get_engine(
+    path: Path, *, n_ctx: int, n_threads: int, width: int, prefix_slots: int, repack: bool
+) -> BatchEngine:
+    """The running engine for these settings (started on first use, then shared)."""
+    key = (str(path.resolve()), n_ctx, n_threads, width, prefix_slots, repack)
+    with _LOADED_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            if not path.is_file():
+                raise ModelNotFoundError(
+                    f"GGUF file not found: {path}",
+                    "check the path in the fleet file, or use a packaged model"
+                    " (memcollab models list)",
+                )
+            engine = BatchEngine(
+                path,
+                width=width,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                prefix_slots=prefix_slots,
+                repack=repack,
+            )
+            _ENGINES[key] = engine
+        return engine
 
 
 class LlamaCppModel:
@@ -115,6 +159,10 @@ class LlamaCppModel:
         n_threads: int | None = None,
         prompt_format: PromptFormat = "auto",
         frame: CompletionFrame | None = None,
+        engine: EngineMode = "batch",
+        batch_width: int = DEFAULT_BATCH_WIDTH,
+        prefix_cache: bool = DEFAULT_PREFIX_CACHE,
+        repack_weights: bool = DEFAULT_REPACK,
     ) -> None:
         self.name = name
         self.path = Path(path).expanduser()
@@ -122,7 +170,12 @@ class LlamaCppModel:
         self.n_threads = n_threads or _default_threads()
         self.prompt_format = prompt_format
         self.frame = frame or default_frame()
+        self.engine_mode = engine
+        self.batch_width = max(1, batch_width)
+        self.prefix_cache = prefix_cache
+        self.repack_weights = repack_weights
         self._sha256 = sha256
+        self._chat_formatter: Any = None
 
     def _loaded(self) -> _Loaded:
         return load_llama(self.path, self.n_ctx, self.n_threads)
@@ -132,9 +185,22 @@ class LlamaCppModel:
         """The underlying `llama_cpp.Llama` object (loaded on first use)."""
         return self._loaded().llama
 
+    def engine(self) -> BatchEngine:
+        """The batching engine serving this model (started on first use)."""
+        return get_engine(
+            self.path,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            width=self.batch_width,
+            prefix_slots=self.batch_width if self.prefix_cache else 0,
+            repack=self.repack_weights,
+        )
+
     def uses_chat_template(self) -> bool:
         """Whether requests go through the GGUF's chat template (else the completion frame)."""
         if self.prompt_format == "auto":
+            if self.engine_mode == "batch":
+                return bool(self.engine().metadata("tokenizer.chat_template"))
             return self._loaded().has_chat_template
         return self.prompt_format == "chat"
 
@@ -144,15 +210,87 @@ class LlamaCppModel:
                 raise ModelNotFoundError(f"GGUF file not found: {self.path}")
             self._sha256 = file_identity(self.path)
         mode = "chat" if self.uses_chat_template() else f"frame-{self.frame.digest}"
-        return f"llamacpp:sha256:{self._sha256}:{mode}"
+        # Batched decoding uses other matrix kernels than the one-at-a-time path, so the two
+        # may differ in a greedy token: they are distinct identities in the call cache.
+        kernels = f":batch{'' if self.repack_weights else '-norepack'}"
+        return f"llamacpp:sha256:{self._sha256}:{mode}" + (
+            kernels if self.engine_mode == "batch" else ""
+        )
 
     def concurrency(self) -> tuple[str, int]:
+        if self.engine_mode == "batch":
+            # The engine decodes `batch_width` sequences per step; more would only queue.
+            key = f"llamacpp:engine:{self.path.resolve()}:{self.batch_width}:{self.prefix_cache}"
+            return key, self.batch_width
         # Every embedded model computes on the same CPU cores with all their threads; two
-        # generating at once only thrash. One local generation at a time, machine-wide in
-        # this process (the batching engine of a later issue serves many sequences at once).
+        # generating at once only thrash. One local generation at a time, machine-wide.
         return "llamacpp:local-cpu", 1
 
     def complete(self, request: ChatRequest) -> Completion:
+        if self.engine_mode == "batch":
+            return self._complete_batched(request)
+        return self._complete_simple(request)
+
+    def prompt_tokens(self, request: ChatRequest) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt's token ids and the stop strings, as llama-cpp-python would build them.
+
+        Chat: the GGUF template through llama-cpp-python's Jinja2 formatter, tokenized with
+        special tokens and no added BOS (the template writes it), stopping at the EOS text.
+        Completion: BOS when the vocabulary asks for it, then the frame text.
+        """
+        engine = self.engine()
+        stops = tuple(request.decoding.stop)
+        if self.uses_chat_template():
+            if self._chat_formatter is None:
+                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+                self._chat_formatter = Jinja2ChatFormatter(
+                    template=engine.metadata("tokenizer.chat_template") or "",
+                    eos_token=engine.token_text(engine.eos_token),
+                    bos_token=engine.token_text(engine.bos_token),
+                    stop_token_ids=[engine.eos_token],
+                )
+            rendered = self._chat_formatter(messages=[m.model_dump() for m in request.messages])
+            tokens = engine.tokenize(
+                rendered.prompt, add_bos=not rendered.added_special, special=True
+            )
+            extra = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]
+            return tokens, stops + tuple(s for s in extra if s)
+        text = self.frame.render(request.messages)
+        bos = [engine.bos_token] if engine.add_bos and engine.bos_token >= 0 else []
+        tokens = bos + engine.tokenize(text, add_bos=False, special=True)
+        return tokens, tuple(self.frame.stop) + stops
+
+    def _complete_batched(self, request: ChatRequest) -> Completion:
+        tokens, stops = self.prompt_tokens(request)
+        params = request.decoding
+        started = time.perf_counter()
+        try:
+            generation = self.engine().generate(
+                tokens,
+                SamplingParams(
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_tokens=params.max_tokens,
+                    seed=request.effective_seed(),
+                    stop=stops,
+                ),
+            )
+        except ContextOverflowError as exc:
+            raise ContextOverflowError(f"{self.name}: {exc.problem}", exc.fix) from None
+        text = generation.text if self.uses_chat_template() else generation.text.lstrip(" ")
+        return Completion(
+            text=text,
+            finish_reason=generation.finish_reason,
+            usage=Usage(
+                prompt_tokens=generation.prompt_tokens,
+                completion_tokens=generation.completion_tokens,
+            ),
+            latency_s=time.perf_counter() - started,
+            model=self.name,
+        )
+
+    def _complete_simple(self, request: ChatRequest) -> Completion:
         loaded = self._loaded()
         params = request.decoding
         kwargs: dict[str, Any] = {

@@ -50,6 +50,9 @@ class PackagedModel:
     chunks: tuple[Chunk, ...]
     chat: bool
     strength: int
+    # Sequences the batching engine decodes together by default, chosen by measurement
+    # (benchmarks/engine_throughput.py; results in benchmarks/results/engine_throughput.json).
+    batch_width: int = 8
 
     def target(self, directory: Path | None = None) -> Path:
         """Where the assembled file lives."""
