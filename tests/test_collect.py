@@ -114,7 +114,7 @@ def test_killed_collection_resumes_without_redoing_work(tmp_path: Path) -> None:
 
 
 def test_default_workers_fill_every_models_concurrency() -> None:
-    from memcollab.collect import MAX_DEFAULT_WORKERS, default_workers
+    from memcollab.collect import MAX_DEFAULT_WORKERS, MIN_DEFAULT_WORKERS, default_workers
 
     class Batched(ScriptedModel):
         def __init__(self, name: str, key: str, limit: int) -> None:
@@ -134,3 +134,4 @@ def test_default_workers_fill_every_models_concurrency() -> None:
     assert default_workers(agents) == 8 + 16 + 1
     wide = [Agent(gateway.bind(Batched(f"m{i}", f"k{i}", 64))) for i in range(3)]
     assert default_workers(wide) == MAX_DEFAULT_WORKERS
+    assert default_workers(agents[2:]) == MIN_DEFAULT_WORKERS  # one shared lock: still 4

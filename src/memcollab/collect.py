@@ -202,16 +202,18 @@ def summarise(
     return out
 
 
+MIN_DEFAULT_WORKERS = 4
 MAX_DEFAULT_WORKERS = 64
 
 
 def default_workers(agents: Sequence[Agent]) -> int:
     """Tasks worth having in flight: the sum of the models' concurrency limits.
 
-    Models that share one limit (one concurrency key) count once; capped at 64 threads.
+    Models that share one limit (one concurrency key) count once. At least 4, so sandbox
+    runs overlap with generation even for models served one call at a time; at most 64.
     """
     limits = dict(agent.client.model.concurrency() for agent in agents)
-    return max(1, min(MAX_DEFAULT_WORKERS, sum(limits.values())))
+    return max(MIN_DEFAULT_WORKERS, min(MAX_DEFAULT_WORKERS, sum(limits.values())))
 
 
 def collect(

@@ -86,8 +86,9 @@ def test_one_sequence_matches_llama_cpp_python_token_for_token(gemma_path: Path)
     assert batched.identity() != simple.identity()  # distinct in the call cache
 
 
-def test_without_weight_repacking_outputs_do_not_depend_on_the_batch(gemma_path: Path) -> None:
-    engine = BatchEngine(gemma_path, width=4, n_ctx=512, n_threads=2, repack=False)
+@pytest.mark.parametrize("repack", [True, False])
+def test_greedy_outputs_do_not_depend_on_the_batch(gemma_path: Path, repack: bool) -> None:
+    engine = BatchEngine(gemma_path, width=4, n_ctx=512, n_threads=2, repack=repack)
     try:
         params = SamplingParams(max_tokens=20)
         target = _prompt(engine, "Once upon a time there was a")
@@ -227,3 +228,60 @@ def test_the_model_serves_concurrent_calls_through_one_engine(gemma_path: Path) 
     assert all(c.usage.completion_tokens <= 8 for c in completions)
     assert model.engine().stats.decode_rows > model.engine().stats.decode_steps  # batched
     assert gateway.stats()["g"].calls == 8
+
+
+def test_decode_batches_are_padded_so_every_row_gets_the_same_kernel(gemma_path: Path) -> None:
+    import numpy as np
+
+    engine = BatchEngine(gemma_path, width=4, n_ctx=512, n_threads=2)
+    ll = engine._ll
+    try:
+        # A hundred tokens of context, where the two kernels are known to round differently.
+        prompts = [list(range(1000, 1100)) + [2000 + s] * s for s in range(4)]
+        for slot, tokens in enumerate(prompts):
+            engine._fill([(t, i, slot, i == len(tokens) - 1) for i, t in enumerate(tokens)])
+            assert ll.llama_decode(engine._ctx, engine._batch) == 0
+
+        def logits_of_slot0(rows: int) -> np.ndarray:
+            engine._fill([(5, len(prompts[s]), s, True) for s in range(rows)])
+            assert ll.llama_decode(engine._ctx, engine._batch) == 0
+            out = np.ctypeslib.as_array(
+                ll.llama_get_logits_ith(engine._ctx, 0), shape=(engine.n_vocab,)
+            ).copy()
+            for s in range(rows):
+                ll.llama_memory_seq_rm(engine._mem, s, len(prompts[s]), -1)
+            return out
+
+        alone, four = logits_of_slot0(1), logits_of_slot0(4)
+        # One row and four rows go through different kernels whose rounding differs...
+        assert not np.array_equal(alone, four)
+        # ...and rows of empty slots (what the engine pads with) give the four-row result.
+        for s in (1, 2, 3):
+            ll.llama_memory_seq_rm(engine._mem, s, -1, -1)
+        engine._fill([(5, len(prompts[0]), 0, True)] + [(5, 0, s, True) for s in (1, 2, 3)])
+        assert ll.llama_decode(engine._ctx, engine._batch) == 0
+        padded = np.ctypeslib.as_array(
+            ll.llama_get_logits_ith(engine._ctx, 0), shape=(engine.n_vocab,)
+        ).copy()
+        assert np.array_equal(padded, four)
+        for s in range(4):
+            ll.llama_memory_seq_rm(engine._mem, s, -1, -1)
+        # What the engine submits: record every decode batch of a run with ragged requests.
+        sizes: list[int] = []
+        original = engine._decode
+
+        def recording(seqs, *, prefill):  # type: ignore[no-untyped-def]
+            if not prefill:
+                sizes.append(engine._batch.n_tokens)
+            return original(seqs, prefill=prefill)
+
+        engine._decode = recording  # type: ignore[method-assign]
+        handles = [
+            engine.submit(p, SamplingParams(max_tokens=n))
+            for p, n in zip(prompts, (3, 9, 1, 14), strict=True)
+        ]
+        for handle in handles:
+            handle.result(timeout=60)
+        assert sizes and all(n % 4 == 0 for n in sizes)
+    finally:
+        engine.close()

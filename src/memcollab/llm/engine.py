@@ -215,6 +215,7 @@ class BatchEngine:
         prefix_slots: int = 0,
         min_prefix: int = 32,
         repack: bool = True,
+        pad_to: int | None = None,
     ) -> None:
         try:
             import llama_cpp
@@ -231,6 +232,7 @@ class BatchEngine:
         self.width = width
         self.prefix_slots = prefix_slots
         self.min_prefix = max(1, min_prefix)
+        self.pad_to = max(1, pad_to if pad_to is not None else (4 if repack else 1))
         quiet_llama_log()
         mparams = llama_cpp.llama_model_default_params()
         mparams.use_extra_bufts = repack
@@ -243,7 +245,9 @@ class BatchEngine:
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        n_seq = width + prefix_slots
+        staging = max(1, prefix_slots)
+        n_seq = width + staging
+        self._n_seq = n_seq
         self.has_swa = llama_cpp.llama_model_n_swa(model) > 0
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx * n_seq
@@ -275,10 +279,11 @@ class BatchEngine:
         self._lock = threading.Lock()  # guards the inbox and the closed flag
         self._compute = threading.RLock()  # held for a whole step; guards llama.cpp state
         self._inbox: deque[_Request] = deque()
-        self._running: dict[int, _Sequence] = {}
+        self._decoding: list[_Sequence] = []  # index == slot
+        self._staged: dict[int, _Sequence] = {}  # prompts waiting for or in prefill
         self._prefilling: deque[_Sequence] = deque()
         self._cached: dict[int, _CachedPrefix] = {}
-        self._free: list[int] = list(range(n_seq - 1, -1, -1))
+        self._free_staging: list[int] = list(range(n_seq - 1, width - 1, -1))
         self._closed = False
         self._scheduler = _SCHEDULER
         self.steps = 0
@@ -366,22 +371,27 @@ class BatchEngine:
     def kv_usage(self) -> KVUsage:
         """How many KV cells running and cached sequences hold (from llama.cpp)."""
         with self._compute:
-            active = sum(self._cells(s) for s in self._running)
-            cached = sum(self._cells(s) for s in self._cached)
+            active = self._active()
             with self._lock:
                 queued = len(self._inbox)
-            return KVUsage(active, cached, len(self._running), len(self._cached), queued)
+            return KVUsage(
+                active_cells=sum(self._cells(s.slot) for s in active),
+                cached_cells=sum(self._cells(slot) for slot in self._cached),
+                active_sequences=len(active),
+                cached_sequences=len(self._cached),
+                queued_requests=queued,
+            )
 
     def cells_in_use(self) -> int:
         """KV cells held by any sequence slot, whatever its role (0 when all is free)."""
         with self._compute:
-            return sum(self._cells(s) for s in range(self.width + self.prefix_slots))
+            return sum(self._cells(slot) for slot in range(self._n_seq))
 
     def clear_prefix_cache(self) -> None:
         """Drop every cached prefix (frees their KV cells)."""
         with self._compute:
-            for slot in list(self._cached):
-                self._evict(slot)
+            while self._evict_oldest() is not None:
+                pass
 
     def close(self) -> None:
         """Cancel what is queued or running and free the model (idempotent)."""
@@ -395,7 +405,7 @@ class BatchEngine:
         with self._compute:
             for request in pending:
                 request.handle.future.cancel()
-            for seq in list(self._running.values()):
+            for seq in self._active():
                 seq.request.handle.future.cancel()
                 self._release(seq, keep=False)
             self.clear_prefix_cache()
@@ -404,10 +414,22 @@ class BatchEngine:
             self._ll.llama_model_free(self._model)
 
     # ---- the scheduler's side ---------------------------------------------------------
+    #
+    # KV streams: slots [0, width) hold the decoding sequences, always packed at
+    # [0, n_decoding): llama.cpp puts only consecutive sequence ids into one micro-batch
+    # when every sequence has its own stream, and scattered ids would cost one pass over
+    # the weights per run of ids. Slots [width, width + staging) hold prompts being
+    # prefilled and cached prefixes. A prefilled prompt moves to the next decoding slot;
+    # a finished sequence leaves a hole that the last decoding sequence moves into. A move
+    # is a whole-stream copy (`llama_memory_seq_cp` across streams), done by llama.cpp at
+    # the next decode before it computes.
+
+    def _active(self) -> list[_Sequence]:
+        return [*self._decoding, *self._staged.values()]
 
     def _has_work(self) -> bool:
         with self._lock:
-            return not self._closed and bool(self._inbox or self._running)
+            return not self._closed and bool(self._inbox or self._decoding or self._staged)
 
     def _cells(self, slot: int) -> int:
         pos_max = self._ll.llama_memory_seq_pos_max(self._mem, slot)
@@ -432,17 +454,19 @@ class BatchEngine:
                 self._inbox.clear()
             for request in pending:
                 _settle(request.handle.future, exc=exc)
-            for seq in list(self._running.values()):
+            for seq in self._active():
                 _settle(seq.request.handle.future, exc=exc)
                 self._release(seq, keep=False)
 
     def _reap_cancelled(self) -> None:
-        for seq in list(self._running.values()):
+        for seq in self._active():
             if seq.request.handle.future.cancelled():
                 self._release(seq, keep=False)
 
     def _admit(self) -> None:
-        while len(self._running) < self.width:
+        while len(self._decoding) + len(self._staged) < self.width:
+            if not self._free_staging and not self._cached:
+                return  # every staging stream holds a prompt still to prefill
             with self._lock:
                 if not self._inbox:
                     return
@@ -469,8 +493,6 @@ class BatchEngine:
     def _start(self, request: _Request) -> None:
         tokens = request.tokens
         params = request.params
-        best = self._best_prefix(tokens, self._cached.values())
-        slot = self._take_slot(exclude=best[0].slot if best else None)
         seq = _Sequence(
             slot=-1,
             request=request,
@@ -481,15 +503,18 @@ class BatchEngine:
             reused_prefix=0,
             started=time.perf_counter(),
         )
-        if slot is None:  # every other stream is busy: continue in the matched one
-            assert best is not None
+        best = self._best_prefix(tokens, self._cached.values())
+        if best is not None:  # continue in the cached stream itself: no copy
             entry, length = best
-            slot = entry.slot
-            del self._cached[slot]
-            self._ll.llama_memory_seq_rm(self._mem, slot, length, -1)
+            del self._cached[entry.slot]
+            self._ll.llama_memory_seq_rm(self._mem, entry.slot, length, -1)
+            seq.slot = entry.slot
             self._reuse(seq, length)
-        seq.slot = slot
-        self._running[slot] = seq
+        else:
+            if not self._free_staging:
+                self._evict_oldest()  # _admit checked that there is one to evict
+            seq.slot = self._free_staging.pop()
+        self._staged[seq.slot] = seq
         self._prefilling.append(seq)
 
     def _best_prefix(
@@ -514,15 +539,13 @@ class BatchEngine:
         seq.matched = True
         if not self.prefix_slots:
             return
-        sources = [s for s in self._running.values() if s is not seq and s.kv_tokens]
+        sources = [s for s in self._active() if s is not seq and s.kv_tokens]
         best = self._best_prefix(seq.request.tokens, [*sources, *self._cached.values()])
         if best is None:
             return
         source, length = best
         if isinstance(source, _CachedPrefix):
             source.last_used = time.perf_counter()
-        # Across KV streams llama.cpp copies the whole stream (at the next decode); the
-        # cells past the shared prefix are dropped again at once.
         self._ll.llama_memory_seq_cp(self._mem, source.slot, seq.slot, -1, -1)
         self._ll.llama_memory_seq_rm(self._mem, seq.slot, length, -1)
         self._reuse(seq, length)
@@ -534,20 +557,19 @@ class BatchEngine:
         seq.reused_prefix = length
         self.stats.reused_prefix_tokens += length
 
-    def _take_slot(self, exclude: int | None) -> int | None:
-        if self._free:
-            return self._free.pop()
-        candidates = [e for e in self._cached.values() if e.slot != exclude]
-        if not candidates:
+    def _evict_oldest(self) -> int | None:
+        """Drop the least recently used cached prefix; returns its (now free) slot."""
+        if not self._cached:
             return None
-        oldest = min(candidates, key=lambda e: e.last_used)
-        self._evict(oldest.slot)
-        return self._free.pop()
+        oldest = min(self._cached.values(), key=lambda e: e.last_used)
+        del self._cached[oldest.slot]
+        self._ll.llama_memory_seq_rm(self._mem, oldest.slot, -1, -1)
+        self._free_staging.append(oldest.slot)
+        return oldest.slot
 
-    def _evict(self, slot: int) -> None:
-        self._cached.pop(slot, None)
-        self._ll.llama_memory_seq_rm(self._mem, slot, -1, -1)
-        self._free.append(slot)
+    def _move(self, src: int, dst: int) -> None:
+        self._ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        self._ll.llama_memory_seq_rm(self._mem, src, -1, -1)
 
     def _sampler(self, params: SamplingParams) -> Any:
         """A llama.cpp sampler chain, or None for greedy (argmax over the logits in numpy:
@@ -597,12 +619,12 @@ class BatchEngine:
             self._release(seq, keep=False)
         return False
 
-    def _is_running(self, seq: _Sequence) -> bool:
-        return self._running.get(seq.slot) is seq
-
     def _prefill_chunk(self) -> None:
-        while self._prefilling and not self._is_running(self._prefilling[0]):
-            self._prefilling.popleft()
+        while (
+            self._prefilling
+            and self._staged.get(self._prefilling[0].slot) is not (self._prefilling[0])
+        ):
+            self._prefilling.popleft()  # cancelled or failed meanwhile
         if not self._prefilling:
             return
         seq = self._prefilling[0]
@@ -621,16 +643,37 @@ class BatchEngine:
             return
         seq.kv_tokens.extend(chunk)
         seq.pending_prefill = seq.pending_prefill[len(chunk) :]
-        if last:
-            self._prefilling.popleft()
-            self._accept(seq, self._sample(seq, len(chunk) - 1))
+        if not last:
+            return
+        self._prefilling.popleft()
+        self._accept(seq, self._sample(seq, len(chunk) - 1))
+        if self._staged.get(seq.slot) is seq:  # not finished by its first token
+            del self._staged[seq.slot]
+            self._free_staging.append(seq.slot)
+            target = len(self._decoding)
+            self._move(seq.slot, target)
+            seq.slot = target
+            self._decoding.append(seq)
 
     def _decode_running(self) -> None:
-        seqs = [s for s in self._running.values() if s.next_token is not None]
+        seqs = list(self._decoding)
         if not seqs:
             return
-        self._fill([(s.next_token, len(s.kv_tokens), s.slot, True) for s in seqs])  # type: ignore[misc]
-        if not self._decode(seqs, prefill=False):
+        rows = [(s.next_token, len(s.kv_tokens), s.slot, True) for s in seqs]
+        # llama.cpp multiplies repacked weights by rows in groups of four and the rows left
+        # over by another kernel, whose rounding differs: pad with one-token rows of empty
+        # decoding slots to a multiple of four, so every sequence always gets the same
+        # kernel and its output does not depend on how many others are decoding.
+        padding = min((-len(rows)) % self.pad_to, self.width - len(rows))
+        rows += [
+            (self.bos_token if self.bos_token >= 0 else 0, 0, len(seqs) + i, True)
+            for i in range(padding)
+        ]
+        self._fill(rows)  # type: ignore[arg-type]
+        decoded = self._decode(seqs, prefill=False)
+        for i in range(padding):
+            self._ll.llama_memory_seq_rm(self._mem, len(seqs) + i, -1, -1)
+        if not decoded:
             return
         for i, seq in enumerate(seqs):
             seq.kv_tokens.append(seq.next_token)  # type: ignore[arg-type]
@@ -684,19 +727,38 @@ class BatchEngine:
                 latency_s=now - request.submitted,
             ),
         )
-        self._release(seq, keep=self.prefix_slots > 0)
+        self._release(seq, keep=True)
 
     def _release(self, seq: _Sequence, *, keep: bool) -> None:
-        self._running.pop(seq.slot, None)
+        """Free a sequence's stream, keeping its KV as a cached prefix when asked."""
         if seq.sampler is not None:
             self._ll.llama_sampler_free(seq.sampler)
             seq.sampler = None
-        if keep and len(seq.kv_tokens) >= self.min_prefix:
-            # Stays in its stream until a new request needs the stream (least recent first).
-            self._cached[seq.slot] = _CachedPrefix(seq.slot, seq.kv_tokens, time.perf_counter())
-        else:
-            self._ll.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
-            self._free.append(seq.slot)
+        keep = keep and self.prefix_slots > 0 and len(seq.kv_tokens) >= self.min_prefix
+        slot = seq.slot
+        if self._staged.get(slot) is seq:
+            del self._staged[slot]
+            if keep:  # already in the staging area: cache it where it is
+                self._cached[slot] = _CachedPrefix(slot, seq.kv_tokens, time.perf_counter())
+            else:
+                self._ll.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                self._free_staging.append(slot)
+            return
+        if slot >= len(self._decoding) or self._decoding[slot] is not seq:
+            return  # released already
+        if keep:
+            if not self._free_staging:
+                self._evict_oldest()
+            if self._free_staging:
+                home = self._free_staging.pop()
+                self._ll.llama_memory_seq_cp(self._mem, slot, home, -1, -1)
+                self._cached[home] = _CachedPrefix(home, seq.kv_tokens, time.perf_counter())
+        self._ll.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        last = self._decoding.pop()
+        if last is not seq:  # close the hole: the last decoding sequence moves into it
+            self._move(last.slot, slot)
+            last.slot = slot
+            self._decoding[slot] = last
 
 
 def _settle(
