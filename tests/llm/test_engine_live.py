@@ -87,7 +87,11 @@ def test_one_sequence_matches_llama_cpp_python_token_for_token(gemma_path: Path)
 
 
 @pytest.mark.parametrize("repack", [True, False])
-def test_greedy_outputs_do_not_depend_on_the_batch(gemma_path: Path, repack: bool) -> None:
+def test_short_greedy_output_is_the_same_alone_and_in_a_batch(
+    gemma_path: Path, repack: bool
+) -> None:
+    # Longer outputs can diverge in a token (batch-shaped rounding); the throughput benchmark
+    # measures how often. The kernel-level property is checked in the padding test below.
     engine = BatchEngine(gemma_path, width=4, n_ctx=512, n_threads=2, repack=repack)
     try:
         params = SamplingParams(max_tokens=20)

@@ -662,8 +662,9 @@ class BatchEngine:
         rows = [(s.next_token, len(s.kv_tokens), s.slot, True) for s in seqs]
         # llama.cpp multiplies repacked weights by rows in groups of four and the rows left
         # over by another kernel, whose rounding differs: pad with one-token rows of empty
-        # decoding slots to a multiple of four, so every sequence always gets the same
-        # kernel and its output does not depend on how many others are decoding.
+        # decoding slots to a multiple of four, so a sequence does not switch kernels as
+        # others join and leave. (Other kernels still depend on the batch shape, so batched
+        # greedy outputs can differ run to run in a token; the benchmark measures how often.)
         padding = min((-len(rows)) % self.pad_to, self.width - len(rows))
         rows += [
             (self.bos_token if self.bos_token >= 0 else 0, 0, len(seqs) + i, True)
