@@ -32,8 +32,9 @@ from memcollab.llm.packaged import sha256_file
 
 PromptFormat = Literal["auto", "chat", "completion"]
 
-# Defaults of the batching engine, chosen by benchmarks/engine_throughput.py (see its
-# results file for the measurements behind them).
+# Defaults of the batching engine. Packaged models carry the width measured for them
+# (packaged.py, from benchmarks/engine_throughput.py); any other GGUF gets 8 unless its fleet
+# entry sets `batch_width`. The prefix cache paid off on all three packaged models.
 DEFAULT_BATCH_WIDTH = 8
 DEFAULT_PREFIX_CACHE = True
 DEFAULT_REPACK = True
