@@ -211,9 +211,12 @@ class LlamaCppModel:
                 raise ModelNotFoundError(f"GGUF file not found: {self.path}")
             self._sha256 = file_identity(self.path)
         mode = "chat" if self.uses_chat_template() else f"frame-{self.frame.digest}"
-        # Batched decoding uses other matrix kernels than the one-at-a-time path, so the two
-        # may differ in a greedy token: they are distinct identities in the call cache.
-        kernels = f":batch{'' if self.repack_weights else '-norepack'}"
+        # Batched decoding uses other matrix kernels than the one-at-a-time path, and an
+        # engine narrower than four rows cannot pad to the four-row kernel: outputs of these
+        # may differ in a greedy token, so they are distinct identities in the call cache.
+        kernels = ":batch" + ("" if self.repack_weights else "-norepack")
+        if self.batch_width < 4:
+            kernels += f"-w{self.batch_width}"
         return f"llamacpp:sha256:{self._sha256}:{mode}" + (
             kernels if self.engine_mode == "batch" else ""
         )
