@@ -245,6 +245,7 @@ class BatchEngine:
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self._pad_token = max(0, self.bos_token)  # what padding rows of a decode batch hold
         staging = max(1, prefix_slots)
         n_seq = width + staging
         self._n_seq = n_seq
@@ -619,11 +620,11 @@ class BatchEngine:
             self._release(seq, keep=False)
         return False
 
+    def _is_staged(self, seq: _Sequence) -> bool:
+        return self._staged.get(seq.slot) is seq
+
     def _prefill_chunk(self) -> None:
-        while (
-            self._prefilling
-            and self._staged.get(self._prefilling[0].slot) is not (self._prefilling[0])
-        ):
+        while self._prefilling and not self._is_staged(self._prefilling[0]):
             self._prefilling.popleft()  # cancelled or failed meanwhile
         if not self._prefilling:
             return
@@ -647,7 +648,7 @@ class BatchEngine:
             return
         self._prefilling.popleft()
         self._accept(seq, self._sample(seq, len(chunk) - 1))
-        if self._staged.get(seq.slot) is seq:  # not finished by its first token
+        if self._is_staged(seq):  # not finished by its first token
             del self._staged[seq.slot]
             self._free_staging.append(seq.slot)
             target = len(self._decoding)
@@ -666,10 +667,7 @@ class BatchEngine:
         # others join and leave. (Other kernels still depend on the batch shape, so batched
         # greedy outputs can differ run to run in a token; the benchmark measures how often.)
         padding = min((-len(rows)) % self.pad_to, self.width - len(rows))
-        rows += [
-            (self.bos_token if self.bos_token >= 0 else 0, 0, len(seqs) + i, True)
-            for i in range(padding)
-        ]
+        rows += [(self._pad_token, 0, len(seqs) + i, True) for i in range(padding)]
         self._fill(rows)  # type: ignore[arg-type]
         decoded = self._decode(seqs, prefill=False)
         for i in range(padding):
@@ -737,7 +735,7 @@ class BatchEngine:
             seq.sampler = None
         keep = keep and self.prefix_slots > 0 and len(seq.kv_tokens) >= self.min_prefix
         slot = seq.slot
-        if self._staged.get(slot) is seq:
+        if self._is_staged(seq):
             del self._staged[slot]
             if keep:  # already in the staging area: cache it where it is
                 self._cached[slot] = _CachedPrefix(slot, seq.kv_tokens, time.perf_counter())

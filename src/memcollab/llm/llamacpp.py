@@ -63,11 +63,7 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> _Loaded:
         loaded = _LOADED.get(key)
         if loaded is not None:
             return loaded
-        if not path.is_file():
-            raise ModelNotFoundError(
-                f"GGUF file not found: {path}",
-                "check the path in the fleet file, or use a packaged model (memcollab models list)",
-            )
+        _require_file(path)
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -118,23 +114,32 @@ def file_identity(path: Path) -> str:
 
 
 EngineMode = Literal["batch", "simple"]
-_ENGINES: dict[tuple[str, int, int, int, int, bool], BatchEngine] = {}
+EngineKey = tuple[str, int, int, int, int, bool]
+_ENGINES: dict[EngineKey, BatchEngine] = {}
 
 
-def get_engine(
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"GGUF file not found: {path}",
+            "check the path in the fleet file, or use a packaged model (memcollab models list)",
+        )
+
+
+def engine_key(
     path: Path, *, n_ctx: int, n_threads: int, width: int, prefix_slots: int, repack: bool
-) -> BatchEngine:
-    """The running engine for these settings (started on first use, then shared)."""
-    key = (str(path.resolve()), n_ctx, n_threads, width, prefix_slots, repack)
+) -> EngineKey:
+    """What identifies one running engine: models with equal keys share it."""
+    return (str(path.resolve()), n_ctx, n_threads, width, prefix_slots, repack)
+
+
+def get_engine(key: EngineKey) -> BatchEngine:
+    """The running engine for `key` (started on first use, then shared)."""
+    path, n_ctx, n_threads, width, prefix_slots, repack = key
     with _LOADED_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            if not path.is_file():
-                raise ModelNotFoundError(
-                    f"GGUF file not found: {path}",
-                    "check the path in the fleet file, or use a packaged model"
-                    " (memcollab models list)",
-                )
+            _require_file(Path(path))
             engine = BatchEngine(
                 path,
                 width=width,
@@ -177,6 +182,7 @@ class LlamaCppModel:
         self.repack_weights = repack_weights
         self._sha256 = sha256
         self._chat_formatter: Any = None
+        self._uses_chat: bool | None = None
 
     def _loaded(self) -> _Loaded:
         return load_llama(self.path, self.n_ctx, self.n_threads)
@@ -186,9 +192,8 @@ class LlamaCppModel:
         """The underlying `llama_cpp.Llama` object (loaded on first use)."""
         return self._loaded().llama
 
-    def engine(self) -> BatchEngine:
-        """The batching engine serving this model (started on first use)."""
-        return get_engine(
+    def _engine_key(self) -> EngineKey:
+        return engine_key(
             self.path,
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
@@ -197,13 +202,20 @@ class LlamaCppModel:
             repack=self.repack_weights,
         )
 
+    def engine(self) -> BatchEngine:
+        """The batching engine serving this model (started on first use)."""
+        return get_engine(self._engine_key())
+
     def uses_chat_template(self) -> bool:
         """Whether requests go through the GGUF's chat template (else the completion frame)."""
-        if self.prompt_format == "auto":
-            if self.engine_mode == "batch":
-                return bool(self.engine().metadata("tokenizer.chat_template"))
-            return self._loaded().has_chat_template
-        return self.prompt_format == "chat"
+        if self._uses_chat is None:  # fixed by the file: read once, not on every request
+            if self.prompt_format != "auto":
+                self._uses_chat = self.prompt_format == "chat"
+            elif self.engine_mode == "batch":
+                self._uses_chat = bool(self.engine().metadata("tokenizer.chat_template"))
+            else:
+                self._uses_chat = self._loaded().has_chat_template
+        return self._uses_chat
 
     def identity(self) -> str:
         if self._sha256 is None:
@@ -223,9 +235,9 @@ class LlamaCppModel:
 
     def concurrency(self) -> tuple[str, int]:
         if self.engine_mode == "batch":
-            # The engine decodes `batch_width` sequences per step; more would only queue.
-            key = f"llamacpp:engine:{self.path.resolve()}:{self.batch_width}:{self.prefix_cache}"
-            return key, self.batch_width
+            # The engine decodes `batch_width` sequences per step; more would only queue. The
+            # limit belongs to the engine, so models sharing an engine share the limit.
+            return f"llamacpp:engine:{self._engine_key()}", self.batch_width
         # Every embedded model computes on the same CPU cores with all their threads; two
         # generating at once only thrash. One local generation at a time, machine-wide.
         return "llamacpp:local-cpu", 1
