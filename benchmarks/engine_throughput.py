@@ -35,6 +35,7 @@ from memcollab.llm import llamacpp, packaged
 from memcollab.llm.base import ChatRequest, Decoding
 from memcollab.llm.cache import Gateway
 from memcollab.llm.engine import BatchEngine
+from memcollab.llm.fleet import Fleet, ModelSpec
 from memcollab.llm.llamacpp import LlamaCppModel
 from memcollab.tasks.datasets import load_tasks
 
@@ -103,9 +104,9 @@ def first_difference(a: str, b: str) -> int | None:
     return min(len(a), len(b))
 
 
-def run_simple(name: str, path: Path, requests: list[ChatRequest]) -> dict[str, Any]:
+def run_simple(name: str, requests: list[ChatRequest]) -> dict[str, Any]:
     before = rss_mb()
-    model = LlamaCppModel(name, path, engine="simple", prompt_format=_format(name))
+    model = _packaged_model(name, engine="simple")
     model.complete(requests[0].model_copy(update={"decoding": Decoding(max_tokens=4)}))
     loaded = rss_mb()
     started = time.perf_counter()
@@ -118,7 +119,6 @@ def run_simple(name: str, path: Path, requests: list[ChatRequest]) -> dict[str, 
 
 def run_engine(
     name: str,
-    path: Path,
     requests: list[ChatRequest],
     *,
     width: int,
@@ -126,13 +126,8 @@ def run_engine(
     repack: bool,
 ) -> dict[str, Any]:
     before = rss_mb()
-    model = LlamaCppModel(
-        name,
-        path,
-        prompt_format=_format(name),
-        batch_width=width,
-        prefix_cache=prefix_cache,
-        repack_weights=repack,
+    model = _packaged_model(
+        name, batch_width=width, prefix_cache=prefix_cache, repack_weights=repack
     )
     engine = model.engine()
     loaded = rss_mb()
@@ -159,8 +154,12 @@ def run_engine(
     return row
 
 
-def _format(name: str) -> str:
-    return "chat" if packaged.get(name).chat else "completion"
+def _packaged_model(name: str, **settings: Any) -> LlamaCppModel:
+    """A packaged model built the way a fleet file builds it, with these engine settings."""
+    spec = ModelSpec(name=name, provider="llamacpp", packaged=name, **settings)
+    model = Fleet([spec]).model(name)
+    assert isinstance(model, LlamaCppModel)
+    return model
 
 
 def _arm(completions: list, wall: float, before: float, loaded: float, peak: float) -> dict:
@@ -185,15 +184,13 @@ def bench_model(
         row["tokens_per_s"] = round(row["tokens_per_s"], 2)
     width = choose_width(sweep, max_width)
     print(json.dumps({"model": name, "decode_sweep": sweep, "chosen_width": width}), flush=True)
-    simple = run_simple(name, path, requests)
+    simple = run_simple(name, requests)
     print(json.dumps({"model": name, "arm": "simple", **_brief(simple)}), flush=True)
     engines = []
     for config in configs:
         prefix_cache = "prefix" in config.split("+")
         repack = "norepack" not in config.split("+")
-        row = run_engine(
-            name, path, requests, width=width, prefix_cache=prefix_cache, repack=repack
-        )
+        row = run_engine(name, requests, width=width, prefix_cache=prefix_cache, repack=repack)
         row["config"] = config
         row["speedup"] = round(row["tokens_per_s"] / simple["tokens_per_s"], 3)
         diffs = [first_difference(a, b) for a, b in zip(simple["texts"], row["texts"], strict=True)]

@@ -97,18 +97,16 @@ def register_provider(name: str) -> Callable[[ProviderFactory], ProviderFactory]
 @register_provider("llamacpp")
 def _build_llamacpp(spec: ModelSpec) -> Model:
     from memcollab.llm import packaged
-    from memcollab.llm.llamacpp import (
-        DEFAULT_BATCH_WIDTH,
-        DEFAULT_PREFIX_CACHE,
-        DEFAULT_REPACK,
-        LlamaCppModel,
-    )
+    from memcollab.llm.llamacpp import LlamaCppModel
 
-    engine_options: dict[str, Any] = {
-        "engine": spec.engine,
-        "prefix_cache": DEFAULT_PREFIX_CACHE if spec.prefix_cache is None else spec.prefix_cache,
-        "repack_weights": DEFAULT_REPACK if spec.repack_weights is None else spec.repack_weights,
+    # Engine settings the file leaves out take LlamaCppModel's defaults.
+    given = {
+        "batch_width": spec.batch_width,
+        "prefix_cache": spec.prefix_cache,
+        "repack_weights": spec.repack_weights,
     }
+    engine_options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    engine_options["engine"] = spec.engine
     if spec.packaged is not None:
         entry = packaged.get(spec.packaged)
         path = packaged.ensure_ready(entry)
@@ -122,8 +120,7 @@ def _build_llamacpp(spec: ModelSpec) -> Model:
             n_ctx=spec.n_ctx,
             n_threads=spec.n_threads,
             prompt_format=known_format if spec.prompt_format == "auto" else spec.prompt_format,
-            batch_width=spec.batch_width or entry.batch_width,
-            **engine_options,
+            **{"batch_width": entry.batch_width, **engine_options},
         )
     assert spec.path is not None
     return LlamaCppModel(
@@ -132,7 +129,6 @@ def _build_llamacpp(spec: ModelSpec) -> Model:
         n_ctx=spec.n_ctx,
         n_threads=spec.n_threads,
         prompt_format=spec.prompt_format,
-        batch_width=spec.batch_width or DEFAULT_BATCH_WIDTH,
         **engine_options,
     )
 
