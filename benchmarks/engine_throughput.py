@@ -148,7 +148,7 @@ def run_engine(
         repack_weights=repack,
         kv_cells_after_run={"active": usage.active_cells, "cached": usage.cached_cells},
         kv_cells_after_clearing_cache=leftover,
-        engine_steps=engine.steps,
+        engine_steps=engine.stats.steps,
         engine_stats={k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()},
     )
     return row

@@ -89,6 +89,7 @@ class KVUsage:
 class EngineStats:
     """Where an engine's time went (seconds inside llama_decode, by kind of step)."""
 
+    steps: int = 0
     prefill_tokens: int = 0
     prefill_s: float = 0.0
     decode_steps: int = 0
@@ -287,7 +288,6 @@ class BatchEngine:
         self._free_staging: list[int] = list(range(n_seq - 1, width - 1, -1))
         self._closed = False
         self._scheduler = _SCHEDULER
-        self.steps = 0
         self.stats = EngineStats()
         self._scheduler.register(self)
 
@@ -442,7 +442,7 @@ class BatchEngine:
         with self._compute:
             if self._closed:
                 return
-            self.steps += 1
+            self.stats.steps += 1
             self._reap_cancelled()
             self._admit()
             self._prefill_chunk()
