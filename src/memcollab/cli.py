@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -24,6 +23,16 @@ from rich.progress import (
 from rich.table import Table
 
 from memcollab.agent import Agent
+from memcollab.cli_common import (
+    CacheOption,
+    FleetOption,
+    NoCacheOption,
+    console,
+    err_console,
+    make_gateway,
+    print_gateway_stats,
+)
+from memcollab.cli_experiment import experiment_app
 from memcollab.collect import (
     CollectEvent,
     ModelSummary,
@@ -35,27 +44,15 @@ from memcollab.collect import (
 from memcollab.errors import UserError
 from memcollab.llm import packaged
 from memcollab.llm.base import ChatRequest, Completion, Message
-from memcollab.llm.cache import CallCache, Gateway
 from memcollab.llm.fleet import Fleet
-from memcollab.paths import call_cache_path, models_dir
+from memcollab.paths import models_dir
 from memcollab.tasks.datasets import load_tasks
 from memcollab.tasks.task import Task
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="Local and remote models of a fleet.")
 app.add_typer(models_app, name="models")
-
-console = Console()
-err_console = Console(stderr=True)
-
-FleetOption = Annotated[
-    Path | None,
-    typer.Option("--fleet", "-f", help="Fleet TOML file (default: the three packaged models)."),
-]
-CacheOption = Annotated[
-    Path | None, typer.Option("--cache", help="Call-cache SQLite file (default: user cache dir).")
-]
-NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
+app.add_typer(experiment_app, name="experiment")
 
 DEMO_PROMPT = "In two sentences, what is a prime number?"
 
@@ -66,12 +63,6 @@ def _root(
 ) -> None:
     """memcollab: shared memory for LLM agents built on different models."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-
-
-def _gateway(cache: Path | None, no_cache: bool) -> Gateway:
-    if no_cache:
-        return Gateway(None)
-    return Gateway(CallCache(cache or call_cache_path()))
 
 
 def _prepare_with_progress(names: list[str], force: bool = False) -> None:
@@ -185,7 +176,7 @@ def models_chat(
         messages=tuple(messages), decoding=spec.decoding.model_copy(update=overrides)
     )
     with console.status(f"{name} is thinking..."):
-        completion = _gateway(cache, no_cache).complete(loaded.model(name), request)
+        completion = make_gateway(cache, no_cache).complete(loaded.model(name), request)
     _print_completion(completion)
 
 
@@ -206,7 +197,7 @@ def demo(
         ]
     )
     _prepare_with_progress([fleet.spec(n).packaged or n for n in fleet.names()])
-    gateway = _gateway(cache, no_cache)
+    gateway = make_gateway(cache, no_cache)
     for name in fleet.names():
         spec = fleet.spec(name)
         request = ChatRequest(
@@ -217,7 +208,7 @@ def demo(
         with console.status(f"{name} is thinking..."):
             completion = gateway.complete(fleet.model(name), request)
         _print_completion(completion)
-    _print_gateway_stats(gateway)
+    print_gateway_stats(gateway)
 
 
 def _summary_table(title: str, rows: dict[str, ModelSummary]) -> Table:
@@ -281,7 +272,7 @@ def collect_command(
     for name in names:
         loaded.spec(name)
     task_list = _load_task_specs(tasks, data_dir, seed)
-    gateway = _gateway(cache, no_cache)
+    gateway = make_gateway(cache, no_cache)
     agents = []
     for name in names:
         spec = loaded.spec(name)
@@ -350,7 +341,7 @@ def collect_command(
         for dataset in datasets:
             subset = [t for t in store if t.task_id.startswith(dataset + "/")]
             console.print(_summary_table(f"{dataset}", summarise(subset)))
-    _print_gateway_stats(gateway)
+    print_gateway_stats(gateway)
 
 
 memory_app = typer.Typer(no_args_is_help=True, help="Inspect and move MemCollab memories.")
@@ -414,7 +405,7 @@ def distill_command(
     models = sorted({t.model for t in trajectories})
     strengths = {m: loaded.spec(m).strength for m in models}
     name = distiller or max(loaded.names(), key=lambda n: loaded.spec(n).strength)
-    gateway = _gateway(cache, no_cache)
+    gateway = make_gateway(cache, no_cache)
     client = gateway.bind(loaded.model(name))
     classifier = DomainClassifier(client, _taxonomies(taxonomy))
     pairs = pair_trajectories(trajectories, strengths, tie_break=tie_break)
@@ -512,7 +503,7 @@ def solve_command(
         raise UserError(f"unknown domain {domain!r}", "use --domain math or --domain code")
     loaded = Fleet.load(fleet)
     spec = loaded.spec(model)
-    client = _gateway(cache, no_cache).bind(loaded.model(model))
+    client = make_gateway(cache, no_cache).bind(loaded.model(model))
     if (text is None) == (task_spec is None):
         raise UserError("give the task text or --task SPEC (one of them)")
     if task_spec is not None:
@@ -636,17 +627,6 @@ def _load_task_specs(specs: list[str], data_dir: Path | None, seed: int) -> list
     if not seen:
         raise UserError(f"the task specs {specs} select no task")
     return list(seen.values())
-
-
-def _print_gateway_stats(gateway: Gateway) -> None:
-    table = Table(title="Model calls")
-    for col in ("model", "calls", "cache hits", "completion tokens", "seconds"):
-        table.add_column(col)
-    for name, s in gateway.stats().items():
-        table.add_row(
-            name, str(s.calls), str(s.cache_hits), str(s.completion_tokens), f"{s.seconds:.1f}"
-        )
-    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from memcollab.agent import Agent
+from memcollab.agent import Agent, Guidance
 from memcollab.errors import UserError
 from memcollab.sqlite_local import LocalSQLite
 from memcollab.tasks.task import Task
@@ -216,6 +217,98 @@ def default_workers(agents: Sequence[Agent]) -> int:
     return max(MIN_DEFAULT_WORKERS, min(MAX_DEFAULT_WORKERS, sum(limits.values())))
 
 
+@dataclass(frozen=True)
+class Job:
+    """One trajectory to compute: an agent on a task under a condition.
+
+    `guide`, when given, is called in the worker just before solving and returns the
+    guidance plus a JSON note of where it came from (kept as `Trajectory.retrieval`), so
+    retrieval (which may call the model to classify the task) runs concurrently too.
+    """
+
+    agent: Agent
+    task: Task
+    condition: str = "vanilla"
+    sample_index: int = 0
+    guide: Callable[[], tuple[Sequence[Guidance], dict[str, Any] | None]] | None = None
+
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.task.id, self.agent.client.name, self.condition, self.sample_index)
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    store: TrajectoryStore,
+    *,
+    redo: bool = False,
+    workers: int | None = None,
+    on_event: Callable[[CollectEvent], None] | None = None,
+) -> tuple[int, int]:
+    """Compute every job not yet in `store`, `workers` at a time; returns (computed, skipped).
+
+    Jobs run in the order given (callers interleave models so every model makes progress);
+    a KeyboardInterrupt cancels what has not started and keeps everything already stored.
+    `workers` (jobs in flight) defaults to what the models can serve at once
+    (`default_workers`), so a batching engine gets a full batch of concurrent tasks.
+    """
+    if workers is None:
+        workers = default_workers([job.agent for job in jobs]) if jobs else 1
+    done = set() if redo else store.keys()
+    todo: list[Job] = []
+    skipped = 0
+    for job in jobs:
+        if job.key() in done:
+            skipped += 1
+            if on_event:
+                on_event(CollectEvent(job.agent.client.name, job.task.id, False, True))
+        else:
+            todo.append(job)
+
+    def run(job: Job) -> Trajectory:
+        guidance: Sequence[Guidance] = ()
+        note: dict[str, Any] | None = None
+        if job.guide is not None:
+            guidance, note = job.guide()
+        trajectory = job.agent.solve(
+            job.task, guidance, condition=job.condition, sample_index=job.sample_index
+        )
+        if note is not None:
+            trajectory = trajectory.model_copy(update={"retrieval": note})
+        store.put(trajectory, replace=redo)
+        return trajectory
+
+    computed = 0
+    executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="collect")
+    pending: set[Future[Trajectory]] = set()
+    try:
+        queue = iter(todo)
+        for job in queue:
+            pending.add(executor.submit(run, job))
+            if len(pending) >= workers * 2:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                trajectory = future.result()
+                computed += 1
+                if on_event:
+                    on_event(
+                        CollectEvent(
+                            trajectory.model, trajectory.task_id, trajectory.correct, False
+                        )
+                    )
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.add(executor.submit(run, nxt))
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+    return computed, skipped
+
+
 def collect(
     agents: Sequence[Agent],
     tasks: Sequence[Task],
@@ -228,61 +321,12 @@ def collect(
 ) -> CollectResult:
     """Every agent on every task; finished (task, model) pairs in `store` are skipped.
 
-    Jobs are interleaved across models so every model makes progress; a KeyboardInterrupt
-    cancels what has not started and keeps everything already stored. `workers` (tasks in
-    flight) defaults to what the models can serve at once (`default_workers`), so a batching
-    engine gets a full batch of concurrent tasks.
+    Jobs are interleaved across models so every model makes progress (see `run_jobs`).
     """
-    workers = workers or default_workers(agents)
     store.put_tasks(tasks)
-    done = set() if redo else store.keys()
-    result = CollectResult()
-    jobs: list[tuple[Agent, Task]] = []
-    for task in tasks:
-        for agent in agents:
-            key = (task.id, agent.client.name, condition, 0)
-            if key in done:
-                result.skipped += 1
-                if on_event:
-                    on_event(CollectEvent(agent.client.name, task.id, False, True))
-            else:
-                jobs.append((agent, task))
-
-    def run(agent: Agent, task: Task) -> Trajectory:
-        trajectory = agent.solve(task, condition=condition)
-        store.put(trajectory, replace=redo)
-        return trajectory
-
-    executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="collect")
-    pending: set[Future[Trajectory]] = set()
-    try:
-        queue = iter(jobs)
-        for agent, task in queue:
-            pending.add(executor.submit(run, agent, task))
-            if len(pending) >= workers * 2:
-                break
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                trajectory = future.result()
-                result.computed += 1
-                if on_event:
-                    on_event(
-                        CollectEvent(
-                            trajectory.model, trajectory.task_id, trajectory.correct, False
-                        )
-                    )
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.add(executor.submit(run, *nxt))
-    except BaseException:
-        for future in pending:
-            future.cancel()
-        executor.shutdown(wait=False, cancel_futures=True)
-        raise
-    executor.shutdown(wait=True)
-    result.per_model = summarise(store, condition)
-    return result
+    jobs = [Job(agent, task, condition) for task in tasks for agent in agents]
+    computed, skipped = run_jobs(jobs, store, redo=redo, workers=workers, on_event=on_event)
+    return CollectResult(computed, skipped, summarise(store, condition))
 
 
 def write_summary(run_dir: Path, per_model: dict[str, ModelSummary], extra: dict) -> Path:

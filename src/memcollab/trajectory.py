@@ -52,6 +52,7 @@ class Trajectory(_Record):
     model: str
     condition: str = "vanilla"
     memory_ids: tuple[str, ...] = ()
+    retrieval: dict[str, Any] | None = None  # where the memory came from (experiments)
     sample_index: int = 0
     seed: int | None = None
     messages: tuple[Message, ...]

@@ -62,6 +62,7 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)
     # scripted
     responses: list[str] | None = None
+    rules: dict[str, str] | None = None  # substring of the request -> reply (first match)
     delay_s: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="after")
@@ -75,8 +76,8 @@ class ModelSpec(BaseModel):
                 )
         elif self.provider == "openai" and not self.model:
             raise ValueError("an openai model needs `model` (the name the server knows)")
-        elif self.provider == "scripted" and not self.responses:
-            raise ValueError("a scripted model needs a non-empty `responses` list")
+        elif self.provider == "scripted" and not (self.responses or self.rules):
+            raise ValueError("a scripted model needs a non-empty `responses` list or `rules`")
         return self
 
 
@@ -151,8 +152,11 @@ def _build_openai(spec: ModelSpec) -> Model:
 
 @register_provider("scripted")
 def _build_scripted(spec: ModelSpec) -> Model:
-    from memcollab.llm.scripted import ScriptedModel
+    from memcollab.llm.scripted import ScriptedModel, rule_responder
 
+    if spec.rules:
+        responder = rule_responder(spec.rules, spec.responses or [])
+        return ScriptedModel(responder, name=spec.name, delay_s=spec.delay_s)
     return ScriptedModel(spec.responses or [], name=spec.name, cycle=True, delay_s=spec.delay_s)
 
 

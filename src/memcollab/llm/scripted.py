@@ -86,3 +86,24 @@ class ScriptedModel:
                 )
             index %= len(responses)
         return responses[index]
+
+
+def rule_responder(rules: dict[str, str], default: Sequence[str] = ()) -> Responder:
+    """Reply by content, whatever the call order: the reply of the first rule (in order)
+    whose key occurs anywhere in the request's messages, else `default[0]`. An empty key
+    matches every request.
+
+    Order-free replies keep concurrent runs on scripted models deterministic.
+    """
+
+    def respond(request: ChatRequest) -> str:
+        text = "\n".join(m.content for m in request.messages)
+        for key, reply in rules.items():
+            if key in text:
+                return reply
+        if default:
+            return default[0]
+        last = request.messages[-1].content if request.messages else ""
+        raise ScriptExhaustedError(f"no rule matches the request: {last[:200]!r}")
+
+    return respond

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -88,12 +89,18 @@ def build_memory(
     classifier: TaskClassifier,
     *,
     namespace: str = "default",
+    workers: int = 1,
     on_event: Callable[[BuildEvent], None] | None = None,
 ) -> BuildSummary:
-    """Classify and distil every pair into `memory`; pairs already stored are skipped."""
+    """Classify and distil every pair into `memory`; pairs already stored are skipped.
+
+    `workers` pairs are distilled at once (a batching engine serves them together); records
+    are written by the calling thread as pairs finish, so the store sees one writer.
+    """
     started = time.perf_counter()
     summary = BuildSummary(pairing=pairs.summary())
     stats = DistillStats()
+    todo: list[tuple[Pair, Task, str]] = []
     for pair in pairs.pairs:
         task = tasks.get(pair.task_id)
         if task is None:
@@ -102,17 +109,31 @@ def build_memory(
         if _exists(memory, rid):
             summary.records_existing += 1
             _emit(on_event, pair.task_id, "exists")
-            continue
+        else:
+            todo.append((pair, task, rid))
+
+    def work(pair: Pair, task: Task) -> tuple[DistillResult, LabelLike | None]:
         result = distiller.distill(task, pair)
-        stats.add(result)
-        if not result.constraints:
-            summary.pairs_without_constraints += 1
-            _emit(on_event, pair.task_id, result.status)
-            continue
-        label = classifier.classify(task)
-        memory.add(_record(rid, namespace, task, pair, result, label, distiller.name))
-        summary.records_added += 1
-        _emit(on_event, pair.task_id, "added")
+        return result, classifier.classify(task) if result.constraints else None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="build") as pool:
+        futures = {pool.submit(work, pair, task): (pair, task, rid) for pair, task, rid in todo}
+        try:
+            for future in as_completed(futures):
+                pair, task, rid = futures[future]
+                result, label = future.result()
+                stats.add(result)
+                if label is None:
+                    summary.pairs_without_constraints += 1
+                    _emit(on_event, pair.task_id, result.status)
+                    continue
+                memory.add(_record(rid, namespace, task, pair, result, label, distiller.name))
+                summary.records_added += 1
+                _emit(on_event, pair.task_id, "added")
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     summary.distill = stats.as_dict()
     summary.seconds = time.perf_counter() - started
     return summary

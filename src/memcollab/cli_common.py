@@ -1,0 +1,49 @@
+"""What the CLI modules share: consoles, common options, the gateway, the call table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from memcollab.llm.cache import CallCache, Gateway
+from memcollab.paths import call_cache_path
+
+console = Console()
+err_console = Console(stderr=True)
+
+FleetOption = Annotated[
+    Path | None,
+    typer.Option("--fleet", "-f", help="Fleet TOML file (default: the three packaged models)."),
+]
+CacheOption = Annotated[
+    Path | None, typer.Option("--cache", help="Call-cache SQLite file (default: user cache dir).")
+]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", envvar="MEMCOLLAB_DATA_DIR", help="Folder holding gsm8k/, math/, mbpp/."
+    ),
+]
+
+
+def make_gateway(cache: Path | None, no_cache: bool) -> Gateway:
+    if no_cache:
+        return Gateway(None)
+    return Gateway(CallCache(cache or call_cache_path()))
+
+
+def print_gateway_stats(gateway: Gateway) -> None:
+    table = Table(title="Model calls")
+    for col in ("model", "calls", "cache hits", "completion tokens", "seconds"):
+        table.add_column(col)
+    for name, s in gateway.stats().items():
+        table.add_row(
+            name, str(s.calls), str(s.cache_hits), str(s.completion_tokens), f"{s.seconds:.1f}"
+        )
+    console.print(table)

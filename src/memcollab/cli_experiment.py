@@ -1,0 +1,162 @@
+"""`memcollab experiment run|report`: the experiment runner and its report on the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from memcollab.cli_common import (
+    CacheOption,
+    DataDirOption,
+    NoCacheOption,
+    console,
+    err_console,
+    make_gateway,
+    print_gateway_stats,
+)
+from memcollab.errors import UserError
+
+experiment_app = typer.Typer(no_args_is_help=True, help="Run experiments and report on them.")
+
+
+def plan_table(experiment) -> Table:  # type: ignore[no-untyped-def]
+    """The plan: jobs, model calls and tokens per phase."""
+    table = Table(title=f"Plan of {experiment.config.name} -> {experiment.out}")
+    for col in (
+        "phase",
+        "jobs",
+        "already done",
+        "model calls",
+        "completion tokens",
+        "prompt tokens",
+        "estimated from",
+    ):
+        table.add_column(col, justify="right" if col not in ("phase", "estimated from") else "left")
+    for phase, e in experiment.estimate().items():
+        table.add_row(
+            phase,
+            f"{e.jobs:,}",
+            f"{e.done:,}",
+            f"~{e.calls:,}",
+            f"~{e.completion_tokens:,}",
+            "?" if e.prompt_tokens is None else f"~{e.prompt_tokens:,}",
+            e.basis,
+        )
+    return table
+
+
+def run_with_progress(experiment, phases=None, redo: bool = False) -> dict:  # type: ignore[no-untyped-def]
+    """Run an experiment under rich progress bars (overall with ETA, and one per phase)."""
+    from memcollab.experiment.runner import PHASES, ProgressEvent
+
+    estimate = experiment.estimate()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    chosen = list(phases or PHASES)
+    tally: dict[str, list[int]] = {}
+    with Progress(*columns, console=console) as progress:
+        totals = {p: estimate[p].jobs for p in chosen}
+        overall = progress.add_task("[bold]whole plan", total=sum(totals.values()), acc="")
+        bars: dict[str, TaskID] = {
+            p: progress.add_task(p, total=totals[p], acc="", start=False) for p in chosen
+        }
+
+        def on_event(event: ProgressEvent) -> None:
+            bar = bars[event.phase]
+            if event.total is not None:
+                totals[event.phase] = event.total
+                progress.update(bar, total=event.total)
+                progress.update(overall, total=sum(totals.values()))
+                progress.start_task(bar)
+                return
+            progress.advance(bar)
+            progress.advance(overall)
+            if event.correct is not None and not event.skipped and event.model:
+                right_seen = tally.setdefault(f"{event.phase}:{event.model}", [0, 0])
+                right_seen[0] += int(event.correct)
+                right_seen[1] += 1
+                acc = sum(v[0] for k, v in tally.items() if k.startswith(event.phase))
+                seen = sum(v[1] for k, v in tally.items() if k.startswith(event.phase))
+                progress.update(bar, acc=f"acc {acc}/{seen}")
+
+        return experiment.run(on_event, phases=chosen, redo=redo)
+
+
+@experiment_app.command("run")
+def experiment_run(
+    file: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and its estimate; run nothing.")
+    ] = False,
+    phase: Annotated[
+        list[str] | None,
+        typer.Option("--phase", help="Only these phases (train, memory, eval; repeatable)."),
+    ] = None,
+    redo: Annotated[bool, typer.Option("--redo", help="Recompute stored trajectories.")] = False,
+    data_dir: DataDirOption = None,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Build memories from training splits, evaluate every model x benchmark x condition."""
+    from memcollab.experiment.config import load_experiment
+    from memcollab.experiment.runner import PHASES, Experiment
+
+    for p in phase or []:
+        if p not in PHASES:
+            raise UserError(f"unknown phase {p!r}", f"use one of: {', '.join(PHASES)}")
+    config = load_experiment(file, data_dir)
+    gateway = make_gateway(cache, no_cache)
+    experiment = Experiment(config, gateway)
+    console.print(plan_table(experiment))
+    if dry_run:
+        return
+    try:
+        part = run_with_progress(experiment, phase, redo)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: everything finished is kept in {experiment.out};"
+            " run the same command again to resume"
+        )
+        raise typer.Exit(130) from None
+    for name, info in part["phases"].items():
+        console.print(f"{name}: {info['computed']} new in {info['seconds'] / 60:.1f} min")
+    print_gateway_stats(gateway)
+    if "eval" in part["phases"]:
+        from memcollab.experiment.report import write_report
+
+        text, _ = write_report(experiment.out)
+        console.print(text, markup=False, highlight=False)
+
+
+@experiment_app.command("report")
+def experiment_report(
+    results: Annotated[Path, typer.Argument(help="The experiment's output folder.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write report.md and plots here instead.")
+    ] = None,
+) -> None:
+    """Tables (accuracy, effort, paired tests against vanilla) and PNG plots of a run."""
+    from memcollab.experiment.report import write_report
+
+    text, plots = write_report(results, out)
+    console.print(text, markup=False, highlight=False)
+    where = out or results
+    console.print(f"wrote {where}/report.md and {len(plots)} plot(s)")

@@ -1,0 +1,132 @@
+"""The experiment file: fleet, training pool, evaluation sets, conditions, seeds.
+
+```toml
+name = "paper"
+out = "runs/paper"                 # relative to this file (default: next to it, named after it)
+fleet = "fleet.toml"               # optional; default: the three packaged models
+data_dir = "/data"                 # optional; else --data-dir / MEMCOLLAB_DATA_DIR
+seed = 1                           # retrieval and placebo draws
+
+[agent]
+max_turns = 4
+max_tokens = 384
+
+[train]                            # memory is built from these tasks only
+tasks = ["gsm8k:train[~100@1]", "math:train[~100@1]", "mbpp:train[~100@1]"]
+
+[memory]
+k = 3                              # constraints per distilled pair
+distiller = "strongest"            # or a fleet model name
+prompt_chars = 9000                # size bound of a distillation request
+
+[eval]                             # benchmark name -> dataset spec
+gsm8k = "gsm8k:test[~50@1]"
+humaneval = "humaneval:test[~50@1]"
+
+conditions = ["vanilla", "own", "other", "memcollab", "placebo"]   # top-level key
+
+[condition.memcollab-p1]           # parameters of a condition (built-in or your own name)
+kind = "memcollab"
+p = 1
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from memcollab.errors import UserError
+
+
+class ExperimentConfigError(UserError):
+    """An experiment file that cannot be used."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentSettings(_Section):
+    max_turns: int = Field(default=5, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class TrainSettings(_Section):
+    tasks: list[str] = Field(default_factory=list)
+
+
+class MemorySettings(_Section):
+    k: int = Field(default=3, ge=1)
+    distiller: str = "strongest"
+    prompt_chars: int = Field(default=9000, ge=1000)
+    tie_break: bool = False
+
+
+class ExperimentConfig(_Section):
+    """A parsed experiment file (paths already resolved against the file's folder)."""
+
+    name: str = "experiment"
+    out: Path
+    fleet: Path | None = None
+    data_dir: Path | None = None
+    seed: int = 0
+    workers: int | None = Field(default=None, ge=1)
+    agent: AgentSettings = AgentSettings()
+    train: TrainSettings = TrainSettings()
+    memory: MemorySettings = MemorySettings()
+    eval: dict[str, str]
+    conditions: list[str] = Field(min_length=1)
+    condition: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    source: str = "inline"
+
+    def resolved_json(self) -> dict[str, Any]:
+        """What the run was made of, for plan.json (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def load_experiment(path: str | Path, data_dir: Path | None = None) -> ExperimentConfig:
+    """Read and check an experiment file; relative paths are taken from its folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExperimentConfigError(f"experiment file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ExperimentConfigError(f"{path}: not valid TOML ({exc})") from None
+    base = path.resolve().parent
+    raw.setdefault("out", str(base / "runs" / path.stem))
+    for key in ("out", "fleet", "data_dir"):
+        if isinstance(raw.get(key), str):
+            raw[key] = str((base / raw[key]).resolve())
+    if data_dir is not None:
+        raw["data_dir"] = str(data_dir)
+    raw["source"] = str(path)
+    return parse_experiment(raw, str(path))
+
+
+def parse_experiment(raw: dict[str, Any], source: str = "inline") -> ExperimentConfig:
+    """Check a dict shaped like the experiment file."""
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ExperimentConfigError(
+            f"{source}: {where}: {first['msg']}",
+            "see the example at the top of src/memcollab/experiment/config.py",
+        ) from None
+    if not config.eval:
+        raise ExperimentConfigError(f"{source}: [eval] names no benchmark")
+    if len(set(config.conditions)) != len(config.conditions):
+        raise ExperimentConfigError(f"{source}: a condition is listed twice in `conditions`")
+    for name in config.condition:
+        if name not in config.conditions:
+            raise ExperimentConfigError(
+                f"{source}: [condition.{name}] is not in `conditions`",
+                "add it to the list or remove the table",
+            )
+    return config

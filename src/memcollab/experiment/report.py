@@ -1,0 +1,303 @@
+"""The report of an experiment folder: markdown tables and PNG plots.
+
+Only *complete* tasks enter the numbers: tasks for which every planned (model, condition)
+cell is stored. A partial run (split across sessions) thus compares conditions on the
+same tasks, and the report says how many of the planned tasks that is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memcollab.collect import TrajectoryStore
+from memcollab.errors import UserError
+from memcollab.experiment.runner import ResultRow, result_rows
+from memcollab.experiment.stats import PairedComparison, compare_paired
+
+BASELINE = "vanilla"
+
+
+class ReportError(UserError):
+    """An experiment folder that cannot be reported on."""
+
+
+@dataclass
+class Results:
+    """The per-task table of a run, restricted to complete tasks, with its plan."""
+
+    plan: dict[str, Any]
+    rows: list[ResultRow]
+    planned_tasks: dict[str, int]
+    complete_tasks: dict[str, list[str]]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.plan["models"])
+
+    @property
+    def conditions(self) -> list[str]:
+        return list(self.plan["conditions"])
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return list(self.plan["benchmarks"])
+
+    def cell(self, model: str, condition: str, benchmark: str | None = None) -> list[ResultRow]:
+        return [
+            r
+            for r in self.rows
+            if r.model == model
+            and r.condition == condition
+            and (benchmark is None or r.benchmark == benchmark)
+        ]
+
+
+def load_results(folder: str | Path) -> Results:
+    """Read plan.json and the evaluation trajectories of an experiment folder."""
+    folder = Path(folder)
+    plan_path = folder / "plan.json"
+    if not plan_path.is_file():
+        raise ReportError(
+            f"{folder} is not an experiment folder (plan.json is missing)",
+            "give the `out` folder of `memcollab experiment run`",
+        )
+    plan = json.loads(plan_path.read_text())
+    if (folder / "eval" / TrajectoryStore.FILENAME).is_file():
+        rows = result_rows(plan, list(TrajectoryStore.in_dir(folder / "eval")))
+    elif (folder / "results.jsonl").is_file():
+        rows = [ResultRow(**json.loads(line)) for line in (folder / "results.jsonl").open()]
+    else:
+        raise ReportError(f"{folder} holds no evaluation results yet", "run the experiment first")
+    cells = {(r.task_id, r.model, r.condition) for r in rows}
+    complete: dict[str, list[str]] = {}
+    for bench, ids in plan["benchmarks"].items():
+        complete[bench] = [
+            tid
+            for tid in ids
+            if all((tid, m, c) in cells for m in plan["models"] for c in plan["conditions"])
+        ]
+    keep = {tid for ids in complete.values() for tid in ids}
+    return Results(
+        plan=plan,
+        rows=[r for r in rows if r.task_id in keep],
+        planned_tasks={b: len(ids) for b, ids in plan["benchmarks"].items()},
+        complete_tasks=complete,
+    )
+
+
+def accuracy(rows: Sequence[ResultRow]) -> float | None:
+    return sum(r.correct for r in rows) / len(rows) if rows else None
+
+
+def average_accuracy(results: Results, model: str, condition: str) -> float | None:
+    """Mean of the per-benchmark accuracies (the paper's average column)."""
+    values = [accuracy(results.cell(model, condition, b)) for b in results.benchmarks]
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def comparisons(results: Results, seed: int = 0) -> dict[tuple[str, str, str], PairedComparison]:
+    """(model, condition, benchmark or "all") -> the paired comparison with vanilla."""
+    out: dict[tuple[str, str, str], PairedComparison] = {}
+    if BASELINE not in results.conditions:
+        return out
+    for model in results.models:
+        base = {(r.benchmark, r.task_id): r.correct for r in results.cell(model, BASELINE)}
+        for condition in results.conditions:
+            if condition == BASELINE:
+                continue
+            other = {(r.benchmark, r.task_id): r.correct for r in results.cell(model, condition)}
+            for bench in [*results.benchmarks, "all"]:
+                keys = sorted(k for k in base if k in other and bench in (k[0], "all"))
+                if keys:
+                    out[(model, condition, bench)] = compare_paired(
+                        [base[k] for k in keys], [other[k] for k in keys], seed=seed
+                    )
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_table(results: Results) -> str:
+    header = ["model", "condition", *results.benchmarks, "average"]
+    rows = []
+    for model in results.models:
+        for condition in results.conditions:
+            accs = [accuracy(results.cell(model, condition, b)) for b in results.benchmarks]
+            rows.append(
+                [
+                    model,
+                    condition,
+                    *map(_pct, accs),
+                    _pct(average_accuracy(results, model, condition)),
+                ]
+            )
+    return _table(header, rows)
+
+
+def effort_table(results: Results) -> str:
+    header = [
+        "model",
+        "condition",
+        "mean turns",
+        "completion tokens",
+        "prompt tokens",
+        "constraints given",
+        "seconds",
+    ]
+    rows = []
+    for model in results.models:
+        for condition in results.conditions:
+            cell = results.cell(model, condition)
+            n = max(len(cell), 1)
+            rows.append(
+                [
+                    model,
+                    condition,
+                    f"{sum(r.turns for r in cell) / n:.2f}",
+                    f"{sum(r.completion_tokens for r in cell) / n:.0f}",
+                    f"{sum(r.prompt_tokens for r in cell) / n:.0f}",
+                    f"{sum(r.constraints for r in cell) / n:.1f}",
+                    f"{sum(r.wall_s for r in cell) / n:.1f}",
+                ]
+            )
+    return _table(header, rows)
+
+
+def comparison_table(results: Results, comps: dict[tuple[str, str, str], PairedComparison]) -> str:
+    header = [
+        "model",
+        "condition",
+        "benchmark",
+        "n",
+        "difference (pp)",
+        "95% CI (pp)",
+        "only vanilla right",
+        "only condition right",
+        "McNemar p",
+    ]
+    rows = []
+    for (model, condition, bench), c in comps.items():
+        rows.append(
+            [
+                model,
+                condition,
+                bench,
+                str(c.n),
+                f"{100 * c.difference:+.1f}",
+                f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]",
+                str(c.only_baseline),
+                str(c.only_condition),
+                f"{c.p_value:.3g}",
+            ]
+        )
+    return _table(header, rows)
+
+
+def parts_table(folder: Path) -> str | None:
+    path = folder / "parts.jsonl"
+    if not path.is_file():
+        return None
+    import datetime as dt
+
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        part = json.loads(line)
+        when = dt.datetime.fromtimestamp(part["started"], dt.UTC).strftime("%Y-%m-%d %H:%M")
+        phases = ", ".join(
+            f"{name}: {v['computed']} new in {v['seconds'] / 60:.1f} min"
+            for name, v in part.get("phases", {}).items()
+        )
+        state = "finished" if part.get("finished") else "stopped"
+        rows.append([str(i), when, f"{part['wall_s'] / 60:.1f}", state, phases or "-"])
+    return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
+
+
+def memory_table(folder: Path) -> str | None:
+    path = folder / "build_summary.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    rows = []
+    for ns, s in data.items():
+        pairing = s.get("pairing", {})
+        rows.append(
+            [
+                ns,
+                str(pairing.get("pairs", 0)),
+                str(s.get("records", 0)),
+                str(s.get("pairs_without_constraints", 0)),
+                ", ".join(
+                    f"{key} {s.get('distill', {}).get(key, 0)}"
+                    for key in ("ok", "empty", "all_rejected", "malformed")
+                ),
+            ]
+        )
+    header = ["memory", "pairs", "records", "pairs without constraints", "distiller status"]
+    return _table(header, rows)
+
+
+def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
+    """Write report.md and the plots into `out` (default: the folder); returns the text."""
+    folder = Path(folder)
+    target = Path(out) if out is not None else folder
+    target.mkdir(parents=True, exist_ok=True)
+    results = load_results(folder)
+    comps = comparisons(results, seed=int(results.plan["config"].get("seed", 0)))
+    from memcollab.experiment.plots import write_plots
+
+    plots = write_plots(results, target)
+    planned = sum(results.planned_tasks.values())
+    complete = sum(len(v) for v in results.complete_tasks.values())
+    lines = [
+        f"# Experiment report: {results.plan['name']}",
+        "",
+        f"Models: {', '.join(results.models)}. Conditions: {', '.join(results.conditions)}.",
+        f"Complete tasks (every model x condition stored): {complete} of {planned} planned"
+        + " ("
+        + ", ".join(
+            f"{b} {len(results.complete_tasks[b])}/{results.planned_tasks[b]}"
+            for b in results.benchmarks
+        )
+        + ").",
+        "",
+        "## Accuracy (%)",
+        "",
+        accuracy_table(results),
+        "",
+        "## Effort per task (means)",
+        "",
+        effort_table(results),
+        "",
+        f"## Each condition against {BASELINE} (paired, same tasks)",
+        "",
+        "Difference in percentage points with a 95% paired-bootstrap interval (10,000"
+        " resamples of tasks) and the exact two-sided McNemar p-value; `all` pools the"
+        " benchmarks' tasks.",
+        "",
+        comparison_table(results, comps) if comps else "(no vanilla condition to compare with)",
+        "",
+    ]
+    memory = memory_table(folder)
+    if memory:
+        lines += ["## Memories", "", memory, ""]
+    parts = parts_table(folder)
+    if parts:
+        lines += ["## How the run was split", "", parts, ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    text = "\n".join(lines)
+    (target / "report.md").write_text(text)
+    return text, plots

@@ -1,0 +1,562 @@
+"""Run an experiment: training trajectories -> memories -> evaluation of every condition.
+
+Layout of the output folder (everything resumable; a second run skips what is stored):
+
+    plan.json                   the resolved experiment, conditions, benchmark -> task ids
+    train/trajectories.sqlite   training trajectories (condition "vanilla", plus the
+                                "self-sample" ones self-contrast needs)
+    memory.sqlite               every memory, one namespace per MemoryRecipe
+    eval/trajectories.sqlite    one trajectory per (task, model, condition)
+    results.jsonl               one row per (task, model, condition): the per-task table
+    memories/NAMESPACE.jsonl    each memory, exported
+    build_summary.json          pairing and distillation counters per memory
+    parts.jsonl                 one line per invocation: when, how long, what it computed
+
+Memory is built from the training tasks only; evaluation tasks are never collected for it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from memcollab.agent import Agent
+from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
+from memcollab.errors import UserError
+from memcollab.experiment.conditions import (
+    SAMPLE_CONDITION,
+    Condition,
+    MemoryRecipe,
+    make_condition,
+)
+from memcollab.experiment.config import ExperimentConfig
+from memcollab.llm.cache import Gateway
+from memcollab.llm.fleet import Fleet
+from memcollab.memory.build import BuildEvent, build_memory
+from memcollab.memory.classify import DomainClassifier, Label
+from memcollab.memory.distill import Distiller
+from memcollab.memory.pairs import PairingResult, make_pairs, own_pairs, self_contrast_pairs
+from memcollab.memory.record import MemoryRecord
+from memcollab.memory.retrieve import Mode, Retriever
+from memcollab.memory.store import MemoryStore, SQLiteMemory
+from memcollab.tasks.datasets import load_tasks
+from memcollab.tasks.task import Task
+from memcollab.trajectory import Trajectory
+
+Phase = Literal["train", "memory", "eval"]
+PHASES: tuple[Phase, ...] = ("train", "memory", "eval")
+LABEL_CALLS_PER_TASK = 2  # the classifier asks for the category, then the subcategory
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Progress of a run: a phase starts (with its size), or one unit of it finishes."""
+
+    phase: Phase
+    total: int | None = None  # set when the phase starts
+    model: str | None = None
+    correct: bool | None = None
+    skipped: bool = False
+    detail: str = ""
+
+
+@dataclass
+class PhaseEstimate:
+    """What a phase will cost: jobs, and model calls and tokens (estimated)."""
+
+    jobs: int
+    done: int
+    calls: int
+    completion_tokens: int
+    prompt_tokens: int | None
+    basis: str
+
+
+@dataclass
+class FleetInfo:
+    """The fleet as conditions see it (names and strengths)."""
+
+    fleet: Fleet
+    models: list[str]
+
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def strength(self, name: str) -> int:
+        return self.fleet.spec(name).strength
+
+
+def _tasks(specs: Sequence[str], data_dir: Path | None, seed: int) -> list[Task]:
+    seen: dict[str, Task] = {}
+    for spec in specs:
+        for task in load_tasks(spec, data_dir, seed):
+            seen.setdefault(task.id, task)
+    return list(seen.values())
+
+
+class _Context:
+    """The evaluation context conditions use: labels, retrievers, records (thread-safe)."""
+
+    def __init__(
+        self, memory: MemoryStore, classifiers: dict[str, DomainClassifier], seed: int
+    ) -> None:
+        self.memory = memory
+        self.classifiers = classifiers
+        self.seed = seed
+        self._retrievers: dict[tuple[str, int, str, bool], Retriever] = {}
+        self._records: dict[tuple[str, str], list[MemoryRecord]] = {}
+        self._lock = threading.Lock()
+
+    def label(self, model: str, task: Task) -> Label:
+        return self.classifiers[model].classify(task)
+
+    def retriever(self, namespace: str, p: int, mode: Mode, participant_filter: bool) -> Retriever:
+        key = (namespace, p, mode, participant_filter)
+        with self._lock:
+            if key not in self._retrievers:
+                self._retrievers[key] = Retriever(
+                    self.memory,
+                    p=p,
+                    mode=mode,
+                    namespace=namespace,
+                    participant_filter=participant_filter,
+                    seed=self.seed,
+                    count_usage=False,
+                )
+            return self._retrievers[key]
+
+    def records(self, namespace: str, domain: str) -> list[MemoryRecord]:
+        key = (namespace, domain)
+        with self._lock:
+            if key not in self._records:
+                self._records[key] = self.memory.records(namespace, domain)
+            return self._records[key]
+
+
+class Experiment:
+    """One experiment file, ready to plan and run against a gateway."""
+
+    def __init__(
+        self, config: ExperimentConfig, gateway: Gateway, fleet: Fleet | None = None
+    ) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.fleet = fleet or Fleet.load(config.fleet)
+        self.info = FleetInfo(self.fleet, self.fleet.names())
+        self.out = Path(config.out)
+        self.conditions: list[Condition] = [
+            make_condition(name, config.condition.get(name)) for name in config.conditions
+        ]
+        self.train_tasks = _tasks(config.train.tasks, config.data_dir, config.seed)
+        self.eval_sets: dict[str, list[Task]] = {
+            bench: _tasks([spec], config.data_dir, config.seed)
+            for bench, spec in config.eval.items()
+        }
+        self.recipes: dict[str, MemoryRecipe] = {}
+        for condition in self.conditions:
+            for model in self.info.models:
+                for recipe in condition.memories(model, self.info):
+                    self.recipes.setdefault(recipe.namespace, recipe)
+        self._check()
+        self._agents: dict[tuple[str, float | None], Agent] = {}
+
+    def _check(self) -> None:
+        train_ids = {t.id for t in self.train_tasks}
+        train_texts = {" ".join(t.prompt.split()) for t in self.train_tasks}
+        if self.recipes and not self.train_tasks:
+            raise UserError(
+                f"{self.config.source}: conditions with memory need [train] tasks",
+                "add tasks = [...] under [train]",
+            )
+        for bench, tasks in self.eval_sets.items():
+            if not tasks:
+                raise UserError(f"{self.config.source}: benchmark {bench!r} selects no task")
+            leaked = [
+                t.id
+                for t in tasks
+                if t.id in train_ids or " ".join(t.prompt.split()) in train_texts
+            ]
+            if leaked:
+                raise UserError(
+                    f"{self.config.source}: evaluation task {leaked[0]} of {bench!r} is also a"
+                    f" training task ({len(leaked)} in all)",
+                    "evaluate on held-out splits only",
+                )
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def train_store(self) -> TrajectoryStore:
+        return TrajectoryStore.in_dir(self.out / "train")
+
+    @property
+    def eval_store(self) -> TrajectoryStore:
+        return TrajectoryStore.in_dir(self.out / "eval")
+
+    def memory_path(self) -> Path:
+        return self.out / "memory.sqlite"
+
+    # -- jobs ------------------------------------------------------------------------------
+    def agent(self, model: str, temperature: float | None = None) -> Agent:
+        key = (model, temperature)
+        if key not in self._agents:
+            decoding = self.fleet.spec(model).decoding
+            update: dict[str, Any] = {}
+            if self.config.agent.max_tokens is not None:
+                update["max_tokens"] = self.config.agent.max_tokens
+            if temperature is not None:
+                update["temperature"] = temperature
+            self._agents[key] = Agent(
+                self.gateway.bind(self.fleet.model(model)),
+                max_turns=self.config.agent.max_turns,
+                decoding=decoding.model_copy(update=update),
+            )
+        return self._agents[key]
+
+    def train_jobs(self) -> list[Job]:
+        """Vanilla training trajectories of every model, then self-contrast samples."""
+        jobs: list[Job] = []
+        if any(r.pairing != "self_contrast" for r in self.recipes.values()):
+            jobs += [Job(self.agent(m), t) for t in self.train_tasks for m in self.info.models]
+        for recipe in self.recipes.values():
+            if recipe.pairing == "self_contrast" and recipe.model is not None:
+                agent = self.agent(recipe.model, recipe.temperature)
+                jobs += [
+                    Job(agent, t, SAMPLE_CONDITION, sample_index=i)
+                    for t in self.train_tasks
+                    for i in range(recipe.samples)
+                ]
+        return _dedupe(jobs)
+
+    def eval_jobs(self, ctx: _Context | None) -> list[Job]:
+        """Every (benchmark task, condition, model), task-major so partial runs pair up."""
+        jobs: list[Job] = []
+        for tasks in self.eval_sets.values():
+            for task in tasks:
+                for condition in self.conditions:
+                    for model in self.info.models:
+                        guide = None
+                        if ctx is not None and condition.kind != "vanilla":
+                            guide = _guide(condition, task, model, self.info, ctx)
+                        jobs.append(Job(self.agent(model), task, condition.name, guide=guide))
+        return jobs
+
+    # -- planning --------------------------------------------------------------------------
+    def estimate(self) -> dict[Phase, PhaseEstimate]:
+        """Jobs, model calls and tokens per phase, before spending any."""
+        max_tokens = self.config.agent.max_tokens or max(
+            self.fleet.spec(m).decoding.max_tokens for m in self.info.models
+        )
+        stored = list(self._existing(self.out / "train"))
+        turns = [t.turns for t in stored]
+        prompt = [t.prompt_tokens / max(t.turns, 1) for t in stored]
+        completion = [t.completion_tokens / max(t.turns, 1) for t in stored]
+        if stored:
+            mean_turns = sum(turns) / len(turns)
+            per_call_prompt: float | None = sum(prompt) / len(prompt)
+            per_call_completion = sum(completion) / len(completion)
+            basis = f"means of {len(stored)} stored training trajectories"
+        else:
+            mean_turns = float(self.config.agent.max_turns)
+            per_call_prompt = None
+            per_call_completion = float(max_tokens)
+            basis = "upper bound (max_turns x max_tokens per task)"
+
+        def solves(jobs: list[Job], folder: Path) -> PhaseEstimate:
+            keys = self._existing(folder).keys()
+            todo = [j for j in jobs if j.key() not in keys]
+            calls = round(len(todo) * mean_turns)
+            return PhaseEstimate(
+                len(jobs),
+                len(jobs) - len(todo),
+                calls,
+                round(calls * per_call_completion),
+                round(calls * per_call_prompt) if per_call_prompt is not None else None,
+                basis,
+            )
+
+        train = solves(self.train_jobs(), self.out / "train")
+        eval_jobs = self.eval_jobs(None)
+        evaluation = solves(eval_jobs, self.out / "eval")
+        labelled = {
+            (j.agent.client.name, j.task.id)
+            for j in eval_jobs
+            if self._condition(j.condition).kind != "vanilla"
+            and self._condition(j.condition).describe().get("retrieval") != "global_tfidf"
+        }
+        evaluation.calls += LABEL_CALLS_PER_TASK * len(labelled)
+        pairs = sum(self._pairs(r, stored).pairs.__len__() for r in self.recipes.values())
+        if not stored:
+            pairs = len(self.train_tasks) * len(self.recipes)
+        distillers = {r.distiller for r in self.recipes.values()}
+        calls = pairs + LABEL_CALLS_PER_TASK * len(self.train_tasks) * len(distillers)
+        memory = PhaseEstimate(
+            pairs,
+            self._records_stored(),
+            calls,
+            pairs * 400,
+            None,
+            "pairs of the stored trajectories" if stored else "upper bound (one pair per task)",
+        )
+        return {"train": train, "memory": memory, "eval": evaluation}
+
+    @staticmethod
+    def _existing(folder: Path) -> TrajectoryStore | list[Trajectory]:
+        """The store of `folder` if one exists (a dry run creates no file)."""
+        if (folder / TrajectoryStore.FILENAME).is_file():
+            return TrajectoryStore.in_dir(folder)
+        return _Empty()
+
+    def _condition(self, name: str) -> Condition:
+        return next(c for c in self.conditions if c.name == name)
+
+    def _records_stored(self) -> int:
+        if not self.memory_path().exists():
+            return 0
+        with SQLiteMemory(self.memory_path()) as mem:
+            return sum(len(mem.records(ns)) for ns in self.recipes)
+
+    def plan_json(self) -> dict[str, Any]:
+        """The resolved plan (written to plan.json; the report reads it)."""
+        return {
+            "name": self.config.name,
+            "config": self.config.resolved_json(),
+            "models": self.info.models,
+            "strengths": {m: self.info.strength(m) for m in self.info.models},
+            "conditions": {c.name: c.describe() for c in self.conditions},
+            "memories": {ns: r.__dict__ for ns, r in self.recipes.items()},
+            "train_tasks": [t.id for t in self.train_tasks],
+            "benchmarks": {b: [t.id for t in ts] for b, ts in self.eval_sets.items()},
+            "domains": {b: ts[0].domain for b, ts in self.eval_sets.items()},
+        }
+
+    # -- running ---------------------------------------------------------------------------
+    def run(
+        self,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        *,
+        phases: Sequence[Phase] = PHASES,
+        redo: bool = False,
+    ) -> dict[str, Any]:
+        """Run the phases in order; returns what this invocation computed and how long."""
+        emit = on_event or (lambda event: None)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
+        part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
+        try:
+            for phase in PHASES:
+                if phase not in phases:
+                    continue
+                began = time.perf_counter()
+                done = getattr(self, f"_run_{phase}")(emit, redo)
+                part["phases"][phase] = {
+                    "computed": done,
+                    "seconds": round(time.perf_counter() - began, 1),
+                }
+            part["finished"] = True
+            return part
+        finally:
+            part["ended"] = time.time()
+            part["wall_s"] = round(part["ended"] - part["started"], 1)
+            with (self.out / "parts.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(part) + "\n")
+
+    def _progress(self, phase: Phase, emit: Callable[[ProgressEvent], None]):  # type: ignore[no-untyped-def]
+        def on(event: CollectEvent) -> None:
+            emit(ProgressEvent(phase, None, event.model, event.correct, event.skipped))
+
+        return on
+
+    def _run_train(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+        jobs = self.train_jobs()
+        emit(ProgressEvent("train", total=len(jobs)))
+        store = self.train_store
+        store.put_tasks(self.train_tasks)
+        progress = self._progress("train", emit)
+        computed, _ = run_jobs(
+            jobs, store, redo=redo, workers=self.config.workers, on_event=progress
+        )
+        store.export_jsonl(self.out / "train" / "trajectories.jsonl")
+        return computed
+
+    def _pairs(self, recipe: MemoryRecipe, trajectories: list[Trajectory]) -> PairingResult:
+        vanilla = [t for t in trajectories if t.condition == "vanilla"]
+        if recipe.pairing == "contrastive":
+            strengths = {m: self.info.strength(m) for m in self.info.models}
+            mine = [t for t in vanilla if t.model in strengths]
+            return make_pairs(mine, strengths, tie_break=self.config.memory.tie_break)
+        if recipe.pairing == "own":
+            return own_pairs(vanilla, recipe.model or "")
+        samples = [
+            t
+            for t in trajectories
+            if t.condition == SAMPLE_CONDITION and t.sample_index < recipe.samples
+        ]
+        return self_contrast_pairs(samples, recipe.model or "")
+
+    def _run_memory(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+        if not self.recipes:
+            emit(ProgressEvent("memory", total=0))
+            return 0
+        store = self.train_store
+        trajectories = list(store)
+        tasks = store.tasks()
+        pairings = {ns: self._pairs(r, trajectories) for ns, r in self.recipes.items()}
+        emit(ProgressEvent("memory", total=sum(len(p.pairs) for p in pairings.values())))
+        summaries: dict[str, Any] = {}
+        added = 0
+        classifiers: dict[str, DomainClassifier] = {}
+        with SQLiteMemory(self.memory_path()) as memory:
+            for ns, recipe in self.recipes.items():
+                client = self.gateway.bind(self.fleet.model(recipe.distiller))
+                classifier = classifiers.setdefault(recipe.distiller, DomainClassifier(client))
+                distiller = Distiller(
+                    client,
+                    max_constraints=self.config.memory.k,
+                    max_prompt_chars=self.config.memory.prompt_chars,
+                )
+                summary = build_memory(
+                    pairings[ns],
+                    tasks,
+                    memory,
+                    distiller,
+                    classifier,
+                    namespace=ns,
+                    workers=client.model.concurrency()[1],
+                    on_event=lambda e, ns=ns: emit(_build_event(e, ns)),
+                )
+                added += summary.records_added
+                summaries[ns] = {
+                    **summary.as_dict(),
+                    "records": len(memory.records(ns)),
+                    "recipe": recipe.__dict__,
+                    "classifier": classifier.stats(),
+                }
+                export = self.out / "memories" / f"{ns}.jsonl"
+                export.parent.mkdir(parents=True, exist_ok=True)
+                memory.export_jsonl(export, ns)
+        (self.out / "build_summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        return added
+
+    def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+        with SQLiteMemory(self.memory_path()) as memory:
+            classifiers = {
+                m: DomainClassifier(self.gateway.bind(self.fleet.model(m)))
+                for m in self.info.models
+            }
+            ctx = _Context(memory, classifiers, self.config.seed)
+            jobs = self.eval_jobs(ctx)
+            emit(ProgressEvent("eval", total=len(jobs)))
+            store = self.eval_store
+            store.put_tasks([t for ts in self.eval_sets.values() for t in ts])
+            computed, _ = run_jobs(
+                jobs,
+                store,
+                redo=redo,
+                workers=self.config.workers,
+                on_event=self._progress("eval", emit),
+            )
+            (self.out / "eval_classifier_stats.json").write_text(
+                json.dumps({m: c.stats() for m, c in classifiers.items()}, indent=2) + "\n"
+            )
+        write_results(self.out, self.plan_json(), store)
+        return computed
+
+
+def _build_event(event: BuildEvent, namespace: str) -> ProgressEvent:
+    return ProgressEvent(
+        "memory", skipped=event.status == "exists", detail=f"{namespace}: {event.status}"
+    )
+
+
+def _guide(condition: Condition, task: Task, model: str, info: FleetInfo, ctx: _Context):  # type: ignore[no-untyped-def]
+    return lambda: condition.guide(task, model, info, ctx)
+
+
+class _Empty(list):  # type: ignore[type-arg]
+    """No trajectories yet: iterates to nothing and has no keys."""
+
+    def keys(self) -> set[tuple[str, str, str, int]]:
+        return set()
+
+
+def _dedupe(jobs: list[Job]) -> list[Job]:
+    seen: set[tuple[str, str, str, int]] = set()
+    out = []
+    for job in jobs:
+        if job.key() not in seen:
+            seen.add(job.key())
+            out.append(job)
+    return out
+
+
+@dataclass
+class ResultRow:
+    """One line of the per-task table."""
+
+    benchmark: str
+    task_id: str
+    model: str
+    condition: str
+    correct: bool
+    turns: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_s: float
+    finish: str
+    record_ids: list[str] = field(default_factory=list)
+    constraints: int = 0
+    level: str | None = None
+    category: str | None = None
+    subcategory: str | None = None
+
+
+def result_rows(plan: dict[str, Any], trajectories: Sequence[Trajectory]) -> list[ResultRow]:
+    """The per-task table of the planned (benchmark, task, model, condition) cells stored."""
+    bench_of = {tid: bench for bench, ids in plan["benchmarks"].items() for tid in ids}
+    conditions = set(plan["conditions"])
+    models = set(plan["models"])
+    rows: list[ResultRow] = []
+    for t in trajectories:
+        bench = bench_of.get(t.task_id)
+        if bench is None or t.condition not in conditions or t.model not in models:
+            continue
+        note = t.retrieval or {}
+        rows.append(
+            ResultRow(
+                benchmark=bench,
+                task_id=t.task_id,
+                model=t.model,
+                condition=t.condition,
+                correct=t.correct,
+                turns=t.turns,
+                prompt_tokens=t.prompt_tokens,
+                completion_tokens=t.completion_tokens,
+                wall_s=round(t.wall_s, 2),
+                finish=t.finish,
+                record_ids=list(note.get("record_ids", [])),
+                constraints=int(note.get("constraints", 0)),
+                level=note.get("level"),
+                category=note.get("category"),
+                subcategory=note.get("subcategory"),
+            )
+        )
+    order = {tid: i for i, tid in enumerate(bench_of)}
+    cond_order = {c: i for i, c in enumerate(plan["conditions"])}
+    rows.sort(key=lambda r: (order[r.task_id], cond_order[r.condition], r.model))
+    return rows
+
+
+def write_results(out: Path, plan: dict[str, Any], store: TrajectoryStore) -> Path:
+    """results.jsonl: the per-task table (written atomically)."""
+    path = out / "results.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in result_rows(plan, list(store)):
+            fh.write(json.dumps(row.__dict__) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,160 @@
+"""The whole experiment pipeline (collect, distil, retrieve, evaluate, report) on scripted
+models, in seconds; effects are known in advance (see tests/experiment/scripted.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memcollab.errors import UserError
+from memcollab.experiment.config import parse_experiment
+from memcollab.experiment.report import write_report
+from memcollab.experiment.runner import Experiment
+from memcollab.llm.cache import Gateway
+from memcollab.llm.fleet import Fleet
+from memcollab.memory.store import SQLiteMemory
+from tests.experiment.scripted import experiment_dict, fleet_dict
+
+
+def _experiment(tmp_path: Path, conditions: list[str] | None = None) -> Experiment:
+    config = parse_experiment(experiment_dict(tmp_path, conditions))
+    return Experiment(config, Gateway(None), Fleet.from_dict(fleet_dict()))
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_dry_run_estimate_counts_the_plan_and_writes_nothing(tmp_path: Path) -> None:
+    experiment = _experiment(tmp_path)
+    estimate = experiment.estimate()
+    assert estimate["train"].jobs == 4 * 2  # 4 training tasks x 2 models
+    assert estimate["eval"].jobs == 6 * 2 * 6  # 6 test tasks x 2 models x 6 conditions
+    assert estimate["train"].done == 0 and estimate["eval"].done == 0
+    assert estimate["train"].calls == 8 * 2  # no trajectories yet: max_turns per task
+    # memories: memcollab by right, own of right (also "other" for wrong), own of wrong
+    assert set(experiment.recipes) == {
+        "memcollab.by.right",
+        "own.right.by.right",
+        "own.wrong.by.wrong",
+    }
+    assert not (tmp_path / "out").exists()
+
+
+def test_pipeline_end_to_end_then_resume_and_report(tmp_path: Path) -> None:
+    experiment = _experiment(tmp_path)
+    events = []
+    part = experiment.run(events.append)
+    out = tmp_path / "out"
+    assert part["finished"] and part["phases"]["train"]["computed"] == 8
+    assert part["phases"]["eval"]["computed"] == 72
+
+    rows = _rows(out)
+    assert len(rows) == 72
+    by = {(r["task_id"], r["model"], r["condition"]): r for r in rows}
+    tasks = {r["task_id"] for r in rows}
+    assert all(by[(t, "right", "vanilla")]["correct"] for t in tasks)
+    assert not any(by[(t, "wrong", "vanilla")]["correct"] for t in tasks)
+    for condition in ("own", "other", "memcollab", "placebo", "memcollab-p1"):
+        for t in tasks:
+            row = by[(t, "wrong", condition)]
+            assert row["constraints"] > 0 and row["record_ids"], (condition, t)
+            assert row["correct"], (condition, t)  # memory turns `wrong` right
+
+    with SQLiteMemory(out / "memory.sqlite") as memory:
+        mem = {ns: memory.records(ns) for ns in experiment.recipes}
+        # memory comes from training tasks only
+        assert all(r.source_task_id.startswith("train-") for rs in mem.values() for r in rs)
+        assert len(mem["memcollab.by.right"]) == 4  # every training task is mixed
+        assert {r.pair_type for r in mem["own.wrong.by.wrong"]} == {"own_failure"}
+        category = {r.id: r.category for rs in mem.values() for r in rs}
+    for t in tasks:
+        real = by[(t, "wrong", "memcollab")]
+        placebo = by[(t, "wrong", "placebo")]
+        assert placebo["constraints"] == real["constraints"]
+        assert all(category[i] != placebo["category"] for i in placebo["record_ids"])
+        assert all(category[i] == real["category"] for i in real["record_ids"])
+        assert len(by[(t, "wrong", "memcollab-p1")]["record_ids"]) == 1
+        assert by[(t, "wrong", "other")]["record_ids"][0] in {
+            r.id for r in mem["own.right.by.right"]
+        }
+    assert (out / "memories" / "memcollab.by.right.jsonl").read_text().count("\n") == 4
+    assert {e.phase for e in events} == {"train", "memory", "eval"}
+
+    stamps = experiment.eval_store.created_at()
+    again = _experiment(tmp_path).run()
+    assert again["phases"]["train"]["computed"] == 0
+    assert again["phases"]["memory"]["computed"] == 0
+    assert again["phases"]["eval"]["computed"] == 0
+    assert experiment.eval_store.created_at() == stamps
+    assert len((out / "parts.jsonl").read_text().splitlines()) == 2
+
+    text, plots = write_report(out)
+    assert "| wrong | memcollab | 100.0 | 100.0 |" in text
+    assert "| wrong | vanilla | 0.0 | 0.0 |" in text
+    # wrong + memcollab vs wrong vanilla on 6 tasks: b = 0, c = 6, exact p = 2 / 2**6
+    assert "| wrong | memcollab | all | 6 | +100.0 | [+100.0, +100.0] | 0 | 6 | 0.0312 |" in text
+    assert "| right | memcollab | all | 6 | +0.0 |" in text
+    assert {p.name for p in plots} == {
+        "accuracy_by_condition.png",
+        "turns_by_condition.png",
+        "constraints_vs_accuracy.png",  # memcollab (p = 3) and memcollab-p1
+    }
+    for plot in plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report.md").read_text() == text
+
+
+def test_p_ablation_plot_needs_two_sizes(tmp_path: Path) -> None:
+    experiment = _experiment(tmp_path, ["vanilla", "memcollab", "memcollab-global"])
+    experiment.run()
+    _, plots = write_report(tmp_path / "out")
+    assert "constraints_vs_accuracy.png" not in {p.name for p in plots}
+
+
+def test_partial_run_reports_only_complete_tasks(tmp_path: Path) -> None:
+    experiment = _experiment(tmp_path, ["vanilla", "memcollab"])
+    experiment.run(phases=["train", "memory"])
+    jobs = experiment.eval_jobs(None)[:5]  # task-major: tasks 1-2 complete, part of task 2
+    from memcollab.collect import run_jobs
+
+    run_jobs(jobs, experiment.eval_store)
+    text, _ = write_report(tmp_path / "out")
+    assert "Complete tasks (every model x condition stored): 1 of 6 planned" in text
+
+
+def test_evaluation_tasks_must_not_be_training_tasks(tmp_path: Path) -> None:
+    raw = experiment_dict(tmp_path)
+    raw["eval"] = {"leak": raw["train"]["tasks"][0]}
+    with pytest.raises(UserError, match="also a training task"):
+        Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"conditions": ["vanilla", "nonsense"]}, "unknown condition 'nonsense'"),
+        ({"condition": {"memcollab": {"q": 1}}}, "unknown field(s) q"),
+        ({"condition": {"memcollab": {"p": 0}}}, "p must be at least 1"),
+        ({"condition": {"own2": {"kind": "own"}}}, "not in `conditions`"),
+        ({"conditions": ["vanilla", "vanilla"]}, "listed twice"),
+        ({"eval": {}}, "names no benchmark"),
+        ({"agent": {"max_turns": 0}}, "agent.max_turns"),
+    ],
+)
+def test_bad_experiment_files_get_one_clear_error(
+    tmp_path: Path, change: dict, needle: str
+) -> None:
+    raw = {**experiment_dict(tmp_path), **change}
+    with pytest.raises(UserError) as info:
+        Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
+    assert needle in str(info.value)
+
+
+def test_other_source_must_be_a_fleet_model(tmp_path: Path) -> None:
+    raw = {**experiment_dict(tmp_path, ["vanilla", "other"])}
+    raw["condition"] = {"other": {"source": "gpt-9"}}
+    with pytest.raises(UserError, match="no fleet model 'gpt-9'"):
+        Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
