@@ -12,13 +12,11 @@ import typer
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -30,9 +28,10 @@ from memcollab.cli_common import (
     console,
     err_console,
     make_gateway,
+    prepare_with_progress,
     print_gateway_stats,
 )
-from memcollab.cli_experiment import experiment_app
+from memcollab.cli_experiment import demo, experiment_app
 from memcollab.collect import (
     CollectEvent,
     ModelSummary,
@@ -53,8 +52,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="Local and remote models of a fleet.")
 app.add_typer(models_app, name="models")
 app.add_typer(experiment_app, name="experiment")
-
-DEMO_PROMPT = "In two sentences, what is a prime number?"
+app.command("demo")(demo)
 
 
 @app.callback()
@@ -63,31 +61,6 @@ def _root(
 ) -> None:
     """memcollab: shared memory for LLM agents built on different models."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-
-
-def _prepare_with_progress(names: list[str], force: bool = False) -> None:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        for name in names:
-            entry = packaged.get(name)
-            if not force and packaged.status(entry) is packaged.Status.READY:
-                console.print(f"[green]ready[/green]  {name}  {entry.target()}")
-                continue
-            task = progress.add_task(f"assembling {name}", total=entry.size)
-            packaged.prepare(
-                entry,
-                progress=lambda done, total, t=task: progress.update(
-                    t, completed=done, total=total
-                ),
-                force=force,
-            )
-            progress.update(task, description=f"[green]verified[/green] {name}")
 
 
 @models_app.command("list")
@@ -134,7 +107,7 @@ def models_prepare(
     chosen = names or list(packaged.PACKAGED_MODELS)
     for name in chosen:
         packaged.get(name)  # fail on an unknown name before doing any work
-    _prepare_with_progress(chosen, force=force)
+    prepare_with_progress(chosen, force=force)
 
 
 def _print_completion(completion: Completion) -> None:
@@ -178,37 +151,6 @@ def models_chat(
     with console.status(f"{name} is thinking..."):
         completion = make_gateway(cache, no_cache).complete(loaded.model(name), request)
     _print_completion(completion)
-
-
-@app.command("demo")
-def demo(
-    prompt: Annotated[str, typer.Option(help="The prompt each model answers.")] = DEMO_PROMPT,
-    max_tokens: Annotated[int, typer.Option(min=1)] = 96,
-    cache: CacheOption = None,
-    no_cache: NoCacheOption = False,
-) -> None:
-    """Prepare the packaged models and let each one answer a prompt."""
-    # One request per model leaves no batch to fill: one sequence per engine keeps the demo
-    # to a few hundred MB of KV cache instead of about 10 GB at the packaged batch widths.
-    fleet = Fleet(
-        [
-            spec.model_copy(update={"batch_width": 1, "prefix_cache": False})
-            for spec in Fleet.default().specs.values()
-        ]
-    )
-    _prepare_with_progress([fleet.spec(n).packaged or n for n in fleet.names()])
-    gateway = make_gateway(cache, no_cache)
-    for name in fleet.names():
-        spec = fleet.spec(name)
-        request = ChatRequest(
-            messages=(Message(role="user", content=prompt),),
-            decoding=spec.decoding.model_copy(update={"max_tokens": max_tokens}),
-        )
-        console.rule(f"{name} (strength {spec.strength})")
-        with console.status(f"{name} is thinking..."):
-            completion = gateway.complete(fleet.model(name), request)
-        _print_completion(completion)
-    print_gateway_stats(gateway)
 
 
 def _summary_table(title: str, rows: dict[str, ModelSummary]) -> Table:

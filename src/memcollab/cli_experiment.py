@@ -24,9 +24,11 @@ from memcollab.cli_common import (
     console,
     err_console,
     make_gateway,
+    prepare_with_progress,
     print_gateway_stats,
 )
 from memcollab.errors import UserError
+from memcollab.experiment.demo import DEMO_TEST, DEMO_TRAIN
 
 experiment_app = typer.Typer(no_args_is_help=True, help="Run experiments and report on them.")
 
@@ -160,3 +162,78 @@ def experiment_report(
     console.print(text, markup=False, highlight=False)
     where = out or results
     console.print(f"wrote {where}/report.md and {len(plots)} plot(s)")
+
+
+def demo(
+    train: Annotated[
+        int, typer.Option(min=2, max=64, help="HumanEval training tasks (HumanEval/0..N-1).")
+    ] = DEMO_TRAIN,
+    test: Annotated[
+        int, typer.Option(min=1, max=100, help="Held-out HumanEval tasks (HumanEval/64..).")
+    ] = DEMO_TEST,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="With GSM8K / MATH files here, add GSM8K and MATH-500 (memory from GSM8K train).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder (default: <cache>/demo).")
+    ] = None,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Build a small MemCollab memory with the packaged fleet, then compare vanilla and
+    memcollab on held-out tasks; prints the table and the constraints learned."""
+    from memcollab.experiment.demo import demo_config, demo_fleet
+    from memcollab.experiment.report import (
+        accuracy_table,
+        comparisons,
+        effort_table,
+        load_results,
+        write_report,
+    )
+    from memcollab.experiment.runner import Experiment
+    from memcollab.memory.store import SQLiteMemory
+
+    fleet = demo_fleet()
+    prepare_with_progress([fleet.spec(n).packaged or n for n in fleet.names()])
+    config = demo_config(out, train=train, test=test, data_dir=data_dir)
+    gateway = make_gateway(cache, no_cache)
+    experiment = Experiment(config, gateway, fleet)
+    console.print(plan_table(experiment))
+    try:
+        run_with_progress(experiment)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the demo resumes from {experiment.out} next time")
+        raise typer.Exit(130) from None
+    _, plots = write_report(experiment.out)
+    results = load_results(experiment.out)
+    console.rule("Constraints the fleet learned (memcollab memory)")
+    with SQLiteMemory(experiment.memory_path()) as memory:
+        for ns in experiment.recipes:
+            for record in memory.records(ns):
+                console.print(
+                    f"[bold]{record.category} / {record.subcategory}[/bold]"
+                    f" [dim](from {record.source_task_id}: {record.model_pos} right,"
+                    f" {record.model_neg} wrong)[/dim]"
+                )
+                for c in record.constraints:
+                    console.print(f"  - {c.text()}", markup=False, highlight=False)
+    console.rule("Accuracy (%) on held-out tasks")
+    console.print(accuracy_table(results), markup=False, highlight=False)
+    console.print(effort_table(results), markup=False, highlight=False)
+    for (model, condition, bench), c in comparisons(results).items():
+        if bench == "all":
+            console.print(
+                f"{model}: {condition} - vanilla = {100 * c.difference:+.1f} pp"
+                f" (95% CI {100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}; McNemar p ="
+                f" {c.p_value:.2g}; n = {c.n})",
+                highlight=False,
+            )
+    console.print(
+        f"[dim]{len(results.rows)} rows; report, plots and results in {experiment.out}."
+        " A small demo cannot show a significant effect: see benchmarks/results/paper.[/dim]"
+    )
+    print_gateway_stats(gateway)

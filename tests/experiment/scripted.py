@@ -16,10 +16,10 @@ DISTILLED = (
     "1. When combining two quantities, enforce reading which operation is asked;"
     " avoid multiplying when the task asks for a sum."
 )
-CLASSIFY = {
-    "belong to?\n\nMath problem:\nAdd": "Algebra",
-    "belong to?\n\nMath problem:\nMultiply": "Prealgebra",
+CLASSIFY = {  # in order: the topic question also shows the task
     "Which topic fits it best?": "functions",
+    "Math problem:\nAdd": "Algebra",
+    "Math problem:\nMultiply": "Prealgebra",
 }
 
 

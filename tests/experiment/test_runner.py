@@ -158,3 +158,55 @@ def test_other_source_must_be_a_fleet_model(tmp_path: Path) -> None:
     raw["condition"] = {"other": {"source": "gpt-9"}}
     with pytest.raises(UserError, match="no fleet model 'gpt-9'"):
         Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
+
+
+def _files(tmp_path: Path, conditions: str = '["vanilla", "memcollab"]') -> Path:
+    from tests.experiment.scripted import fleet_toml, task_file
+
+    (tmp_path / "fleet.toml").write_text(fleet_toml())
+    train = task_file(tmp_path / "train.jsonl", "train", "ab")
+    test = task_file(tmp_path / "test.jsonl", "test", "xy")
+    path = tmp_path / "experiment.toml"
+    path.write_text(
+        f'name = "cli"\nfleet = "fleet.toml"\nout = "out"\nconditions = {conditions}\n'
+        f"[agent]\nmax_turns = 2\n[train]\ntasks = [{json.dumps(train)}]\n"
+        f"[eval]\ntoy = {json.dumps(test)}\n"
+    )
+    return path
+
+
+def test_cli_dry_run_run_and_report(tmp_path: Path) -> None:
+    from tests.test_cli import run_cli
+
+    path = _files(tmp_path)
+    dry = run_cli("experiment", "run", str(path), "--dry-run", "--no-cache")
+    assert dry.returncode == 0, dry.stderr
+    assert "Plan of cli" in dry.stdout and not (tmp_path / "out").exists()
+    done = run_cli("experiment", "run", str(path), "--no-cache")
+    assert done.returncode == 0, done.stderr
+    assert "| wrong | memcollab | 100.0 | 100.0 |" in done.stdout
+    assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == 4 * 2 * 2
+    shown = run_cli("experiment", "report", str(tmp_path / "out"), "--out", str(tmp_path / "r"))
+    assert shown.returncode == 0, shown.stderr
+    assert (tmp_path / "r" / "report.md").is_file()
+    assert (tmp_path / "r" / "accuracy_by_condition.png").is_file()
+    for name in ("results.jsonl", "plan.json", "parts.jsonl", "memories/memcollab.by.right.jsonl"):
+        assert (tmp_path / "r" / name).is_file(), name
+
+
+def test_cli_bad_input_gets_one_line(tmp_path: Path) -> None:
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    assert_one_line_error(run_cli("experiment", "run", str(tmp_path / "nope.toml")), "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('out = "o"\n[eval]\ntoy = "gsm8k:test"\nconditions = ["vanilla"]\n')
+    assert_one_line_error(run_cli("experiment", "run", str(bad)), "landed in the [eval] table")
+    path = _files(tmp_path, '["vanilla", "placebo2"]')
+    assert_one_line_error(run_cli("experiment", "run", str(path)), "unknown condition")
+    assert_one_line_error(
+        run_cli("experiment", "report", str(tmp_path)), "not an experiment folder"
+    )
+    path = _files(tmp_path)
+    assert_one_line_error(
+        run_cli("experiment", "run", str(path), "--phase", "evil"), "unknown phase"
+    )

@@ -6,6 +6,7 @@ out = "runs/paper"                 # relative to this file (default: next to it,
 fleet = "fleet.toml"               # optional; default: the three packaged models
 data_dir = "/data"                 # optional; else --data-dir / MEMCOLLAB_DATA_DIR
 seed = 1                           # retrieval and placebo draws
+conditions = ["vanilla", "own", "other", "memcollab", "placebo"]   # before any [table]
 
 [agent]
 max_turns = 4
@@ -22,8 +23,6 @@ prompt_chars = 9000                # size bound of a distillation request
 [eval]                             # benchmark name -> dataset spec
 gsm8k = "gsm8k:test[~50@1]"
 humaneval = "humaneval:test[~50@1]"
-
-conditions = ["vanilla", "own", "other", "memcollab", "placebo"]   # top-level key
 
 [condition.memcollab-p1]           # parameters of a condition (built-in or your own name)
 kind = "memcollab"
@@ -110,6 +109,12 @@ def load_experiment(path: str | Path, data_dir: Path | None = None) -> Experimen
 
 def parse_experiment(raw: dict[str, Any], source: str = "inline") -> ExperimentConfig:
     """Check a dict shaped like the experiment file."""
+    for table, value in raw.items():
+        if isinstance(value, dict) and table != "condition" and "conditions" in value:
+            raise ExperimentConfigError(
+                f"{source}: `conditions` landed in the [{table}] table",
+                "TOML puts a key in the table above it: write top-level keys before any [table]",
+            )
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -250,7 +250,8 @@ def memory_table(folder: Path) -> str | None:
 
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
-    """Write report.md and the plots into `out` (default: the folder); returns the text."""
+    """Write report.md and the plots into `out` (default: the folder), plus, for another
+    `out`, the portable results; returns the text and the plot paths."""
     folder = Path(folder)
     target = Path(out) if out is not None else folder
     target.mkdir(parents=True, exist_ok=True)
@@ -300,4 +301,24 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     text = "\n".join(lines)
     (target / "report.md").write_text(text)
+    if target.resolve() != folder.resolve():
+        copy_artefacts(folder, target)
     return text, plots
+
+
+PORTABLE = ("plan.json", "results.jsonl", "parts.jsonl", "build_summary.json")
+
+
+def copy_artefacts(folder: Path, target: Path) -> None:
+    """Copy the portable results (per-task table, plan, parts, memories as JSONL) next to
+    the report, so `target` alone documents the run (the SQLite files stay behind)."""
+    import shutil
+
+    for name in PORTABLE:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, target / name)
+    memories = folder / "memories"
+    if memories.is_dir():
+        (target / "memories").mkdir(exist_ok=True)
+        for path in sorted(memories.glob("*.jsonl")):
+            shutil.copy2(path, target / "memories" / path.name)

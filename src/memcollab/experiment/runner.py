@@ -259,12 +259,12 @@ class Experiment:
             mean_turns = sum(turns) / len(turns)
             per_call_prompt: float | None = sum(prompt) / len(prompt)
             per_call_completion = sum(completion) / len(completion)
-            basis = f"means of {len(stored)} stored training trajectories"
+            basis = f"{len(stored)} stored trajectories"
         else:
             mean_turns = float(self.config.agent.max_turns)
             per_call_prompt = None
             per_call_completion = float(max_tokens)
-            basis = "upper bound (max_turns x max_tokens per task)"
+            basis = "upper bound"
 
         def solves(jobs: list[Job], folder: Path) -> PhaseEstimate:
             keys = self._existing(folder).keys()
@@ -289,18 +289,18 @@ class Experiment:
             and self._condition(j.condition).describe().get("retrieval") != "global_tfidf"
         }
         evaluation.calls += LABEL_CALLS_PER_TASK * len(labelled)
-        pairs = sum(self._pairs(r, stored).pairs.__len__() for r in self.recipes.values())
+        pairs = sum(len(self._pairs(r, stored).pairs) for r in self.recipes.values())
         if not stored:
-            pairs = len(self.train_tasks) * len(self.recipes)
+            pairs, memory_basis = len(self.train_tasks) * len(self.recipes), "upper bound"
+        elif train.done < train.jobs:  # scale the pairs found so far to the whole pool
+            pairs = round(pairs * train.jobs / max(train.done, 1))
+            memory_basis = f"pairs of {len(stored)} trajectories, scaled"
+        else:
+            memory_basis = "pairs of the stored trajectories"
         distillers = {r.distiller for r in self.recipes.values()}
         calls = pairs + LABEL_CALLS_PER_TASK * len(self.train_tasks) * len(distillers)
         memory = PhaseEstimate(
-            pairs,
-            self._records_stored(),
-            calls,
-            pairs * 400,
-            None,
-            "pairs of the stored trajectories" if stored else "upper bound (one pair per task)",
+            pairs, self._records_stored(), calls, pairs * 400, None, memory_basis
         )
         return {"train": train, "memory": memory, "eval": evaluation}
 
