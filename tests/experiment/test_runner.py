@@ -210,3 +210,54 @@ def test_cli_bad_input_gets_one_line(tmp_path: Path) -> None:
     assert_one_line_error(
         run_cli("experiment", "run", str(path), "--phase", "evil"), "unknown phase"
     )
+
+
+def test_eval_models_limit_evaluation_not_training(tmp_path: Path) -> None:
+    raw = {**experiment_dict(tmp_path, ["vanilla", "memcollab"]), "eval_models": ["wrong"]}
+    experiment = Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
+    part = experiment.run()
+    assert part["phases"]["train"]["computed"] == 8  # both models build the memory
+    rows = _rows(tmp_path / "out")
+    assert {r["model"] for r in rows} == {"wrong"} and len(rows) == 6 * 2
+    raw["eval_models"] = ["gpt-9"]
+    with pytest.raises(UserError, match="gpt-9"):
+        Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
+
+
+def test_self_contrast_samples_and_pairs_a_models_own_attempts(tmp_path: Path) -> None:
+    from memcollab.llm.scripted import ScriptedModel, rule_responder
+
+    fleet = Fleet.from_dict(fleet_dict())
+    rules = fleet_dict()["models"]["wrong"]["rules"]
+    fixed = rule_responder(rules)
+
+    def sampler(request):  # type: ignore[no-untyped-def]
+        # sampled training attempts: even samples right, odd ones wrong
+        if request.decoding.temperature > 0 and "<memory>" not in request.messages[0].content:
+            return "\\boxed{4}" if request.sample_index % 2 == 0 else "\\boxed{5}"
+        return fixed(request)
+
+    fleet._built["wrong"] = ScriptedModel(sampler, name="wrong")  # a test double per model
+    raw = {
+        **experiment_dict(tmp_path, ["vanilla", "self-contrast"]),
+        "condition": {"self-contrast": {"samples": 2, "temperature": 0.9}},
+        "eval_models": ["wrong"],
+    }
+    experiment = Experiment(parse_experiment(raw), Gateway(None), fleet)
+    assert list(experiment.recipes) == ["self-contrast.wrong.by.wrong"]
+    part = experiment.run()
+    assert part["phases"]["train"]["computed"] == 4 * 2  # 4 tasks x 2 samples, no vanilla
+    samples = list(experiment.train_store)
+    assert {(t.condition, t.sample_index) for t in samples} == {
+        ("self-sample", 0),
+        ("self-sample", 1),
+    }
+    with SQLiteMemory(tmp_path / "out" / "memory.sqlite") as memory:
+        records = memory.records("self-contrast.wrong.by.wrong")
+    assert len(records) == 4
+    assert {(r.pair_type, r.model_pos, r.model_neg) for r in records} == {
+        ("self_contrast", "wrong", "wrong")
+    }
+    rows = _rows(tmp_path / "out")
+    assert all(r["correct"] for r in rows if r["condition"] == "self-contrast")
+    assert not any(r["correct"] for r in rows if r["condition"] == "vanilla")

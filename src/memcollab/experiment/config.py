@@ -6,6 +6,7 @@ out = "runs/paper"                 # relative to this file (default: next to it,
 fleet = "fleet.toml"               # optional; default: the three packaged models
 data_dir = "/data"                 # optional; else --data-dir / MEMCOLLAB_DATA_DIR
 seed = 1                           # retrieval and placebo draws
+eval_models = ["qwen-1.5b"]        # optional: evaluate only these (all build memory)
 conditions = ["vanilla", "own", "other", "memcollab", "placebo"]   # before any [table]
 
 [agent]
@@ -78,6 +79,7 @@ class ExperimentConfig(_Section):
     train: TrainSettings = TrainSettings()
     memory: MemorySettings = MemorySettings()
     eval: dict[str, str]
+    eval_models: list[str] | None = None  # default: every fleet model
     conditions: list[str] = Field(min_length=1)
     condition: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: str = "inline"

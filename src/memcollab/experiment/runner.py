@@ -148,6 +148,9 @@ class Experiment:
         self.gateway = gateway
         self.fleet = fleet or Fleet.load(config.fleet)
         self.info = FleetInfo(self.fleet, self.fleet.names())
+        self.eval_models = list(config.eval_models or self.info.models)
+        for name in self.eval_models:
+            self.fleet.spec(name)  # an unknown name fails here, naming the known ones
         self.out = Path(config.out)
         self.conditions: list[Condition] = [
             make_condition(name, config.condition.get(name)) for name in config.conditions
@@ -159,7 +162,7 @@ class Experiment:
         }
         self.recipes: dict[str, MemoryRecipe] = {}
         for condition in self.conditions:
-            for model in self.info.models:
+            for model in self.eval_models:
                 for recipe in condition.memories(model, self.info):
                     self.recipes.setdefault(recipe.namespace, recipe)
         self._check()
@@ -238,7 +241,7 @@ class Experiment:
         for tasks in self.eval_sets.values():
             for task in tasks:
                 for condition in self.conditions:
-                    for model in self.info.models:
+                    for model in self.eval_models:
                         guide = None
                         if ctx is not None and condition.kind != "vanilla":
                             guide = _guide(condition, task, model, self.info, ctx)
@@ -325,7 +328,8 @@ class Experiment:
         return {
             "name": self.config.name,
             "config": self.config.resolved_json(),
-            "models": self.info.models,
+            "models": self.eval_models,
+            "fleet": self.info.models,
             "strengths": {m: self.info.strength(m) for m in self.info.models},
             "conditions": {c.name: c.describe() for c in self.conditions},
             "memories": {ns: r.__dict__ for ns, r in self.recipes.items()},
@@ -446,7 +450,7 @@ class Experiment:
         with SQLiteMemory(self.memory_path()) as memory:
             classifiers = {
                 m: DomainClassifier(self.gateway.bind(self.fleet.model(m)))
-                for m in self.info.models
+                for m in self.eval_models
             }
             ctx = _Context(memory, classifiers, self.config.seed)
             jobs = self.eval_jobs(ctx)
