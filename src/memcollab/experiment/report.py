@@ -155,7 +155,7 @@ def effort_table(results: Results) -> str:
         "completion tokens",
         "prompt tokens",
         "constraints given",
-        "seconds",
+        "wall s (incl. queueing)",
     ]
     rows = []
     for model in results.models:
