@@ -26,6 +26,7 @@ from memcollab.cli_common import (
     FleetOption,
     NoCacheOption,
     console,
+    counting_progress,
     err_console,
     make_gateway,
     prepare_with_progress,
@@ -229,16 +230,8 @@ def collect_command(
         f"{len(task_list)} tasks x {len(agents)} models -> {out}"
         f" ({len(store)} trajectories already there)"
     )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[acc]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     tally: dict[str, list[int]] = {name: [0, 0] for name in names}
-    with Progress(*columns, console=console) as progress:
+    with counting_progress() as progress:
         overall = progress.add_task("[bold]all", total=len(task_list) * len(agents), acc="")
         bars = {name: progress.add_task(name, total=len(task_list), acc="") for name in names}
 

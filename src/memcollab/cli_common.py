@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -81,3 +83,16 @@ def prepare_with_progress(names: list[str], force: bool = False) -> None:
                 force=force,
             )
             progress.update(task, description=f"[green]verified[/green] {name}")
+
+
+def counting_progress() -> Progress:
+    """Bars of counted jobs with a running-accuracy field (`acc`), elapsed time and ETA."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )

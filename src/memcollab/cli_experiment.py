@@ -7,13 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -22,6 +16,7 @@ from memcollab.cli_common import (
     DataDirOption,
     NoCacheOption,
     console,
+    counting_progress,
     err_console,
     make_gateway,
     prepare_with_progress,
@@ -64,17 +59,9 @@ def run_with_progress(experiment, phases=None, redo: bool = False) -> dict:  # t
     from memcollab.experiment.runner import PHASES, ProgressEvent
 
     estimate = experiment.estimate()
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[acc]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     chosen = list(phases or PHASES)
     tally: dict[str, list[int]] = {}
-    with Progress(*columns, console=console) as progress:
+    with counting_progress() as progress:
         totals = {p: estimate[p].jobs for p in chosen}
         overall = progress.add_task("[bold]whole plan", total=sum(totals.values()), acc="")
         bars: dict[str, TaskID] = {

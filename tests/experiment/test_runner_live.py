@@ -43,7 +43,7 @@ def test_experiment_end_to_end_on_gemma(gemma_path: Path, tmp_path: Path) -> Non
             "out": str(tmp_path / "out"),
             "agent": {"max_turns": 1},
             "train": {"tasks": ["humaneval:train[:2]"]},
-            "memory": {"tie_break": True, "prompt_chars": 3000},
+            "memory": {"tie_break": True, "prompt_chars": 3000, "reply_tokens": 128},
             "eval": {"humaneval": "humaneval:test[:2]"},
             "conditions": ["vanilla", "memcollab"],
         }

@@ -20,6 +20,7 @@ tasks = ["gsm8k:train[~100@1]", "math:train[~100@1]", "mbpp:train[~100@1]"]
 k = 3                              # constraints per distilled pair
 distiller = "strongest"            # or a fleet model name
 prompt_chars = 9000                # size bound of a distillation request
+reply_tokens = 400                 # the distiller's reply budget
 
 [eval]                             # benchmark name -> dataset spec
 gsm8k = "gsm8k:test[~50@1]"
@@ -63,6 +64,7 @@ class MemorySettings(_Section):
     k: int = Field(default=3, ge=1)
     distiller: str = "strongest"
     prompt_chars: int = Field(default=9000, ge=1000)
+    reply_tokens: int = Field(default=400, ge=16)  # the distiller's reply budget
     tie_break: bool = False
 
 

@@ -35,6 +35,7 @@ from memcollab.experiment.conditions import (
     make_condition,
 )
 from memcollab.experiment.config import ExperimentConfig
+from memcollab.llm.base import Decoding
 from memcollab.llm.cache import Gateway
 from memcollab.llm.fleet import Fleet
 from memcollab.memory.build import BuildEvent, build_memory
@@ -422,6 +423,7 @@ class Experiment:
                     client,
                     max_constraints=self.config.memory.k,
                     max_prompt_chars=self.config.memory.prompt_chars,
+                    decoding=Decoding(temperature=0.0, max_tokens=self.config.memory.reply_tokens),
                 )
                 summary = build_memory(
                     pairings[ns],
