@@ -29,18 +29,11 @@ experiment_app = typer.Typer(no_args_is_help=True, help="Run experiments and rep
 
 
 def plan_table(experiment) -> Table:  # type: ignore[no-untyped-def]
-    """The plan: jobs, model calls and tokens per phase."""
+    """The plan: jobs, model calls and tokens per phase (what each estimate rests on below)."""
     table = Table(title=f"Plan of {experiment.config.name} -> {experiment.out}")
-    for col in (
-        "phase",
-        "jobs",
-        "already done",
-        "model calls",
-        "completion tokens",
-        "prompt tokens",
-        "estimated from",
-    ):
-        table.add_column(col, justify="right" if col not in ("phase", "estimated from") else "left")
+    for col in ("phase", "jobs", "done", "model calls", "completion tokens", "prompt tokens"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    bases = []
     for phase, e in experiment.estimate().items():
         table.add_row(
             phase,
@@ -49,8 +42,9 @@ def plan_table(experiment) -> Table:  # type: ignore[no-untyped-def]
             f"~{e.calls:,}",
             f"~{e.completion_tokens:,}",
             "?" if e.prompt_tokens is None else f"~{e.prompt_tokens:,}",
-            e.basis,
         )
+        bases.append(f"{phase}: {e.basis}")
+    table.caption = "estimated from " + "; ".join(bases)
     return table
 
 

@@ -304,7 +304,12 @@ class Experiment:
         distillers = {r.distiller for r in self.recipes.values()}
         calls = pairs + LABEL_CALLS_PER_TASK * len(self.train_tasks) * len(distillers)
         memory = PhaseEstimate(
-            pairs, self._records_stored(), calls, pairs * 400, None, memory_basis
+            pairs,
+            self._records_stored(),
+            calls,
+            pairs * self.config.memory.reply_tokens,
+            None,
+            memory_basis,
         )
         return {"train": train, "memory": memory, "eval": evaluation}
 
