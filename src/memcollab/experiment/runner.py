@@ -255,7 +255,7 @@ class Experiment:
         max_tokens = self.config.agent.max_tokens or max(
             self.fleet.spec(m).decoding.max_tokens for m in self.info.models
         )
-        stored = list(self._existing(self.out / "train"))
+        stored = _stored(self.out / "train")
         turns = [t.turns for t in stored]
         prompt = [t.prompt_tokens / max(t.turns, 1) for t in stored]
         completion = [t.completion_tokens / max(t.turns, 1) for t in stored]
@@ -271,7 +271,7 @@ class Experiment:
             basis = "upper bound"
 
         def solves(jobs: list[Job], folder: Path) -> PhaseEstimate:
-            keys = self._existing(folder).keys()
+            keys = {t.key() for t in _stored(folder)}
             todo = [j for j in jobs if j.key() not in keys]
             calls = round(len(todo) * mean_turns)
             return PhaseEstimate(
@@ -312,13 +312,6 @@ class Experiment:
             memory_basis,
         )
         return {"train": train, "memory": memory, "eval": evaluation}
-
-    @staticmethod
-    def _existing(folder: Path) -> TrajectoryStore | list[Trajectory]:
-        """The store of `folder` if one exists (a dry run creates no file)."""
-        if (folder / TrajectoryStore.FILENAME).is_file():
-            return TrajectoryStore.in_dir(folder)
-        return _Empty()
 
     def _condition(self, name: str) -> Condition:
         return next(c for c in self.conditions if c.name == name)
@@ -488,11 +481,12 @@ def _guide(condition: Condition, task: Task, model: str, info: FleetInfo, ctx: _
     return lambda: condition.guide(task, model, info, ctx)
 
 
-class _Empty(list):  # type: ignore[type-arg]
-    """No trajectories yet: iterates to nothing and has no keys."""
-
-    def keys(self) -> set[tuple[str, str, str, int]]:
-        return set()
+def _stored(folder: Path) -> list[Trajectory]:
+    """The trajectories stored in `folder`, without creating a store (a dry run writes
+    nothing)."""
+    if (folder / TrajectoryStore.FILENAME).is_file():
+        return list(TrajectoryStore.in_dir(folder))
+    return []
 
 
 def _dedupe(jobs: list[Job]) -> list[Job]:
