@@ -261,3 +261,9 @@ def test_self_contrast_samples_and_pairs_a_models_own_attempts(tmp_path: Path) -
     rows = _rows(tmp_path / "out")
     assert all(r["correct"] for r in rows if r["condition"] == "self-contrast")
     assert not any(r["correct"] for r in rows if r["condition"] == "vanilla")
+
+
+def test_memory_phase_needs_every_training_trajectory(tmp_path: Path) -> None:
+    experiment = _experiment(tmp_path, ["vanilla", "memcollab"])
+    with pytest.raises(UserError, match="8 training trajectories are missing"):
+        experiment.run(phases=["memory"])

@@ -406,6 +406,15 @@ class Experiment:
             emit(ProgressEvent("memory", total=0))
             return 0
         store = self.train_store
+        stored = store.keys()
+        missing = [job for job in self.train_jobs() if job.key() not in stored]
+        if missing:
+            # Pairs of a half-collected task would differ from its final pair, and both
+            # would be stored (record ids hash the pair): build only from a full pool.
+            raise UserError(
+                f"{len(missing)} training trajectories are missing",
+                "run the train phase first (or the whole experiment)",
+            )
         trajectories = list(store)
         tasks = store.tasks()
         pairings = {ns: self._pairs(r, trajectories) for ns, r in self.recipes.items()}
