@@ -28,9 +28,11 @@ from memcollab.cli_common import (
     console,
     counting_progress,
     err_console,
+    exit_interrupted,
     make_gateway,
     prepare_with_progress,
     print_gateway_stats,
+    stop_on_sigterm,
 )
 from memcollab.cli_experiment import demo, experiment_app
 from memcollab.collect import (
@@ -216,6 +218,7 @@ def collect_command(
         loaded.spec(name)
     task_list = _load_task_specs(tasks, data_dir, seed)
     gateway = make_gateway(cache, no_cache)
+    stop_on_sigterm()
     agents = []
     for name in names:
         spec = loaded.spec(name)
@@ -250,11 +253,10 @@ def collect_command(
             )
         except KeyboardInterrupt:
             progress.stop()
-            err_console.print(
+            exit_interrupted(
                 f"interrupted: {len(store)} trajectories are kept in {out};"
                 " run the same command again to resume"
             )
-            raise typer.Exit(130) from None
     count = store.export_jsonl(Path(out) / "trajectories.jsonl")
     write_summary(
         Path(out),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -96,3 +99,31 @@ def counting_progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+def stop_on_sigterm() -> None:
+    """Make `kill PID` stop a long run the way Ctrl-C does.
+
+    SIGTERM becomes KeyboardInterrupt, and so does SIGINT where the shell started us in the
+    background with SIGINT ignored (POSIX shells without job control do that).
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, interrupt)
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """Print `message` and leave at once with status 130.
+
+    Model calls still running in worker threads would otherwise be waited for at exit
+    (concurrent.futures joins its threads), which takes minutes; everything finished is
+    already committed to SQLite, so leaving without them loses nothing stored.
+    """
+    err_console.print(message)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)

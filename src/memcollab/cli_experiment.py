@@ -17,10 +17,11 @@ from memcollab.cli_common import (
     NoCacheOption,
     console,
     counting_progress,
-    err_console,
+    exit_interrupted,
     make_gateway,
     prepare_with_progress,
     print_gateway_stats,
+    stop_on_sigterm,
 )
 from memcollab.errors import UserError
 from memcollab.experiment.demo import DEMO_TEST, DEMO_TRAIN
@@ -111,14 +112,14 @@ def experiment_run(
     console.print(plan_table(experiment))
     if dry_run:
         return
+    stop_on_sigterm()
     try:
         part = run_with_progress(experiment, phase, redo)  # type: ignore[arg-type]
     except KeyboardInterrupt:
-        err_console.print(
+        exit_interrupted(
             f"interrupted: everything finished is kept in {experiment.out};"
             " run the same command again to resume"
         )
-        raise typer.Exit(130) from None
     for name, info in part["phases"].items():
         console.print(f"{name}: {info['computed']} new in {info['seconds'] / 60:.1f} min")
     print_gateway_stats(gateway)
@@ -184,11 +185,11 @@ def demo(
     gateway = make_gateway(cache, no_cache)
     experiment = Experiment(config, gateway, fleet)
     console.print(plan_table(experiment))
+    stop_on_sigterm()
     try:
         run_with_progress(experiment)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: the demo resumes from {experiment.out} next time")
-        raise typer.Exit(130) from None
+        exit_interrupted(f"interrupted: the demo resumes from {experiment.out} next time")
     _, plots = write_report(experiment.out)
     results = load_results(experiment.out)
     console.rule("Constraints the fleet learned (memcollab memory)")

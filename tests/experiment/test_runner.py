@@ -267,3 +267,38 @@ def test_memory_phase_needs_every_training_trajectory(tmp_path: Path) -> None:
     experiment = _experiment(tmp_path, ["vanilla", "memcollab"])
     with pytest.raises(UserError, match="8 training trajectories are missing"):
         experiment.run(phases=["memory"])
+
+
+def test_sigterm_stops_a_run_at_once_and_it_resumes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.experiment.scripted import fleet_toml
+
+    path = _files(tmp_path)
+    slow = fleet_toml().replace("strength = 1\n", "strength = 1\ndelay_s = 0.4\n")
+    (tmp_path / "fleet.toml").write_text(
+        slow.replace("strength = 2\n", "strength = 2\ndelay_s = 0.4\n")
+    )
+    cmd = [sys.executable, "-m", "memcollab", "experiment", "run", str(path), "--no-cache"]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    train = tmp_path / "out" / "train" / "trajectories.sqlite"
+    while not train.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.time() - sent < 10
+    assert "interrupted" in err and "Traceback" not in err
+    parts = [json.loads(x) for x in (tmp_path / "out" / "parts.jsonl").read_text().splitlines()]
+    assert parts[-1]["finished"] is False
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == 4 * 2 * 2
