@@ -48,7 +48,7 @@ from memcollab.llm import packaged
 from memcollab.llm.base import ChatRequest, Completion, Message
 from memcollab.llm.fleet import Fleet
 from memcollab.paths import models_dir
-from memcollab.tasks.datasets import load_tasks
+from memcollab.tasks.datasets import load_task_specs
 from memcollab.tasks.task import Task
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -557,13 +557,10 @@ def memory_show(memory: MemoryArg, record_id: Annotated[str, typer.Argument()]) 
 
 
 def _load_task_specs(specs: list[str], data_dir: Path | None, seed: int) -> list[Task]:
-    seen: dict[str, Task] = {}
-    for spec in specs:
-        for task in load_tasks(spec, data_dir, seed):
-            seen.setdefault(task.id, task)
-    if not seen:
+    tasks = load_task_specs(specs, data_dir, seed)
+    if not tasks:
         raise UserError(f"the task specs {specs} select no task")
-    return list(seen.values())
+    return tasks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from memcollab.memory.pairs import PairingResult, make_pairs, own_pairs, self_co
 from memcollab.memory.record import MemoryRecord
 from memcollab.memory.retrieve import Mode, Retriever
 from memcollab.memory.store import MemoryStore, SQLiteMemory
-from memcollab.tasks.datasets import load_tasks
+from memcollab.tasks.datasets import load_task_specs
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
@@ -90,14 +90,6 @@ class FleetInfo:
 
     def strength(self, name: str) -> int:
         return self.fleet.spec(name).strength
-
-
-def _tasks(specs: Sequence[str], data_dir: Path | None, seed: int) -> list[Task]:
-    seen: dict[str, Task] = {}
-    for spec in specs:
-        for task in load_tasks(spec, data_dir, seed):
-            seen.setdefault(task.id, task)
-    return list(seen.values())
 
 
 class _Context:
@@ -156,9 +148,9 @@ class Experiment:
         self.conditions: list[Condition] = [
             make_condition(name, config.condition.get(name)) for name in config.conditions
         ]
-        self.train_tasks = _tasks(config.train.tasks, config.data_dir, config.seed)
+        self.train_tasks = load_task_specs(config.train.tasks, config.data_dir, config.seed)
         self.eval_sets: dict[str, list[Task]] = {
-            bench: _tasks([spec], config.data_dir, config.seed)
+            bench: load_task_specs([spec], config.data_dir, config.seed)
             for bench, spec in config.eval.items()
         }
         self.recipes: dict[str, MemoryRecipe] = {}
@@ -271,7 +263,7 @@ class Experiment:
             basis = "upper bound"
 
         def solves(jobs: list[Job], folder: Path) -> PhaseEstimate:
-            keys = {t.key() for t in _stored(folder)}
+            keys = _stored_keys(folder)
             todo = [j for j in jobs if j.key() not in keys]
             calls = round(len(todo) * mean_turns)
             return PhaseEstimate(
@@ -488,6 +480,13 @@ def _build_event(event: BuildEvent, namespace: str) -> ProgressEvent:
 
 def _guide(condition: Condition, task: Task, model: str, info: FleetInfo, ctx: _Context):  # type: ignore[no-untyped-def]
     return lambda: condition.guide(task, model, info, ctx)
+
+
+def _stored_keys(folder: Path) -> set[tuple[str, str, str, int]]:
+    """The keys stored in `folder` (one SQL query; no trajectory is parsed)."""
+    if (folder / TrajectoryStore.FILENAME).is_file():
+        return TrajectoryStore.in_dir(folder).keys()
+    return set()
 
 
 def _stored(folder: Path) -> list[Trajectory]:

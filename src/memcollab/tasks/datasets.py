@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -494,3 +494,12 @@ def load_tasks(spec: str, data: str | Path | None = None, seed: int = 0) -> list
         chosen = sorted(random.Random(parsed.seed).sample(range(len(tasks)), parsed.sample))
         return [tasks[i] for i in chosen]
     return tasks[parsed.start : parsed.stop]
+
+
+def load_task_specs(specs: Sequence[str], data_dir: Path | None, seed: int = 0) -> list[Task]:
+    """The tasks of several dataset specs, in order, each task id once."""
+    seen: dict[str, Task] = {}
+    for spec in specs:
+        for task in load_tasks(spec, data_dir, seed):
+            seen.setdefault(task.id, task)
+    return list(seen.values())
