@@ -11,7 +11,7 @@ import pytest
 from memcollab.errors import UserError
 from memcollab.experiment.config import parse_experiment
 from memcollab.experiment.report import write_report
-from memcollab.experiment.runner import Experiment
+from memcollab.experiment.runner import Experiment, ProgressEvent
 from memcollab.llm.cache import Gateway
 from memcollab.llm.fleet import Fleet
 from memcollab.memory.store import SQLiteMemory
@@ -123,6 +123,32 @@ def test_partial_run_reports_only_complete_tasks(tmp_path: Path) -> None:
     run_jobs(jobs, experiment.eval_store)
     text, _ = write_report(tmp_path / "out")
     assert "Complete tasks (every model x condition stored): 1 of 6 planned" in text
+
+
+def test_a_stopped_part_records_what_it_computed_in_the_stopped_phase(tmp_path: Path) -> None:
+    experiment = _experiment(tmp_path, ["vanilla", "memcollab"])
+    seen = []
+
+    def stop_after_three(event: ProgressEvent) -> None:
+        if event.phase == "train" and event.total is None and not event.skipped:
+            seen.append(event)
+            if len(seen) == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(stop_after_three)
+    part = json.loads((tmp_path / "out" / "parts.jsonl").read_text().splitlines()[-1])
+    assert part["finished"] is False
+    assert part["phases"]["train"]["interrupted"] is True
+    stored = len(list(experiment.train_store))
+    assert 3 <= stored < 8  # the events seen, plus whatever was in flight
+    assert part["phases"]["train"]["computed"] == stored
+
+    again = _experiment(tmp_path, ["vanilla", "memcollab"]).run()
+    assert again["phases"]["train"]["computed"] == 8 - stored
+    text, _ = write_report(tmp_path / "out")
+    assert f"train: {stored} new (stopped) in" in text
+    assert "memory: 4 new records in" in text
 
 
 def test_evaluation_tasks_must_not_be_training_tasks(tmp_path: Path) -> None:
@@ -299,6 +325,7 @@ def test_sigterm_stops_a_run_at_once_and_it_resumes(tmp_path: Path) -> None:
     assert "interrupted" in err and "Traceback" not in err
     parts = [json.loads(x) for x in (tmp_path / "out" / "parts.jsonl").read_text().splitlines()]
     assert parts[-1]["finished"] is False
+    assert [v.get("interrupted") for v in parts[-1]["phases"].values()][-1] is True
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == 4 * 2 * 2

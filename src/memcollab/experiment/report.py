@@ -217,12 +217,19 @@ def parts_table(folder: Path) -> str | None:
         part = json.loads(line)
         when = dt.datetime.fromtimestamp(part["started"], dt.UTC).strftime("%Y-%m-%d %H:%M")
         phases = ", ".join(
-            f"{name}: {v['computed']} new in {v['seconds'] / 60:.1f} min"
+            f"{name}: {_part_phase(name, v)} in {v['seconds'] / 60:.1f} min"
             for name, v in part.get("phases", {}).items()
         )
         state = "finished" if part.get("finished") else "stopped"
         rows.append([str(i), when, f"{part['wall_s'] / 60:.1f}", state, phases or "-"])
     return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
+
+
+def _part_phase(name: str, phase: dict[str, Any]) -> str:
+    """What one phase of a part computed ("memory: 31 new records (stopped)")."""
+    unit = "new records" if name == "memory" else "new"
+    text = f"{phase['computed']} {unit}"
+    return f"{text} (stopped)" if phase.get("interrupted") else text
 
 
 def memory_table(folder: Path) -> str | None:

@@ -337,16 +337,20 @@ class Experiment:
         phases: Sequence[Phase] = PHASES,
         redo: bool = False,
     ) -> dict[str, Any]:
-        """Run the phases in order; returns what this invocation computed and how long."""
+        """Run the phases in order; returns what this invocation computed and how long.
+
+        Per phase: `computed` (new trajectories, or new memory records) and `seconds`; a
+        phase that was stopped is marked `interrupted`."""
         emit = on_event or (lambda event: None)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
         part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
+        phase, began, before = None, time.perf_counter(), 0
         try:
             for phase in PHASES:
                 if phase not in phases:
                     continue
-                began = time.perf_counter()
+                began, before = time.perf_counter(), self._stored_count(phase)
                 done = getattr(self, f"_run_{phase}")(emit, redo)
                 part["phases"][phase] = {
                     "computed": done,
@@ -355,10 +359,26 @@ class Experiment:
             part["finished"] = True
             return part
         finally:
+            if not part["finished"] and phase is not None and phase not in part["phases"]:
+                # Stopped mid-phase: what this part added is what the stores gained.
+                part["phases"][phase] = {
+                    "computed": max(0, self._stored_count(phase) - before),
+                    "seconds": round(time.perf_counter() - began, 1),
+                    "interrupted": True,
+                }
             part["ended"] = time.time()
             part["wall_s"] = round(part["ended"] - part["started"], 1)
             with (self.out / "parts.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(part) + "\n")
+
+    def _stored_count(self, phase: Phase) -> int:
+        """How many results of `phase` are stored: trajectories, or memory records."""
+        if phase == "memory":
+            if not self.memory_path().is_file():
+                return 0
+            with SQLiteMemory(self.memory_path()) as memory:
+                return sum(len(memory.records(ns)) for ns in self.recipes)
+        return len(_stored_keys(self.out / phase))
 
     def _progress(self, phase: Phase, emit: Callable[[ProgressEvent], None]):  # type: ignore[no-untyped-def]
         def on(event: CollectEvent) -> None:
