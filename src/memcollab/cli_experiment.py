@@ -173,9 +173,9 @@ def demo(
         accuracy_table,
         comparisons,
         effort_table,
-        load_results,
         write_report,
     )
+    from memcollab.experiment.results import load_results
     from memcollab.experiment.runner import Experiment
     from memcollab.memory.store import SQLiteMemory
 

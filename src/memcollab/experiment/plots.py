@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-if TYPE_CHECKING:
-    from memcollab.experiment.report import Results
+from memcollab.experiment.results import Results, accuracy, average_accuracy  # noqa: E402
 
 
 def _bar_offsets(n: int, width: float) -> list[float]:
@@ -20,7 +18,6 @@ def _bar_offsets(n: int, width: float) -> list[float]:
 
 def accuracy_plot(results: Results, path: Path) -> Path:
     """Average accuracy (bars) and per-benchmark accuracy (dots) by condition, per model."""
-    from memcollab.experiment.report import accuracy, average_accuracy
 
     models, conditions, benches = results.models, results.conditions, results.benchmarks
     fig, axes = plt.subplots(
@@ -83,7 +80,6 @@ def p_ablation_conditions(results: Results) -> list[tuple[int, str]]:
 
 def p_ablation_plot(results: Results, path: Path) -> Path | None:
     """Mean constraints retrieved vs average accuracy across p, one line per model."""
-    from memcollab.experiment.report import average_accuracy
 
     variants = p_ablation_conditions(results)
     if len({p for p, _ in variants}) < 2:

@@ -8,96 +8,19 @@ same tasks, and the report says how many of the planned tasks that is.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memcollab.collect import TrajectoryStore
-from memcollab.errors import UserError
-from memcollab.experiment.runner import ResultRow, result_rows
+from memcollab.experiment.plots import write_plots
+from memcollab.experiment.results import (
+    Results,
+    accuracy,
+    average_accuracy,
+    load_results,
+)
 from memcollab.experiment.stats import PairedComparison, compare_paired
 
 BASELINE = "vanilla"
-
-
-class ReportError(UserError):
-    """An experiment folder that cannot be reported on."""
-
-
-@dataclass
-class Results:
-    """The per-task table of a run, restricted to complete tasks, with its plan."""
-
-    plan: dict[str, Any]
-    rows: list[ResultRow]
-    planned_tasks: dict[str, int]
-    complete_tasks: dict[str, list[str]]
-
-    @property
-    def models(self) -> list[str]:
-        return list(self.plan["models"])
-
-    @property
-    def conditions(self) -> list[str]:
-        return list(self.plan["conditions"])
-
-    @property
-    def benchmarks(self) -> list[str]:
-        return list(self.plan["benchmarks"])
-
-    def cell(self, model: str, condition: str, benchmark: str | None = None) -> list[ResultRow]:
-        return [
-            r
-            for r in self.rows
-            if r.model == model
-            and r.condition == condition
-            and (benchmark is None or r.benchmark == benchmark)
-        ]
-
-
-def load_results(folder: str | Path) -> Results:
-    """Read plan.json and the evaluation trajectories of an experiment folder."""
-    folder = Path(folder)
-    plan_path = folder / "plan.json"
-    if not plan_path.is_file():
-        raise ReportError(
-            f"{folder} is not an experiment folder (plan.json is missing)",
-            "give the `out` folder of `memcollab experiment run`",
-        )
-    plan = json.loads(plan_path.read_text())
-    if (folder / "eval" / TrajectoryStore.FILENAME).is_file():
-        rows = result_rows(plan, list(TrajectoryStore.in_dir(folder / "eval")))
-    elif (folder / "results.jsonl").is_file():
-        rows = [ResultRow(**json.loads(line)) for line in (folder / "results.jsonl").open()]
-    else:
-        raise ReportError(f"{folder} holds no evaluation results yet", "run the experiment first")
-    cells = {(r.task_id, r.model, r.condition) for r in rows}
-    complete: dict[str, list[str]] = {}
-    for bench, ids in plan["benchmarks"].items():
-        complete[bench] = [
-            tid
-            for tid in ids
-            if all((tid, m, c) in cells for m in plan["models"] for c in plan["conditions"])
-        ]
-    keep = {tid for ids in complete.values() for tid in ids}
-    return Results(
-        plan=plan,
-        rows=[r for r in rows if r.task_id in keep],
-        planned_tasks={b: len(ids) for b, ids in plan["benchmarks"].items()},
-        complete_tasks=complete,
-    )
-
-
-def accuracy(rows: Sequence[ResultRow]) -> float | None:
-    return sum(r.correct for r in rows) / len(rows) if rows else None
-
-
-def average_accuracy(results: Results, model: str, condition: str) -> float | None:
-    """Mean of the per-benchmark accuracies (the paper's average column)."""
-    values = [accuracy(results.cell(model, condition, b)) for b in results.benchmarks]
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def comparisons(results: Results, seed: int = 0) -> dict[tuple[str, str, str], PairedComparison]:
@@ -264,7 +187,6 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
     target.mkdir(parents=True, exist_ok=True)
     results = load_results(folder)
     comps = comparisons(results, seed=int(results.plan["config"].get("seed", 0)))
-    from memcollab.experiment.plots import write_plots
 
     plots = write_plots(results, target)
     planned = sum(results.planned_tasks.values())

@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ from memcollab.experiment.conditions import (
     make_condition,
 )
 from memcollab.experiment.config import ExperimentConfig
+from memcollab.experiment.results import write_results
 from memcollab.llm.base import Decoding
 from memcollab.llm.cache import Gateway
 from memcollab.llm.fleet import Fleet
@@ -525,71 +526,3 @@ def _dedupe(jobs: list[Job]) -> list[Job]:
             seen.add(job.key())
             out.append(job)
     return out
-
-
-@dataclass
-class ResultRow:
-    """One line of the per-task table."""
-
-    benchmark: str
-    task_id: str
-    model: str
-    condition: str
-    correct: bool
-    turns: int
-    prompt_tokens: int
-    completion_tokens: int
-    wall_s: float
-    finish: str
-    record_ids: list[str] = field(default_factory=list)
-    constraints: int = 0
-    level: str | None = None
-    category: str | None = None
-    subcategory: str | None = None
-
-
-def result_rows(plan: dict[str, Any], trajectories: Sequence[Trajectory]) -> list[ResultRow]:
-    """The per-task table of the planned (benchmark, task, model, condition) cells stored."""
-    bench_of = {tid: bench for bench, ids in plan["benchmarks"].items() for tid in ids}
-    conditions = set(plan["conditions"])
-    models = set(plan["models"])
-    rows: list[ResultRow] = []
-    for t in trajectories:
-        bench = bench_of.get(t.task_id)
-        if bench is None or t.condition not in conditions or t.model not in models:
-            continue
-        note = t.retrieval or {}
-        rows.append(
-            ResultRow(
-                benchmark=bench,
-                task_id=t.task_id,
-                model=t.model,
-                condition=t.condition,
-                correct=t.correct,
-                turns=t.turns,
-                prompt_tokens=t.prompt_tokens,
-                completion_tokens=t.completion_tokens,
-                wall_s=round(t.wall_s, 2),
-                finish=t.finish,
-                record_ids=list(note.get("record_ids", [])),
-                constraints=int(note.get("constraints", 0)),
-                level=note.get("level"),
-                category=note.get("category"),
-                subcategory=note.get("subcategory"),
-            )
-        )
-    order = {tid: i for i, tid in enumerate(bench_of)}
-    cond_order = {c: i for i, c in enumerate(plan["conditions"])}
-    rows.sort(key=lambda r: (order[r.task_id], cond_order[r.condition], r.model))
-    return rows
-
-
-def write_results(out: Path, plan: dict[str, Any], store: TrajectoryStore) -> Path:
-    """results.jsonl: the per-task table (written atomically)."""
-    path = out / "results.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in result_rows(plan, list(store)):
-            fh.write(json.dumps(row.__dict__) + "\n")
-    tmp.replace(path)
-    return path
