@@ -375,10 +375,7 @@ class Experiment:
     def _stored_count(self, phase: Phase) -> int:
         """How many results of `phase` are stored: trajectories, or memory records."""
         if phase == "memory":
-            if not self.memory_path().is_file():
-                return 0
-            with SQLiteMemory(self.memory_path()) as memory:
-                return sum(len(memory.records(ns)) for ns in self.recipes)
+            return self._records_stored()
         return len(_stored_keys(self.out / phase))
 
     def _progress(self, phase: Phase, emit: Callable[[ProgressEvent], None]):  # type: ignore[no-untyped-def]
