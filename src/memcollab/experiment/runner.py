@@ -230,10 +230,13 @@ class Experiment:
         return _dedupe(jobs)
 
     def eval_jobs(self, ctx: _Context | None) -> list[Job]:
-        """Every (benchmark task, condition, model), task-major so partial runs pair up."""
+        """Every (benchmark task, condition, model), task-major so partial runs pair up,
+        and the benchmarks interleaved (task 1 of each, then task 2, ...) so a partial
+        run covers every benchmark."""
         jobs: list[Job] = []
-        for tasks in self.eval_sets.values():
-            for task in tasks:
+        sets = list(self.eval_sets.values())
+        for i in range(max((len(ts) for ts in sets), default=0)):
+            for task in [ts[i] for ts in sets if i < len(ts)]:
                 for condition in self.conditions:
                     for model in self.eval_models:
                         guide = None
@@ -466,6 +469,14 @@ class Experiment:
         return added
 
     def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+        built = self.out / "build_summary.json"
+        unbuilt = set(self.recipes) - set(json.loads(built.read_text()) if built.is_file() else {})
+        if unbuilt:
+            # Evaluating on a half-built memory would silently mix two memories in one run.
+            raise UserError(
+                f"memory {', '.join(sorted(unbuilt))} is not fully built",
+                "run the memory phase first (or the whole experiment)",
+            )
         with SQLiteMemory(self.memory_path()) as memory:
             classifiers = {
                 m: DomainClassifier(self.gateway.bind(self.fleet.model(m)))
