@@ -183,6 +183,16 @@ def test_a_stopped_part_records_what_it_computed_in_the_stopped_phase(tmp_path: 
     assert "memory: 4 new records in" in text
 
 
+def test_changed_agent_settings_over_a_stored_run_are_refused(tmp_path: Path) -> None:
+    _experiment(tmp_path, ["vanilla", "memcollab"]).run(phases=["train"])
+    raw = {**experiment_dict(tmp_path, ["vanilla", "memcollab"]), "agent": {"max_turns": 3}}
+    changed = Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
+    with pytest.raises(UserError, match=r"\[agent\] differs from the run stored in"):
+        changed.run()
+    redone = changed.run(phases=["train"], redo=True)  # --redo recomputes everything
+    assert redone["phases"]["train"]["computed"] == 8
+
+
 def test_evaluation_tasks_must_not_be_training_tasks(tmp_path: Path) -> None:
     raw = experiment_dict(tmp_path)
     raw["eval"] = {"leak": raw["train"]["tasks"][0]}

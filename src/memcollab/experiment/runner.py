@@ -346,6 +346,8 @@ class Experiment:
         Per phase: `computed` (new trajectories, or new memory records) and `seconds`; a
         phase that was stopped is marked `interrupted`."""
         emit = on_event or (lambda event: None)
+        if not redo:
+            self._check_agent_unchanged()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
         part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
@@ -374,6 +376,21 @@ class Experiment:
             part["wall_s"] = round(part["ended"] - part["started"], 1)
             with (self.out / "parts.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(part) + "\n")
+
+    def _check_agent_unchanged(self) -> None:
+        """Refuse new [agent] settings over stored trajectories: their keys do not hold the
+        settings, so a changed budget would silently mix two agents in one run."""
+        plan = self.out / "plan.json"
+        stored = _stored_keys(self.out / "train") or _stored_keys(self.out / "eval")
+        if not plan.is_file() or not stored:
+            return
+        before = json.loads(plan.read_text()).get("config", {}).get("agent")
+        now = self.config.resolved_json()["agent"]
+        if before is not None and before != now:
+            raise UserError(
+                f"[agent] differs from the run stored in {self.out}: {before} -> {now}",
+                "restore it, choose a new `out` folder, or pass --redo to recompute everything",
+            )
 
     def _stored_count(self, phase: Phase) -> int:
         """How many results of `phase` are stored: trajectories, or memory records."""
