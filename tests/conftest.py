@@ -31,16 +31,22 @@ def live_requirement(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def gemma_path() -> Path:
-    """The verified Gemma 3 270M GGUF (assembled on first use)."""
+def packaged_path(name: str) -> Path:
+    """The verified GGUF of a packaged model (assembled on first use), or skip / fail the
+    live test that needs it when the local stack is missing."""
     from memcollab.errors import ModelUnavailableError
     from memcollab.llm import packaged
 
     if importlib.util.find_spec("llama_cpp") is None:
         live_requirement("llama-cpp-python is not installed (pip install 'memcollab[local]')")
     try:
-        return packaged.ensure_ready(packaged.get("gemma3-270m"))
+        return packaged.ensure_ready(packaged.get(name))
     except ModelUnavailableError as exc:
         live_requirement(str(exc))
         raise
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """The verified Gemma 3 270M GGUF (assembled on first use)."""
+    return packaged_path("gemma3-270m")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import live_requirement
+from tests.conftest import packaged_path
 
 pytestmark = pytest.mark.live
 
@@ -20,18 +19,11 @@ pytestmark = pytest.mark.live
 @pytest.fixture(scope="module")
 def packaged_fleet() -> None:
     """Every model of the demo fleet assembled (the first use assembles them)."""
-    from memcollab.errors import ModelUnavailableError
     from memcollab.experiment.demo import demo_fleet
-    from memcollab.llm import packaged
 
-    if importlib.util.find_spec("llama_cpp") is None:
-        live_requirement("llama-cpp-python is not installed (pip install 'memcollab[local]')")
     fleet = demo_fleet()
-    try:
-        for name in fleet.names():
-            packaged.ensure_ready(packaged.get(fleet.spec(name).packaged or name))
-    except ModelUnavailableError as exc:
-        live_requirement(str(exc))
+    for name in fleet.names():
+        packaged_path(fleet.spec(name).packaged or name)
 
 
 def _demo(out: Path) -> subprocess.CompletedProcess[str]:

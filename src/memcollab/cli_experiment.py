@@ -6,9 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    TaskID,
-)
+from rich.progress import TaskID
 from rich.table import Table
 
 from memcollab.cli_common import (

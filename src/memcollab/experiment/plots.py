@@ -18,7 +18,6 @@ def _bar_offsets(n: int, width: float) -> list[float]:
 
 def accuracy_plot(results: Results, path: Path) -> Path:
     """Average accuracy (bars) and per-benchmark accuracy (dots) by condition, per model."""
-
     models, conditions, benches = results.models, results.conditions, results.benchmarks
     fig, axes = plt.subplots(
         1, len(models), figsize=(3.2 * len(models) + 1, 3.6), sharey=True, squeeze=False
@@ -80,7 +79,6 @@ def p_ablation_conditions(results: Results) -> list[tuple[int, str]]:
 
 def p_ablation_plot(results: Results, path: Path) -> Path | None:
     """Mean constraints retrieved vs average accuracy across p, one line per model."""
-
     variants = p_ablation_conditions(results)
     if len({p for p, _ in variants}) < 2:
         return None
