@@ -316,7 +316,8 @@ class Experiment:
         if not self.memory_path().exists():
             return 0
         with SQLiteMemory(self.memory_path()) as mem:
-            return sum(len(mem.records(ns)) for ns in self.recipes)
+            # stats() counts in SQL; records() would parse every record just to count.
+            return sum(mem.stats(ns)["records"] for ns in self.recipes)
 
     def plan_json(self) -> dict[str, Any]:
         """The resolved plan (written to plan.json; the report reads it)."""
@@ -475,7 +476,7 @@ class Experiment:
                 added += summary.records_added
                 summaries[ns] = {
                     **summary.as_dict(),
-                    "records": len(memory.records(ns)),
+                    "records": memory.stats(ns)["records"],
                     "recipe": recipe.__dict__,
                     "classifier": classifier.stats(),
                 }
