@@ -1,0 +1,123 @@
+"""The report's numbers on a hand-written per-task table whose every figure is worked out
+by hand below: per-benchmark accuracy, the paper's average column (the mean of the
+benchmark accuracies, not the pooled rate), the paired comparison with vanilla, and the
+complete-task rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memcollab.experiment.report import write_report
+from memcollab.experiment.results import ReportError, load_results
+
+# benchmark -> task -> (vanilla right?, memcollab right?); "b/5" has vanilla only.
+VERDICTS = {
+    "a": {"a/1": (True, True), "a/2": (False, True)},
+    "b": {"b/1": (False, True), "b/2": (False, False), "b/3": (False, False), "b/4": (True, False)},
+}
+
+
+def _plan() -> dict:
+    benchmarks = {bench: list(tasks) for bench, tasks in VERDICTS.items()}
+    benchmarks["b"].append("b/5")
+    return {
+        "name": "hand",
+        "config": {"seed": 0},
+        "models": ["m"],
+        "conditions": {"vanilla": {"kind": "vanilla"}, "memcollab": {"kind": "memcollab"}},
+        "benchmarks": benchmarks,
+    }
+
+
+def _row(bench: str, task: str, condition: str, correct: bool) -> dict:
+    return {
+        "benchmark": bench,
+        "task_id": task,
+        "model": "m",
+        "condition": condition,
+        "correct": correct,
+        "turns": 2 if condition == "memcollab" else 1,
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "wall_s": 1.0,
+        "finish": "answer",
+        "record_ids": ["r1", "r2", "r3"] if condition == "memcollab" else [],
+        "constraints": 3 if condition == "memcollab" else 0,
+    }
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "plan.json").write_text(json.dumps(_plan()))
+    rows = [
+        _row(bench, task, condition, right)
+        for bench, tasks in VERDICTS.items()
+        for task, verdicts in tasks.items()
+        for condition, right in zip(("vanilla", "memcollab"), verdicts, strict=True)
+    ]
+    rows.append(_row("b", "b/5", "vanilla", True))  # incomplete: no memcollab cell
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    part = {"phases": {"train": {"computed": 5, "seconds": 120.0, "interrupted": True}}}
+    (folder / "parts.jsonl").write_text(
+        json.dumps({"started": 0.0, "finished": False, "wall_s": 120.0, **part}) + "\n"
+    )
+    return folder
+
+
+def _comparison(text: str, bench: str) -> list[str]:
+    """The memcollab-vs-vanilla row for `bench`, without the bootstrap interval."""
+    row = next(
+        line for line in text.splitlines() if line.startswith(f"| m | memcollab | {bench} |")
+    )
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return cells[3:5] + cells[6:]
+
+
+def test_complete_tasks_only(tmp_path: Path) -> None:
+    results = load_results(_folder(tmp_path))
+    assert results.complete_tasks == {"a": ["a/1", "a/2"], "b": ["b/1", "b/2", "b/3", "b/4"]}
+    assert results.planned_tasks == {"a": 2, "b": 5}
+    assert all(r.task_id != "b/5" for r in results.rows)
+
+
+def test_report_numbers_worked_out_by_hand(tmp_path: Path) -> None:
+    text, _ = write_report(_folder(tmp_path), tmp_path / "report")
+    assert "Complete tasks (every model x condition stored): 6 of 7 planned (a 2/2, b 4/5)" in text
+    # vanilla: a 1/2, b 1/4 -> average (50 + 25) / 2 = 37.5 (pooled would be 33.3)
+    assert "| m | vanilla | 50.0 | 25.0 | 37.5 |" in text
+    # memcollab: a 2/2, b 1/4 -> average 62.5 (pooled would be 50.0)
+    assert "| m | memcollab | 100.0 | 25.0 | 62.5 |" in text
+    assert "| m | vanilla | 1.00 | 50 | 100 | 0.0 | 1.0 |" in text
+    assert "| m | memcollab | 2.00 | 50 | 100 | 3.0 | 1.0 |" in text
+    # columns: n, difference, CI, only vanilla right, only memcollab right, McNemar p
+    # a: memcollab alone right on a/2: +50 pp; McNemar b=0, c=1 -> p = 2 * 1/2 = 1
+    assert _comparison(text, "a") == ["2", "+50.0", "0", "1", "1"]
+    # b: one discordant task each way (b/1, b/4): +0 pp, p = 1
+    assert _comparison(text, "b") == ["4", "+0.0", "1", "1", "1"]
+    # all: b=1 (b/4), c=2 (a/2, b/1): +1/6 = +16.7 pp, p = 2 * (1 + 3) / 8 capped at 1
+    assert _comparison(text, "all") == ["6", "+16.7", "1", "2", "1"]
+    assert "| 1 | 1970-01-01 00:00 | 2.0 | stopped | train: 5 new (stopped) in 2.0 min |" in text
+
+
+def test_report_elsewhere_copies_the_portable_results(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    target = tmp_path / "report"
+    text, _ = write_report(folder, target)
+    assert (target / "report.md").read_text() == text
+    for name in ("plan.json", "results.jsonl", "parts.jsonl"):
+        assert (target / name).read_bytes() == (folder / name).read_bytes()
+    # the copy alone reports the same numbers
+    again, _ = write_report(target)
+    assert again == text
+
+
+def test_a_folder_without_a_plan_or_results_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="plan.json is missing"):
+        load_results(tmp_path)
+    (tmp_path / "plan.json").write_text(json.dumps(_plan()))
+    with pytest.raises(ReportError, match="no evaluation results yet"):
+        load_results(tmp_path)
