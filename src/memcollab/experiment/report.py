@@ -7,7 +7,9 @@ same tasks, and the report says how many of the planned tasks that is.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +135,6 @@ def parts_table(folder: Path) -> str | None:
     path = folder / "parts.jsonl"
     if not path.is_file():
         return None
-    import datetime as dt
-
     rows = []
     for i, line in enumerate(path.read_text().splitlines(), start=1):
         part = json.loads(line)
@@ -241,8 +241,6 @@ PORTABLE = ("plan.json", "results.jsonl", "parts.jsonl", "build_summary.json")
 def copy_artefacts(folder: Path, target: Path) -> None:
     """Copy the portable results (per-task table, plan, parts, memories as JSONL) next to
     the report, so `target` alone documents the run (the SQLite files stay behind)."""
-    import shutil
-
     for name in PORTABLE:
         if (folder / name).is_file():
             shutil.copy2(folder / name, target / name)
