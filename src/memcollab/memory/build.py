@@ -116,24 +116,26 @@ def build_memory(
         result = distiller.distill(task, pair)
         return result, classifier.classify(task) if result.constraints else None
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="build") as pool:
-        futures = {pool.submit(work, pair, task): (pair, task, rid) for pair, task, rid in todo}
-        try:
-            for future in as_completed(futures):
-                pair, task, rid = futures[future]
-                result, label = future.result()
-                stats.add(result)
-                if label is None:
-                    summary.pairs_without_constraints += 1
-                    _emit(on_event, pair.task_id, result.status)
-                    continue
-                memory.add(_record(rid, namespace, task, pair, result, label, distiller.name))
-                summary.records_added += 1
-                _emit(on_event, pair.task_id, "added")
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    # No `with` block: its exit waits for every running distillation, so a Ctrl-C or
+    # SIGTERM would wait for a whole batch of generations before the run could stop.
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="build")
+    futures = {pool.submit(work, pair, task): (pair, task, rid) for pair, task, rid in todo}
+    try:
+        for future in as_completed(futures):
+            pair, task, rid = futures[future]
+            result, label = future.result()
+            stats.add(result)
+            if label is None:
+                summary.pairs_without_constraints += 1
+                _emit(on_event, pair.task_id, result.status)
+                continue
+            memory.add(_record(rid, namespace, task, pair, result, label, distiller.name))
+            summary.records_added += 1
+            _emit(on_event, pair.task_id, "added")
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     summary.distill = stats.as_dict()
     summary.seconds = time.perf_counter() - started
     return summary
