@@ -329,6 +329,39 @@ def test_rejects_short_incomplete_duplicate_and_template() -> None:
     assert set(got) <= set(REJECT_REASONS)
 
 
+def test_rejects_the_examples_parts_and_near_duplicates() -> None:
+    """Seen in the committed run: a 1.5B distiller kept the example's enforce and avoid
+    parts under a new "when", and repeated a constraint with one word swapped."""
+    got = rejected_for(
+        MATH,
+        math_pair(),
+        [
+            line(
+                "calculating the total amount spent",
+                "explicit enumeration of the cases",
+                "assuming the events are independent without a reason",
+            ),
+            line(
+                "adding up the sales",
+                "a sum over each period",
+                "Assuming the events are independent without a reason",
+            ),
+            line(
+                "computing the total number of items in an arrangement",
+                "multiplying the count of each kind by the number of groups",
+                "assuming the number of groups is fixed",
+            ),
+            line(
+                "calculating the total number of items in an arrangement",
+                "multiplying the count of each kind by the number of groups",
+                "assuming the number of groups is fixed",
+            ),
+            line(*GOOD[0]),
+        ],
+    )
+    assert got == {"template": 2, "duplicate": 1}
+
+
 def test_all_rejected_status() -> None:
     d, _ = distiller([line("the 48 clips", "halving", "doubling the amount")])
     result = d.distill(MATH, math_pair())

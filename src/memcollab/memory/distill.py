@@ -14,7 +14,8 @@ Each parsed constraint is screened; a rejected one is counted by reason (`REJECT
 
 * incomplete: a part (when / enforce / avoid) is missing or empty;
 * too_short: a part under 3 letters, or under 4 words in all; too_long: over 400 characters;
-* template: the prompt's format placeholders or its example copied back;
+* template: the prompt's format placeholders, or its example copied back whole or in part
+  (a "when", "enforce" or "avoid" part word for word the example's);
 * code: backticks, a call `name(`, indexing `name[`, code operators (== != += -> :=),
   `def` / `import`, LaTeX commands or $...$;
 * quoted: a quoted string ("...", '...', or typographic quotes);
@@ -26,7 +27,8 @@ Each parsed constraint is screened; a rejected one is counted by reason (`REJECT
 * name: a capitalised word of the task that is a proper name (capitalised mid-sentence, or
   capitalised at a sentence start and never written in lower case there);
 * copied_text: `copy_ngram` (5) or more consecutive words copied from the task text;
-* duplicate: the same words as a constraint kept before;
+* duplicate: the same words as a constraint kept before, or nearly (`_NEAR_DUPLICATE` of
+  the distinct words shared, Jaccard);
 * over_limit: beyond the K kept constraints.
 """
 
@@ -76,6 +78,9 @@ _MIN_TASK_CHARS = 300
 _REPAIR_ECHO_CHARS = 300
 _MAX_CONSTRAINT_CHARS = 400
 _TRIVIAL_NUMBERS = frozenset({"0", "1", "2"})
+# Two constraints sharing this share of their distinct words say the same thing: small
+# distillers repeat one constraint with a synonym swapped ("computing" / "calculating").
+_NEAR_DUPLICATE = 0.8
 
 
 @lru_cache(maxsize=1)
@@ -394,6 +399,7 @@ class ScreenContext:
     weak_names: frozenset[str]
     ngrams: frozenset[tuple[str, ...]]
     example: str
+    example_parts: frozenset[str]
     n: int
 
     @classmethod
@@ -427,9 +433,24 @@ class ScreenContext:
             strong_names=frozenset(strong),
             weak_names=frozenset(weak),
             ngrams=frozenset(grams),
-            example=" ".join(_WORD.findall(prompts()["example"].lower())),
+            example=_words(prompts()["example"]),
+            example_parts=_example_parts(),
             n=copy_ngram,
         )
+
+
+def _words(text: str) -> str:
+    """A text's words, lower-cased and single-spaced (how constraints are compared)."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
+@lru_cache(maxsize=1)
+def _example_parts() -> frozenset[str]:
+    """The when / enforce / avoid parts of the prompt's example constraint."""
+    parsed = parse_constraints(prompts()["example"])
+    return frozenset(
+        _words(part) for c in parsed.candidates for part in (c.when, c.enforce, c.avoid)
+    )
 
 
 def _names(text: str) -> tuple[set[str], set[str]]:
@@ -462,7 +483,8 @@ def rejection_reason(c: Candidate, ctx: ScreenContext) -> str | None:
         return "too_short"
     if len(text) > _MAX_CONSTRAINT_CHARS:
         return "too_long"
-    if _PLACEHOLDER.search(text) or " ".join(_WORD.findall(c.text().lower())) == ctx.example:
+    copied = _words(c.text()) == ctx.example or any(_words(p) in ctx.example_parts for p in parts)
+    if _PLACEHOLDER.search(text) or copied:
         return "template"
     if _CODE.search(text):
         return "code"
@@ -496,17 +518,21 @@ def _tidy(part: str) -> str:
     return part
 
 
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
 def screen(
     candidates: Iterable[Candidate], ctx: ScreenContext, max_constraints: int
 ) -> tuple[tuple[Constraint, ...], dict[str, int]]:
     """Keep at most `max_constraints` acceptable constraints; count the others by reason."""
     kept: list[Constraint] = []
-    seen: set[str] = set()
+    seen: list[frozenset[str]] = []
     rejected: Counter[str] = Counter()
     for c in candidates:
         reason = rejection_reason(c, ctx)
-        key = " ".join(_WORD.findall(f"{c.when} {c.enforce} {c.avoid}".lower()))
-        if reason is None and key in seen:
+        key = frozenset(_WORD.findall(f"{c.when} {c.enforce} {c.avoid}".lower()))
+        if reason is None and any(_jaccard(key, k) >= _NEAR_DUPLICATE for k in seen):
             reason = "duplicate"
         if reason is None and len(kept) >= max_constraints:
             reason = "over_limit"
@@ -514,7 +540,7 @@ def screen(
             rejected[reason] += 1
             log.debug("rejected constraint (%s): %s", reason, c.text())
             continue
-        seen.add(key)
+        seen.append(key)
         kept.append(Constraint(when=_tidy(c.when), enforce=_tidy(c.enforce), avoid=_tidy(c.avoid)))
     return tuple(kept), dict(rejected)
 
