@@ -398,8 +398,6 @@ class ScreenContext:
     strong_names: frozenset[str]
     weak_names: frozenset[str]
     ngrams: frozenset[tuple[str, ...]]
-    example: str
-    example_parts: frozenset[str]
     n: int
 
     @classmethod
@@ -433,8 +431,6 @@ class ScreenContext:
             strong_names=frozenset(strong),
             weak_names=frozenset(weak),
             ngrams=frozenset(grams),
-            example=_words(prompts()["example"]),
-            example_parts=_example_parts(),
             n=copy_ngram,
         )
 
@@ -483,8 +479,8 @@ def rejection_reason(c: Candidate, ctx: ScreenContext) -> str | None:
         return "too_short"
     if len(text) > _MAX_CONSTRAINT_CHARS:
         return "too_long"
-    copied = _words(c.text()) == ctx.example or any(_words(p) in ctx.example_parts for p in parts)
-    if _PLACEHOLDER.search(text) or copied:
+    # A whole copy of the example copies each of its parts, so the parts check covers it.
+    if _PLACEHOLDER.search(text) or any(_words(p) in _example_parts() for p in parts):
         return "template"
     if _CODE.search(text):
         return "code"
