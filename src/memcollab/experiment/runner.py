@@ -382,7 +382,7 @@ class Experiment:
         """Refuse new [agent] settings over stored trajectories: their keys do not hold the
         settings, so a changed budget would silently mix two agents in one run."""
         plan = self.out / "plan.json"
-        stored = _stored_keys(self.out / "train") or _stored_keys(self.out / "eval")
+        stored = _stored_len(self.out / "train") + _stored_len(self.out / "eval")
         if not plan.is_file() or not stored:
             return
         before = json.loads(plan.read_text()).get("config", {}).get("agent")
@@ -397,7 +397,7 @@ class Experiment:
         """How many results of `phase` are stored: trajectories, or memory records."""
         if phase == "memory":
             return self._records_stored()
-        return len(_stored_keys(self.out / phase))
+        return _stored_len(self.out / phase)
 
     def _progress(self, phase: Phase, emit: Callable[[ProgressEvent], None]):  # type: ignore[no-untyped-def]
         def on(event: CollectEvent) -> None:
@@ -534,6 +534,13 @@ def _stored_keys(folder: Path) -> set[tuple[str, str, str, int]]:
     if (folder / TrajectoryStore.FILENAME).is_file():
         return TrajectoryStore.in_dir(folder).keys()
     return set()
+
+
+def _stored_len(folder: Path) -> int:
+    """How many trajectories `folder` stores (one COUNT query; nothing is loaded)."""
+    if (folder / TrajectoryStore.FILENAME).is_file():
+        return len(TrajectoryStore.in_dir(folder))
+    return 0
 
 
 def _stored(folder: Path) -> list[Trajectory]:
