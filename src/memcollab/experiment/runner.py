@@ -382,7 +382,7 @@ class Experiment:
         """Refuse new [agent] settings over stored trajectories: their keys do not hold the
         settings, so a changed budget would silently mix two agents in one run."""
         plan = self.out / "plan.json"
-        stored = _stored_len(self.out / "train") + _stored_len(self.out / "eval")
+        stored = _stored_len(self.out / "train") or _stored_len(self.out / "eval")
         if not plan.is_file() or not stored:
             return
         before = json.loads(plan.read_text()).get("config", {}).get("agent")
@@ -529,26 +529,29 @@ def _guide(condition: Condition, task: Task, model: str, info: FleetInfo, ctx: _
     return lambda: condition.guide(task, model, info, ctx)
 
 
+def _existing_store(folder: Path) -> TrajectoryStore | None:
+    """The store in `folder`, or None where there is none (a dry run must not create one)."""
+    if (folder / TrajectoryStore.FILENAME).is_file():
+        return TrajectoryStore.in_dir(folder)
+    return None
+
+
 def _stored_keys(folder: Path) -> set[tuple[str, str, str, int]]:
     """The keys stored in `folder` (one SQL query; no trajectory is parsed)."""
-    if (folder / TrajectoryStore.FILENAME).is_file():
-        return TrajectoryStore.in_dir(folder).keys()
-    return set()
+    store = _existing_store(folder)
+    return store.keys() if store is not None else set()
 
 
 def _stored_len(folder: Path) -> int:
     """How many trajectories `folder` stores (one COUNT query; nothing is loaded)."""
-    if (folder / TrajectoryStore.FILENAME).is_file():
-        return len(TrajectoryStore.in_dir(folder))
-    return 0
+    store = _existing_store(folder)
+    return len(store) if store is not None else 0
 
 
 def _stored(folder: Path) -> list[Trajectory]:
-    """The trajectories stored in `folder`, without creating a store (a dry run writes
-    nothing)."""
-    if (folder / TrajectoryStore.FILENAME).is_file():
-        return list(TrajectoryStore.in_dir(folder))
-    return []
+    """The trajectories stored in `folder`."""
+    store = _existing_store(folder)
+    return list(store) if store is not None else []
 
 
 def _dedupe(jobs: list[Job]) -> list[Job]:
