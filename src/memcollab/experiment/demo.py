@@ -14,11 +14,12 @@ from memcollab.experiment.config import ExperimentConfig, parse_experiment
 from memcollab.llm.fleet import Fleet
 from memcollab.paths import cache_root
 
-# Four and four keep the README's whole line (install, models, demo) under the issue's
-# 15 minutes on 2 cores: five and five took 16 min 43 s for the line, 14 min 21 s of it the
-# demo (benchmarks/results/demo/COMMAND.md, 2026-12-01).
+# Sized so the README's whole line (install, models, demo) stays well under the 15
+# minutes on 2 cores (benchmarks/results/demo/COMMAND.md, 2026-12-01): 5 and 5 tasks took
+# 16 min 43 s for the line (14 min 21 s of demo), 4 and 4 took 14 min 55 s (12 min 24 s).
+# Evaluation is the largest phase, about 26 s per (model, condition, task) cell.
 DEMO_TRAIN = 4
-DEMO_TEST = 4
+DEMO_TEST = 3
 # The 1.5B model decodes 4 rows at 34 tok/s against 42 at 16 (benchmarks/results/
 # engine_throughput.json), with a quarter of the KV memory; the small models keep the
 # packaged width of 16.
