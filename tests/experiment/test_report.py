@@ -100,7 +100,7 @@ def test_report_numbers_worked_out_by_hand(tmp_path: Path) -> None:
     assert _comparison(text, "b") == ["4", "+0.0", "1", "1", "1"]
     # all: b=1 (b/4), c=2 (a/2, b/1): +1/6 = +16.7 pp, p = 2 * (1 + 3) / 8 capped at 1
     assert _comparison(text, "all") == ["6", "+16.7", "1", "2", "1"]
-    assert "| 1 | 1970-01-01 00:00 | 2.0 | stopped | train: 5 new (stopped) in 2.0 min |" in text
+    assert "| 1 | 1970-01-01 00:00 | 2.0 | stopped | train: 5 new in 2.0 min (stopped) |" in text
 
 
 def test_report_elsewhere_copies_the_portable_results(tmp_path: Path) -> None:

@@ -139,19 +139,16 @@ def parts_table(folder: Path) -> str | None:
     for i, line in enumerate(path.read_text().splitlines(), start=1):
         part = json.loads(line)
         when = dt.datetime.fromtimestamp(part["started"], dt.UTC).strftime("%Y-%m-%d %H:%M")
-        phases = ", ".join(
-            f"{name}: {_part_phase(name, v)} in {v['seconds'] / 60:.1f} min"
-            for name, v in part.get("phases", {}).items()
-        )
+        phases = ", ".join(describe_phase(name, v) for name, v in part.get("phases", {}).items())
         state = "finished" if part.get("finished") else "stopped"
         rows.append([str(i), when, f"{part['wall_s'] / 60:.1f}", state, phases or "-"])
     return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
 
 
-def _part_phase(name: str, phase: dict[str, Any]) -> str:
-    """What one phase of a part computed ("memory: 31 new records (stopped)")."""
+def describe_phase(name: str, phase: dict[str, Any]) -> str:
+    """What one phase of a part computed ("memory: 31 new records in 2.8 min (stopped)")."""
     unit = "new records" if name == "memory" else "new"
-    text = f"{phase['computed']} {unit}"
+    text = f"{name}: {phase['computed']} {unit} in {phase['seconds'] / 60:.1f} min"
     return f"{text} (stopped)" if phase.get("interrupted") else text
 
 
