@@ -54,6 +54,14 @@ def test_open_existing_needs_trajectories(tmp_path: Path) -> None:
         TrajectoryStore.open_existing(tmp_path)
 
 
+def test_if_present_creates_nothing_and_finds_a_store(tmp_path: Path) -> None:
+    assert TrajectoryStore.if_present(tmp_path) is None
+    assert not (tmp_path / TrajectoryStore.FILENAME).exists()
+    TrajectoryStore.in_dir(tmp_path)  # creates the file
+    found = TrajectoryStore.if_present(tmp_path)
+    assert found is not None and len(found) == 0
+
+
 def _count(db: Path) -> int:
     if not db.exists():
         return 0

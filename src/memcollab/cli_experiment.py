@@ -118,12 +118,14 @@ def experiment_run(
             f"interrupted: everything finished is kept in {experiment.out};"
             " run the same command again to resume"
         )
-    from memcollab.experiment.report import describe_phase, write_report
+    from memcollab.experiment.results import describe_phase
 
     for name, info in part["phases"].items():
         console.print(describe_phase(name, info))
     print_gateway_stats(gateway)
     if "eval" in part["phases"]:
+        from memcollab.experiment.report import write_report
+
         text, _ = write_report(experiment.out)
         console.print(text, markup=False, highlight=False)
 

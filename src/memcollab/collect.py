@@ -59,15 +59,21 @@ class TrajectoryStore:
         return cls(Path(run_dir) / cls.FILENAME)
 
     @classmethod
+    def if_present(cls, run_dir: str | Path) -> TrajectoryStore | None:
+        """The store of a runs folder, or None where it has none (nothing is created)."""
+        path = Path(run_dir) / cls.FILENAME
+        return cls(path) if path.is_file() else None
+
+    @classmethod
     def open_existing(cls, run_dir: str | Path) -> TrajectoryStore:
         """The store of an existing runs folder; RunsError when there is none."""
-        path = Path(run_dir) / cls.FILENAME
-        if not path.is_file():
+        store = cls.if_present(run_dir)
+        if store is None:
             raise RunsError(
                 f"{run_dir} holds no trajectories ({cls.FILENAME} is missing)",
                 "run `memcollab collect --out` into it first",
             )
-        return cls(path)
+        return store
 
     def _conn(self) -> sqlite3.Connection:
         return self._db.conn()

@@ -11,13 +11,13 @@ import datetime as dt
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 from memcollab.experiment.plots import write_plots
 from memcollab.experiment.results import (
     Results,
     accuracy,
     average_accuracy,
+    describe_phase,
     load_results,
 )
 from memcollab.experiment.stats import PairedComparison, compare_paired
@@ -143,13 +143,6 @@ def parts_table(folder: Path) -> str | None:
         state = "finished" if part.get("finished") else "stopped"
         rows.append([str(i), when, f"{part['wall_s'] / 60:.1f}", state, phases or "-"])
     return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
-
-
-def describe_phase(name: str, phase: dict[str, Any]) -> str:
-    """What one phase of a part computed ("memory: 31 new records in 2.8 min (stopped)")."""
-    unit = "new records" if name == "memory" else "new"
-    text = f"{name}: {phase['computed']} {unit} in {phase['seconds'] / 60:.1f} min"
-    return f"{text} (stopped)" if phase.get("interrupted") else text
 
 
 def memory_table(folder: Path) -> str | None:

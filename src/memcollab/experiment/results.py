@@ -132,8 +132,9 @@ def load_results(folder: str | Path) -> Results:
             "give the `out` folder of `memcollab experiment run`",
         )
     plan = json.loads(plan_path.read_text())
-    if (folder / "eval" / TrajectoryStore.FILENAME).is_file():
-        rows = result_rows(plan, list(TrajectoryStore.in_dir(folder / "eval")))
+    store = TrajectoryStore.if_present(folder / "eval")
+    if store is not None:
+        rows = result_rows(plan, list(store))
     elif (folder / "results.jsonl").is_file():
         rows = [ResultRow(**json.loads(line)) for line in (folder / "results.jsonl").open()]
     else:
@@ -164,3 +165,10 @@ def average_accuracy(results: Results, model: str, condition: str) -> float | No
     values = [accuracy(results.cell(model, condition, b)) for b in results.benchmarks]
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
+
+
+def describe_phase(name: str, phase: dict[str, Any]) -> str:
+    """What one phase of a part computed ("memory: 31 new records in 2.8 min (stopped)")."""
+    unit = "new records" if name == "memory" else "new"
+    text = f"{name}: {phase['computed']} {unit} in {phase['seconds'] / 60:.1f} min"
+    return f"{text} (stopped)" if phase.get("interrupted") else text

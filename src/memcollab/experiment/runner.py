@@ -529,28 +529,21 @@ def _guide(condition: Condition, task: Task, model: str, info: FleetInfo, ctx: _
     return lambda: condition.guide(task, model, info, ctx)
 
 
-def _existing_store(folder: Path) -> TrajectoryStore | None:
-    """The store in `folder`, or None where there is none (a dry run must not create one)."""
-    if (folder / TrajectoryStore.FILENAME).is_file():
-        return TrajectoryStore.in_dir(folder)
-    return None
-
-
 def _stored_keys(folder: Path) -> set[tuple[str, str, str, int]]:
     """The keys stored in `folder` (one SQL query; no trajectory is parsed)."""
-    store = _existing_store(folder)
+    store = TrajectoryStore.if_present(folder)
     return store.keys() if store is not None else set()
 
 
 def _stored_len(folder: Path) -> int:
     """How many trajectories `folder` stores (one COUNT query; nothing is loaded)."""
-    store = _existing_store(folder)
+    store = TrajectoryStore.if_present(folder)
     return len(store) if store is not None else 0
 
 
 def _stored(folder: Path) -> list[Trajectory]:
-    """The trajectories stored in `folder`."""
-    store = _existing_store(folder)
+    """The trajectories stored in `folder` (a dry run must not create a store)."""
+    store = TrajectoryStore.if_present(folder)
     return list(store) if store is not None else []
 
 
