@@ -103,3 +103,22 @@ def test_usage_error_is_not_a_traceback() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Missing argument" in result.stderr
+
+
+def test_cache_export_import_moves_calls_to_another_machine(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, '[models.bot]\nprovider = "scripted"\nresponses = ["Hi there"]\n')
+    here, there = str(tmp_path / "here.sqlite"), str(tmp_path / "there.sqlite")
+    chat = run_cli("models", "chat", "bot", "hello", "--fleet", fleet, "--cache", here)
+    assert chat.returncode == 0, chat.stderr
+    export = str(tmp_path / "calls.jsonl.gz")
+    result = run_cli("cache", "export", export, "--cache", here, "--since", "2000-01-01T00:00")
+    assert result.returncode == 0, result.stderr
+    assert "exported 1 calls" in result.stdout
+    result = run_cli("cache", "import", export, "--cache", there)
+    assert "imported 1 calls, skipped 0" in result.stdout, result.stderr
+    assert "1 calls in" in run_cli("cache", "stats", "--cache", there).stdout
+    # A bad file and a bad --since are one error line each.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert_one_line_error(run_cli("cache", "import", str(bad), "--cache", there), "bad.jsonl:1")
+    assert_one_line_error(run_cli("cache", "export", export, "--since", "yesterday"), "--since")

@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from memcollab.agent import Agent
+from memcollab.cli_cache import cache_app
 from memcollab.cli_common import (
     CacheOption,
     FleetOption,
@@ -55,6 +56,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="Local and remote models of a fleet.")
 app.add_typer(models_app, name="models")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(cache_app, name="cache")
 app.command("demo")(demo)
 
 

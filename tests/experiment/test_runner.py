@@ -372,3 +372,33 @@ def test_sigterm_stops_a_run_at_once_and_it_resumes(tmp_path: Path) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == 4 * 2 * 2
+
+
+def test_a_run_resumes_on_another_machine_from_its_exported_call_cache(tmp_path: Path) -> None:
+    from memcollab.llm.cache import CallCache
+
+    first = Experiment(
+        parse_experiment(experiment_dict(tmp_path, ["vanilla", "memcollab"])),
+        Gateway(CallCache(tmp_path / "calls.sqlite")),
+        Fleet.from_dict(fleet_dict()),
+    )
+    first.run(lambda e: None)
+    assert CallCache(tmp_path / "calls.sqlite").export_jsonl(tmp_path / "calls.jsonl.gz") > 0
+
+    # The other machine: an empty run folder, the imported calls, and models that would
+    # answer everything differently, so any call not replayed from the cache shows.
+    imported = CallCache(tmp_path / "elsewhere.sqlite")
+    imported.import_jsonl(tmp_path / "calls.jsonl.gz")
+    config = {**experiment_dict(tmp_path, ["vanilla", "memcollab"]), "out": str(tmp_path / "b")}
+    other_models = fleet_dict()
+    for spec in other_models["models"].values():
+        spec["rules"] = {"": "Something else. \\boxed{0}"}
+    gateway = Gateway(imported)
+    Experiment(parse_experiment(config), gateway, Fleet.from_dict(other_models)).run(lambda e: None)
+    assert all(s.calls == 0 for s in gateway.stats().values())
+
+    def verdicts(out: Path) -> list[tuple]:
+        keys = ("task_id", "model", "condition", "correct", "record_ids", "completion_tokens")
+        return sorted(tuple(str(r.get(k)) for k in keys) for r in _rows(out))
+
+    assert verdicts(tmp_path / "b") == verdicts(tmp_path / "out")

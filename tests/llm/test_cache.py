@@ -132,3 +132,67 @@ def test_concurrent_processes_share_one_cache_file(tmp_path: Path) -> None:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert len(CallCache(path)) == 4 * 150 + 1
+
+
+def _filled_cache(path: Path, prompts: list[str]) -> tuple[CallCache, ScriptedModel]:
+    model = ScriptedModel(lambda r: "answer to " + r.messages[0].content, name="m")
+    gateway = Gateway(CallCache(path))
+    for p in prompts:
+        gateway.complete(model, _ask(p))
+    assert gateway.cache is not None
+    return gateway.cache, model
+
+
+@pytest.mark.parametrize("name", ["calls.jsonl", "calls.jsonl.gz"])
+def test_export_import_moves_every_call_losslessly(tmp_path: Path, name: str) -> None:
+    source, _ = _filled_cache(tmp_path / "a.sqlite", ["q1", "q2", "q3"])
+    assert source.export_jsonl(tmp_path / name) == 3
+    target = CallCache(tmp_path / "b.sqlite")
+    assert target.import_jsonl(tmp_path / name) == (3, 0)
+    assert target.import_jsonl(tmp_path / name) == (0, 3)  # importing twice adds nothing
+
+    def rows(cache: CallCache) -> list[tuple]:
+        return cache._conn().execute("SELECT * FROM calls ORDER BY key").fetchall()
+
+    assert rows(target) == rows(source)
+    # The imported cache answers the same requests without a model call.
+    replay = ScriptedModel(lambda r: "DIFFERENT", name="m")
+    gateway = Gateway(target)
+    assert gateway.complete(replay, _ask("q2")).text == "answer to q2"
+    assert replay.requests == []
+
+
+def test_export_since_keeps_only_later_calls(tmp_path: Path) -> None:
+    cache, model = _filled_cache(tmp_path / "a.sqlite", ["early"])
+    cut = time.time()
+    time.sleep(0.01)
+    Gateway(cache).complete(model, _ask("late"))
+    assert cache.export_jsonl(tmp_path / "late.jsonl", since=cut) == 1
+    assert "late" in (tmp_path / "late.jsonl").read_text()
+    assert "early" not in (tmp_path / "late.jsonl").read_text()
+
+
+def test_import_rejects_a_tampered_or_broken_file_whole(tmp_path: Path) -> None:
+    from memcollab.llm.cache import CacheFormatError
+
+    source, _ = _filled_cache(tmp_path / "a.sqlite", ["q1", "q2"])
+    good = tmp_path / "calls.jsonl"
+    source.export_jsonl(good)
+    first, second = good.read_text().splitlines()
+    target = CallCache(tmp_path / "b.sqlite")
+
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text(first + "\n" + second.replace("q2", "q9") + "\n")
+    with pytest.raises(CacheFormatError, match=r"tampered.jsonl:2: the key is not the key"):
+        target.import_jsonl(tampered)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(first + "\n" + second[: len(second) // 2] + "\n")
+    with pytest.raises(CacheFormatError, match=r"broken.jsonl:2: not a cached call"):
+        target.import_jsonl(broken)
+    not_gzip = tmp_path / "plain.jsonl.gz"
+    not_gzip.write_text(first + "\n")
+    with pytest.raises(CacheFormatError, match="cannot read calls file"):
+        target.import_jsonl(not_gzip)
+    with pytest.raises(CacheFormatError, match="does not exist"):
+        target.import_jsonl(tmp_path / "missing.jsonl")
+    assert len(target) == 0  # nothing of a bad file was imported

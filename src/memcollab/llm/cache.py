@@ -2,20 +2,30 @@
 
 `CallCache` stores completions in SQLite (WAL, busy timeout) keyed by the model identity,
 the full request and the sample index, so a second identical run makes no model call and
-several processes can share one cache file. `Gateway` wraps any `Model` with that cache,
-counts calls, tokens and time per model, and bounds how many calls share one resource.
+several processes can share one cache file. `export_jsonl` / `import_jsonl` move its
+rows losslessly between machines (the only state a long run needs to resume elsewhere: its
+phases replay every stored call). `Gateway` wraps any `Model` with that cache, counts calls,
+tokens and time per model, and bounds how many calls share one resource.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import logging
+import os
 import sqlite3
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
+from pydantic import ValidationError
+
+from memcollab.errors import UserError
 from memcollab.llm.base import ChatRequest, Completion, Model
 from memcollab.sqlite_local import LocalSQLite
 
@@ -72,9 +82,108 @@ class CallCache:
     def __len__(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM calls").fetchone()[0])
 
+    def export_jsonl(self, path: str | Path, since: float | None = None) -> int:
+        """Write the calls stored at or after `since` (all by default) as JSONL; returns count.
+
+        A path ending in `.gz` is gzip-compressed. Rows come in the order they were stored,
+        one JSON object per line with the key, the model identity, the request, the
+        completion and the time it was stored; the file is written to a temporary name and
+        renamed into place.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        rows = self._conn().execute(
+            "SELECT key, model_identity, request_json, completion_json, created_at FROM calls"
+            " WHERE created_at >= ? ORDER BY created_at, key",
+            (since if since is not None else float("-inf"),),
+        )
+        count = 0
+        try:
+            with _open_text(tmp, "w", gz=path.suffix == ".gz") as fh:
+                for key, identity, request_json, completion_json, created_at in rows:
+                    row = {
+                        "key": key,
+                        "model_identity": identity,
+                        "request": json.loads(request_json),
+                        "completion": json.loads(completion_json),
+                        "created_at": created_at,
+                    }
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    count += 1
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return count
+
+    def import_jsonl(self, path: str | Path) -> tuple[int, int]:
+        """Add the calls of an `export_jsonl` file in one transaction; returns (added, skipped).
+
+        Every line is checked before anything is added: it must parse, and its key must be
+        the key of its own request and model identity (so a hand-edited or truncated file
+        cannot answer the wrong request). A bad line raises CacheFormatError naming the file
+        and line, and nothing is imported. Keys already stored are skipped.
+        """
+        rows = _read_calls(Path(path))
+        conn = self._conn()
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO calls (key, model_identity, request_json,"
+                " completion_json, created_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        added = conn.total_changes - before
+        return added, len(rows) - added
+
     def close(self) -> None:
         """Close this thread's connection."""
         self._db.close()
+
+
+class CacheFormatError(UserError):
+    """A call-cache export file that cannot be read or whose lines do not check out."""
+
+
+def _open_text(path: Path, mode: str, gz: bool) -> IO[str]:
+    if gz:
+        return gzip.open(path, mode + "t", encoding="utf-8")
+    return path.open(mode, encoding="utf-8")
+
+
+def _read_calls(path: Path) -> list[tuple[str, str, str, str, float]]:
+    """The rows of a calls export, every line checked; CacheFormatError on the first bad one."""
+    if not path.is_file():
+        raise CacheFormatError(f"calls file {path} does not exist", "check the path")
+    rows = []
+    try:
+        with _open_text(path, "r", gz=path.suffix == ".gz") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if line.strip():
+                    rows.append(_parse_call(line, f"{path}:{lineno}"))
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+        raise CacheFormatError(f"cannot read calls file {path}: {exc}") from None
+    return rows
+
+
+def _parse_call(line: str, where: str) -> tuple[str, str, str, str, float]:
+    try:
+        row = json.loads(line)
+        key, identity = row["key"], row["model_identity"]
+        request = ChatRequest.model_validate(row["request"])
+        completion = Completion.model_validate(row["completion"])
+        created_at = float(row["created_at"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError) as exc:
+        detail = str(exc).splitlines()[0]
+        raise CacheFormatError(f"{where}: not a cached call ({detail})") from None
+    if not isinstance(identity, str) or key != request.cache_key(identity):
+        raise CacheFormatError(f"{where}: the key is not the key of this request and model")
+    return key, identity, request.model_dump_json(), completion.model_dump_json(), created_at
 
 
 @dataclass
