@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from memcollab.agent import Agent, Guidance
+from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
 from memcollab.sqlite_local import LocalSQLite
 from memcollab.tasks.task import Task
@@ -143,12 +144,10 @@ class TrajectoryStore:
     def export_jsonl(self, path: str | Path) -> int:
         """Write every trajectory as one JSON line; returns the count."""
         count = 0
-        tmp = Path(path).with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
+        with replace_when_done(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
             for trajectory in self:
                 fh.write(trajectory.model_dump_json() + "\n")
                 count += 1
-        tmp.replace(path)
         return count
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memcollab.atomic import replace_when_done
 from memcollab.collect import TrajectoryStore
 from memcollab.errors import UserError
 from memcollab.trajectory import Trajectory
@@ -83,11 +84,9 @@ def result_rows(plan: dict[str, Any], trajectories: Sequence[Trajectory]) -> lis
 def write_results(out: Path, plan: dict[str, Any], store: TrajectoryStore) -> Path:
     """results.jsonl: the per-task table (written atomically)."""
     path = out / "results.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with replace_when_done(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in result_rows(plan, list(store)):
             fh.write(json.dumps(row.__dict__) + "\n")
-    tmp.replace(path)
     return path
 
 

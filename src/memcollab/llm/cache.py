@@ -14,7 +14,6 @@ import asyncio
 import gzip
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import IO
 
 from pydantic import ValidationError
 
+from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
 from memcollab.llm.base import ChatRequest, Completion, Model
 from memcollab.sqlite_local import LocalSQLite
@@ -91,29 +91,23 @@ class CallCache:
         renamed into place.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         rows = self._conn().execute(
             "SELECT key, model_identity, request_json, completion_json, created_at FROM calls"
             " WHERE created_at >= ? ORDER BY created_at, key",
             (since if since is not None else float("-inf"),),
         )
         count = 0
-        try:
-            with _open_text(tmp, "w", gz=path.suffix == ".gz") as fh:
-                for key, identity, request_json, completion_json, created_at in rows:
-                    row = {
-                        "key": key,
-                        "model_identity": identity,
-                        "request": json.loads(request_json),
-                        "completion": json.loads(completion_json),
-                        "created_at": created_at,
-                    }
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    count += 1
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replace_when_done(path) as tmp, _open_text(tmp, "w", path.suffix == ".gz") as fh:
+            for key, identity, request_json, completion_json, created_at in rows:
+                row = {
+                    "key": key,
+                    "model_identity": identity,
+                    "request": json.loads(request_json),
+                    "completion": json.loads(completion_json),
+                    "created_at": created_at,
+                }
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
         return count
 
     def import_jsonl(self, path: str | Path) -> tuple[int, int]:

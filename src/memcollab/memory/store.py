@@ -47,6 +47,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
 from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
 
@@ -152,18 +153,11 @@ class MemoryStore(ABC):
         file renamed into place). `import_jsonl` of it into an empty store of either backend
         gives the same records.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         count = 0
-        try:
-            with tmp.open("w", encoding="utf-8") as fh:
-                for blob in self._iter_json(namespace):
-                    fh.write(blob + "\n")
-                    count += 1
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replace_when_done(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+            for blob in self._iter_json(namespace):
+                fh.write(blob + "\n")
+                count += 1
         return count
 
     def import_jsonl(self, path: str | Path) -> tuple[int, int]:
