@@ -110,3 +110,18 @@ def test_index_follows_store_changes(store: SQLiteMemory) -> None:
     store.add(rec(6, "Algebra", "quadratics", "roots of a quadratic"))
     got = retriever.retrieve(q("quadratic roots"), label)
     assert (got.level, got.record_ids) == ("subcategory", ("r6",))
+
+
+def test_equal_scores_are_ordered_by_record_id_not_by_build_time(tmp_path: Path) -> None:
+    # Identical task texts give identical scores; which of them is retrieved, including
+    # at the top-p boundary, must not depend on when the records were built (a store
+    # lists them by creation time, which a rebuild or a concurrent build changes).
+    records = [rec(i, "Geometry", "triangles", "area of a right triangle") for i in range(6)]
+    rebuilt = [r.model_copy(update={"created_at": 100.0 - r.created_at}) for r in records]
+    results = []
+    for name, built in (("first", records), ("rebuilt", rebuilt)):
+        s = SQLiteMemory(tmp_path / f"{name}.sqlite")
+        s.add_many(built)
+        got = Retriever(s, p=3).retrieve(q("right triangle area"), L("Geometry", "triangles"))
+        results.append(got.record_ids)
+    assert results[0] == results[1] == ("r0", "r1", "r2")

@@ -73,6 +73,7 @@ class _Index:
     matrix: object | None
     by_hash: dict[str, list[int]] = field(default_factory=dict)
     participant_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    id_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def participant_mask(self, model: str) -> np.ndarray:
         """Which records come from a pair `model` took part in (cached per model)."""
@@ -157,6 +158,8 @@ class Retriever:
         for i, record in enumerate(records):
             by_hash.setdefault(record.task_hash, []).append(i)
         index = _Index(version, records, vectorizer, matrix, by_hash)
+        # Each record's position in id order: the tie-break between equal scores.
+        index.id_rank = np.argsort(np.argsort(np.array([r.id for r in records]), kind="stable"))
         with self._lock:
             self._indexes[key] = index
         return index
@@ -177,12 +180,15 @@ class Retriever:
         if len(candidates) == 0:
             return []
         k = min(self.p, len(candidates))
-        # Top k in O(n) with argpartition, then an exact order (score desc, then insertion
-        # order) among those k: deterministic, and fast at 100k records.
+        # Top k in O(n): argpartition finds the k-th best score, every candidate at least
+        # that good is kept (ties at the boundary included), and the exact order is score
+        # descending then record id. Ties never depend on the order records were inserted
+        # in, so a store rebuilt or imported in another order retrieves the same records.
         if k < len(candidates):
-            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-        chosen = sorted(candidates.tolist(), key=lambda i: (-scores[i], i))
-        return [index.records[i] for i in chosen]
+            kth = -np.partition(-scores[candidates], k - 1)[k - 1]
+            candidates = candidates[scores[candidates] >= kth]
+        order = np.lexsort((index.id_rank[candidates], -scores[candidates]))[:k]
+        return [index.records[i] for i in candidates[order]]
 
     def _keep(self, index: _Index, task: Task, model: str | None) -> np.ndarray | None:
         """A mask of usable records, or None when all are usable.
