@@ -13,7 +13,7 @@ from memcollab.memory.build import BuildEvent, build_memory
 from memcollab.memory.pairs import Pair, PairingResult
 from memcollab.memory.store import SQLiteMemory
 from memcollab.tasks.task import Task
-from tests.memory.test_distill import GOOD, distiller, line, traj
+from tests.memory.distill_helpers import GOOD, distiller, line, traj
 
 TASKS = {
     f"gsm/{i}": Task(
