@@ -9,6 +9,7 @@ limitations are kept in the tables as strict xfails, with the reason.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from math_verify.errors import TimeoutException
 
 from memcollab.tasks.math_check import (
     MathVerdict,
     Style,
+    _run_with_deadline,  # the deadline alone
     check_math,
     extract_answer,
     last_boxed,
@@ -461,25 +464,56 @@ def test_huge_integers_are_refused_quickly(answer: str) -> None:
     assert time.monotonic() - started < 2
 
 
-def test_slow_comparison_times_out_and_restores_outer_timer() -> None:
+def _burn_cpu(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("signum", "timer"),
+    [(signal.SIGALRM, signal.ITIMER_REAL), (signal.SIGVTALRM, signal.ITIMER_VIRTUAL)],
+)
+def test_slow_comparison_times_out_and_restores_outer_timer(signum: int, timer: int) -> None:
     fired: list[int] = []
-    saved_handler = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
-    saved_delay, saved_interval = signal.setitimer(signal.ITIMER_REAL, 100.0)
+    saved_handler = signal.signal(signum, lambda signum, frame: fired.append(signum))
+    saved_delay, saved_interval = signal.setitimer(timer, 100.0)
     try:
-        started = time.monotonic()
+        started = time.process_time()
         verdict = check_math(r"\boxed{(x+1)^{100000}}", "5", timeout_s=0.3)
-        assert verdict.reason == "unparsable"
-        assert time.monotonic() - started < 3
-        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert verdict.reason == "timeout" and not verdict.correct
+        assert time.process_time() - started < 3  # CPU time: wall time depends on the load
+        remaining, _ = signal.getitimer(timer)
         assert 90 < remaining <= 100  # the outer timer is armed again, not cancelled
-        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        signal.setitimer(timer, 0.01)
+        _burn_cpu(0.1)  # a CPU-time timer only runs while the process computes
         time.sleep(0.1)
-        assert fired == [signal.SIGALRM]  # and the outer handler is back
+        assert fired == [signum]  # and the outer handler is back
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, saved_handler)
+        signal.setitimer(timer, 0)
+        signal.signal(signum, saved_handler)
         if saved_delay > 0:
-            signal.setitimer(signal.ITIMER_REAL, saved_delay, saved_interval)
+            signal.setitimer(timer, saved_delay, saved_interval)
+
+
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_the_deadline_counts_cpu_time_not_waiting(where: str) -> None:
+    # A check starved by a busy machine waits without computing: that must not time it out.
+    outcome: list[object] = []
+
+    def run() -> None:
+        outcome.append(_run_with_deadline(lambda: time.sleep(0.6) or "done", 0.2))
+        with pytest.raises(TimeoutException):
+            _run_with_deadline(lambda: _burn_cpu(1.0), 0.2)
+        outcome.append("timed out")
+
+    if where == "main thread":
+        run()
+    else:
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(10)
+    assert outcome == ["done", "timed out"]
 
 
 def test_worker_threads() -> None:
@@ -507,5 +541,20 @@ def test_worker_thread_deadline() -> None:
     thread.start()
     thread.join(10)
     assert not thread.is_alive()
-    assert [v.reason for v, _ in results] == ["unparsable", "unparsable"]
+    assert [v.reason for v, _ in results] == ["unparsable", "timeout"]  # too large; too slow
     assert all(seconds < 2 for _, seconds in results)
+
+
+def test_an_answer_equal_to_the_reference_matches_however_short_the_deadline() -> None:
+    # A verdict must not depend on machine load: equal answers never reach math-verify, so
+    # even a deadline no comparison could meet leaves them correct.
+    assert check_math(r"\boxed{4}", "4", timeout_s=1e-9) == MathVerdict(True, "4", "4", "match")
+    assert check_math("#### 1,000", "1000", "gsm8k", timeout_s=1e-9).correct
+    assert check_math(r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", timeout_s=1e-9).correct
+
+
+def test_a_timeout_has_its_own_reason_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="memcollab.tasks.math_check"):
+        verdict = check_math(r"\boxed{(x+1)^{100000}}", "5", timeout_s=0.3)
+    assert verdict == MathVerdict(False, "(x+1)^{100000}", "5", "timeout")
+    assert "math check timed out" in caplog.text

@@ -7,18 +7,24 @@ what a grader ignores: dollar signs, ``\\text{...}`` / plain-word units, thousan
 trailing periods; a degree sign becomes ``^\\circ``.
 
 Time limits. sympy can take unbounded time on pathological answers, so every check runs under
-a deadline (`DEFAULT_TIMEOUT_S`, reason "unparsable" when it passes):
+a deadline (`DEFAULT_TIMEOUT_S` of CPU time; reason "timeout" when it passes, logged as a
+warning). A verdict must not depend on how busy the machine is, so the budget is CPU time,
+not wall time; answers equal to the reference after normalisation match without math-verify;
+and math-verify's one-time start-up (its first parse builds the LaTeX grammar, seconds on a
+loaded machine) runs once, outside any deadline:
 
-* In the main thread it is a ``SIGALRM`` interval timer of ours. math-verify's own signal
-  timeouts are switched off because they cancel any outer timer (pytest-timeout's, say); ours
-  saves and restores it. CPython checks for signals inside long big-integer loops, so even a
-  huge ``pow`` is interrupted.
+* In the main thread it is a ``SIGVTALRM`` timer of ours on the process's CPU time.
+  math-verify's own signal timeouts are switched off because they cancel any outer timer;
+  ours saves and restores any earlier one, and wall-clock timers (pytest-timeout's SIGALRM)
+  are not touched. CPython checks for signals inside long big-integer loops, so even a huge
+  ``pow`` is interrupted.
 * Signals only work in the main thread, so from any other thread the check runs in a daemon
-  watchdog thread and the caller stops waiting at the deadline. The abandoned computation
-  cannot be killed and runs on in the background; and a C-level big-integer operation holds
-  the GIL, so it would block the waiting caller too. Answers that would make sympy build an
-  astronomically large integer (``10^{10^{10}}``, ``1000000!``) are therefore refused before
-  the comparison, in every thread.
+  watchdog thread, whose own CPU clock the caller reads, and the caller stops waiting at the
+  deadline (or, if the check is starved of CPU, after `_WALL_CAP_FACTOR` times it in wall
+  time). The abandoned computation cannot be killed and runs on in the background; and a
+  C-level big-integer operation holds the GIL, so it would block the waiting caller too.
+  Answers that would make sympy build an astronomically large integer (``10^{10^{10}}``,
+  ``1000000!``) are therefore refused before the comparison, in every thread.
 
 math-verify's "Timeout ..." log warnings raised during our checks are filtered out (its timers
 are off on purpose, and a timeout shows in the verdict); the module itself never prints.
@@ -53,10 +59,12 @@ __all__ = [
 ]
 
 Style = Literal["math", "gsm8k"]
-Reason = Literal["match", "mismatch", "no_answer", "unparsable"]
+Reason = Literal["match", "mismatch", "no_answer", "unparsable", "timeout"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
-"""Seconds one `check_math` call may spend in math-verify (both parses and the comparison)."""
+"""CPU seconds one `check_math` call may spend in math-verify (both parses and the comparison)."""
 
 _T = TypeVar("_T")
 
@@ -235,10 +243,13 @@ def _normalize(answer: str, style: Style) -> str:
 
 
 class _MainThreadDeadline:
-    """A SIGALRM interval timer that raises TimeoutException in the main thread.
+    """A SIGVTALRM timer on the process's CPU time that raises TimeoutException in the main
+    thread.
 
-    It fires after `seconds` and then every 0.1 s (in case some library handler swallows the
-    first one) until the block ends; any timer and handler set before are restored after.
+    It fires after `seconds` of CPU time and then every 0.1 s (in case some library handler
+    swallows the first one) until the block ends; any such timer and handler set before are
+    restored after. CPU time, not wall time: other processes on a busy machine do not make
+    a check time out. Wall-clock timers (SIGALRM, pytest-timeout's) are left alone.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -253,28 +264,49 @@ class _MainThreadDeadline:
 
     @contextmanager
     def armed(self) -> Iterator[None]:
-        previous_handler = signal.signal(signal.SIGALRM, self._on_alarm)
+        previous_handler = signal.signal(signal.SIGVTALRM, self._on_alarm)
         self.active = True
-        outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, self.seconds, 0.1)
-        started = time.monotonic()
+        outer_delay, outer_interval = signal.setitimer(signal.ITIMER_VIRTUAL, self.seconds, 0.1)
+        started = time.process_time()
         try:
             try:
                 yield
             finally:
                 self.active = False  # from here on a late alarm is a no-op
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
             signal.signal(
-                signal.SIGALRM,
+                signal.SIGVTALRM,
                 previous_handler if previous_handler is not None else signal.SIG_DFL,
             )
             if outer_delay > 0:
-                remaining = outer_delay - (time.monotonic() - started)
-                signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-3), outer_interval)
+                remaining = outer_delay - (time.process_time() - started)
+                signal.setitimer(signal.ITIMER_VIRTUAL, max(remaining, 1e-3), outer_interval)
+
+
+_WALL_CAP_FACTOR = 12
+"""A starved check gives up after this many times its CPU budget in wall time."""
+
+
+def _thread_cpu_clock(thread: threading.Thread) -> Callable[[], float] | None:
+    """A reader of `thread`'s CPU time, or None where the platform has none."""
+    get_clock = getattr(time, "pthread_getcpuclockid", None)
+    if get_clock is None or thread.ident is None:
+        return None
+    try:
+        clock = get_clock(thread.ident)
+    except OSError:
+        return None
+    return lambda: time.clock_gettime(clock)
 
 
 def _run_with_deadline(func: Callable[[], _T], seconds: float) -> _T:
-    """`func()`, or TimeoutException once `seconds` have passed."""
+    """`func()`, or TimeoutException once it has used `seconds` of CPU time.
+
+    Outside the main thread the check runs in a watchdog thread whose own CPU clock is read
+    (Linux); where there is none, or if the check is starved of CPU for
+    `_WALL_CAP_FACTOR` times its budget, wall time decides.
+    """
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
         deadline = _MainThreadDeadline(seconds)
         with deadline.armed():
@@ -292,9 +324,18 @@ def _run_with_deadline(func: Callable[[], _T], seconds: float) -> _T:
 
     worker = threading.Thread(target=target, name="memcollab-math-check", daemon=True)
     worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise TimeoutException("math check timed out")
+    cpu = _thread_cpu_clock(worker)
+    wall_limit = time.monotonic() + (seconds * _WALL_CAP_FACTOR if cpu else seconds)
+    while worker.is_alive():
+        worker.join(min(0.05, seconds))
+        if not worker.is_alive():
+            break
+        try:
+            used = cpu() if cpu else 0.0
+        except OSError:  # the thread ended between the two checks
+            break
+        if used >= seconds or time.monotonic() >= wall_limit:
+            raise TimeoutException("math check timed out")
     if "error" in outcome:
         raise outcome["error"]
     if "value" not in outcome:
@@ -368,8 +409,9 @@ class MathVerdict:
     """The outcome of one check.
 
     `reason` is "match" (equivalent), "mismatch" (both parsed, not equivalent), "no_answer"
-    (nothing extracted from the output) or "unparsable" (math-verify could not turn the answer
-    or the reference into an expression and the strings differ, or the check timed out).
+    (nothing extracted from the output), "unparsable" (math-verify could not turn the answer
+    or the reference into an expression and the strings differ, or the answer is too large
+    to compare) or "timeout" (the comparison ran past its deadline).
     """
 
     correct: bool
@@ -386,6 +428,19 @@ def _parse_answer(answer: str) -> list[Any]:
         fallback_mode="first_match",
         parsing_timeout=None,  # our own deadline guards it
     )
+
+
+_warm_lock = threading.Lock()
+_warm = False
+
+
+def _warm_up() -> None:
+    """Run math-verify once, outside any deadline, so its start-up is never timed."""
+    global _warm
+    with _warm_lock:
+        if not _warm:
+            verify(_parse_answer("\\frac{1}{2}"), _parse_answer("0.5"), timeout_seconds=None)
+            _warm = True
 
 
 def _compare(extracted: str, reference: str, style: Style) -> Reason:
@@ -419,13 +474,23 @@ def check_math(
 
     The answer is taken from `output` with `extract_answer`, normalised (currency, units,
     thousands separators, trailing period) and compared with math-verify. Safe to call from
-    any thread; gives up after `timeout_s` seconds with reason "unparsable".
+    any thread; gives up after `timeout_s` seconds with reason "timeout".
     """
     extracted = extract_answer(output, style)
     if extracted is None:
         return MathVerdict(False, None, reference, "no_answer")
+    normalized = _normalize(extracted, style)
+    if normalized and normalized == _normalize(reference, style):
+        return MathVerdict(True, extracted, reference, "match")
+    _warm_up()
     try:
         reason = _run_with_deadline(lambda: _compare(extracted, reference, style), timeout_s)
     except TimeoutException:
-        reason = "unparsable"
+        log.warning(
+            "math check timed out after %.1f s: answer %r, reference %r",
+            timeout_s,
+            extracted[:80],
+            reference[:80],
+        )
+        reason = "timeout"
     return MathVerdict(reason == "match", extracted, reference, reason)
