@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -558,3 +560,10 @@ def test_a_timeout_has_its_own_reason_and_is_logged(caplog: pytest.LogCaptureFix
         verdict = check_math(r"\boxed{(x+1)^{100000}}", "5", timeout_s=0.3)
     assert verdict == MathVerdict(False, "(x+1)^{100000}", "5", "timeout")
     assert "math check timed out" in caplog.text
+
+
+def test_a_fresh_process_checks_without_printing_anything() -> None:
+    # The first check warms math-verify up; its "Timeout is disabled" warnings stay quiet.
+    code = "from memcollab.tasks.math_check import check_math; check_math(r'\\boxed{0.5}', '1/2')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""

@@ -439,16 +439,24 @@ def _warm_up() -> None:
     global _warm
     with _warm_lock:
         if not _warm:
-            verify(_parse_answer("\\frac{1}{2}"), _parse_answer("0.5"), timeout_seconds=None)
+            with _checking_now():
+                verify(_parse_answer("\\frac{1}{2}"), _parse_answer("0.5"), timeout_seconds=None)
             _warm = True
 
 
-def _compare(extracted: str, reference: str, style: Style) -> Reason:
+@contextmanager
+def _checking_now() -> Iterator[None]:
+    """Mark this thread as running math-verify for us (its timeout warnings are dropped)."""
     _checking.active = True
     try:
-        return _compare_unguarded(extracted, reference, style)
+        yield
     finally:
         _checking.active = False
+
+
+def _compare(extracted: str, reference: str, style: Style) -> Reason:
+    with _checking_now():
+        return _compare_unguarded(extracted, reference, style)
 
 
 def _compare_unguarded(extracted: str, reference: str, style: Style) -> Reason:
