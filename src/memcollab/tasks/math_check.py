@@ -13,11 +13,11 @@ not wall time; answers equal to the reference after normalisation match without 
 and math-verify's one-time start-up (its first parse builds the LaTeX grammar, seconds on a
 loaded machine) runs once, outside any deadline:
 
-* In the main thread it is a ``SIGVTALRM`` timer of ours on the process's CPU time.
-  math-verify's own signal timeouts are switched off because they cancel any outer timer;
-  ours saves and restores any earlier one, and wall-clock timers (pytest-timeout's SIGALRM)
-  are not touched. CPython checks for signals inside long big-integer loops, so even a huge
-  ``pow`` is interrupted.
+* In the main thread it is a ``SIGVTALRM`` timer of ours, which checks the main thread's
+  own CPU time. math-verify's own signal timeouts are switched off because they cancel any
+  outer timer; ours saves and restores any earlier one, and wall-clock timers
+  (pytest-timeout's SIGALRM) are not touched. CPython checks for signals inside long
+  big-integer loops, so even a huge ``pow`` is interrupted.
 * Signals only work in the main thread, so from any other thread the check runs in a daemon
   watchdog thread, whose own CPU clock the caller reads, and the caller stops waiting at the
   deadline (or, if the check is starved of CPU, after `_WALL_CAP_FACTOR` times it in wall
@@ -242,23 +242,36 @@ def _normalize(answer: str, style: Style) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_WALL_CAP_FACTOR = 12
+"""A starved check gives up after this many times its CPU budget in wall time."""
+
+
 class _MainThreadDeadline:
     """A SIGVTALRM timer on the process's CPU time that raises TimeoutException in the main
     thread.
 
-    It fires after `seconds` of CPU time and then every 0.1 s (in case some library handler
-    swallows the first one) until the block ends; any such timer and handler set before are
-    restored after. CPU time, not wall time: other processes on a busy machine do not make
-    a check time out. Wall-clock timers (SIGALRM, pytest-timeout's) are left alone.
+    The timer counts the whole process's CPU time and ticks every 0.1 s of it once `seconds`
+    have passed; each tick raises only when the main thread itself has used `seconds` (other
+    threads of the process, a model's, say, do not use up the check's budget), or when
+    `_WALL_CAP_FACTOR` times `seconds` of wall time have passed. Repeated ticks also cover a
+    library handler that swallows the first exception. Other processes on a busy machine do
+    not make a check time out. Any such timer and handler set before are restored after;
+    wall-clock timers (SIGALRM, pytest-timeout's) are left alone.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.active = False
         self.fired = False
+        self._thread_started = time.thread_time()
+        self._wall_started = time.monotonic()
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
-        if self.active:
+        if not self.active:
+            return
+        used = time.thread_time() - self._thread_started
+        waited = time.monotonic() - self._wall_started
+        if used >= self.seconds or waited >= self.seconds * _WALL_CAP_FACTOR:
             self.fired = True
             raise TimeoutException("math check timed out")
 
@@ -282,10 +295,6 @@ class _MainThreadDeadline:
             if outer_delay > 0:
                 remaining = outer_delay - (time.process_time() - started)
                 signal.setitimer(signal.ITIMER_VIRTUAL, max(remaining, 1e-3), outer_interval)
-
-
-_WALL_CAP_FACTOR = 12
-"""A starved check gives up after this many times its CPU budget in wall time."""
 
 
 def _thread_cpu_clock(thread: threading.Thread) -> Callable[[], float] | None:
@@ -437,6 +446,8 @@ _warm = False
 def _warm_up() -> None:
     """Run math-verify once, outside any deadline, so its start-up is never timed."""
     global _warm
+    if _warm:
+        return
     with _warm_lock:
         if not _warm:
             with _checking_now():
