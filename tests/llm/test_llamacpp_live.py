@@ -28,13 +28,8 @@ def _ask(text: str, max_tokens: int = 12, **decoding: object) -> ChatRequest:
 def _complete_from_scratch(
     gemma: LlamaCppModel, request: ChatRequest, via: OpenAIModel | None = None
 ) -> Completion:
-    """A completion prefilled from an empty prefix cache.
-
-    With the prefix cache a prompt reuses the KV of whatever earlier prompt shared its start,
-    and the rest is prefilled in other chunk shapes, which can change a greedy token (the
-    README's engine table counts how often). Tests that compare two outputs clear it first,
-    so they compare what they name and not what ran before them.
-    """
+    """A completion from an empty prefix cache (why: `_generate_from_scratch` in
+    test_engine_live.py), directly or through `via`."""
     gemma.engine().clear_prefix_cache()
     return (via or gemma).complete(request)
 
