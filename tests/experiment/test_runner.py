@@ -12,8 +12,9 @@ import pytest
 from memcollab.errors import UserError
 from memcollab.experiment.config import parse_experiment
 from memcollab.experiment.report import write_report
+from memcollab.experiment.results import describe_phase
 from memcollab.experiment.runner import Experiment, ProgressEvent
-from memcollab.llm.cache import Gateway
+from memcollab.llm.cache import CallCache, Gateway
 from memcollab.llm.fleet import Fleet
 from memcollab.memory.store import SQLiteMemory
 from tests.experiment.scripted import experiment_dict, fleet_dict
@@ -404,3 +405,26 @@ def test_a_run_resumes_on_another_machine_from_its_exported_call_cache(tmp_path:
         return sorted(tuple(str(r.get(k)) for k in keys) for r in _rows(out))
 
     assert verdicts(tmp_path / "b") == verdicts(tmp_path / "out")
+
+
+def test_parts_tell_model_calls_from_calls_replayed_from_the_cache(tmp_path: Path) -> None:
+    """Trajectories rebuilt from a call cache count as computed; the call counters show
+    that no model answered them."""
+    config = parse_experiment(experiment_dict(tmp_path, ["vanilla", "memcollab"]))
+    fleet = Fleet.from_dict(fleet_dict())
+    cache = CallCache(tmp_path / "calls.sqlite")
+    first = Experiment(config, Gateway(cache), fleet).run(phases=["train"])
+    assert first["phases"]["train"]["computed"] == 8
+    assert first["phases"]["train"]["model_calls"] > 0
+    assert first["phases"]["train"]["replayed_calls"] == 0
+
+    (tmp_path / "out" / "train" / "trajectories.sqlite").unlink()  # lost; calls kept
+    replay = Experiment(config, Gateway(cache), fleet).run(phases=["train"])
+    assert replay["phases"]["train"]["computed"] == 8
+    assert replay["phases"]["train"]["model_calls"] == 0
+    assert replay["phases"]["train"]["replayed_calls"] == first["phases"]["train"]["model_calls"]
+    calls = first["phases"]["train"]["model_calls"]
+    assert re.fullmatch(
+        rf"train: 8 new in [0-9.]+ min; 0 model calls, {calls} replayed",
+        describe_phase("train", replay["phases"]["train"]),
+    )

@@ -335,6 +335,15 @@ class Experiment:
         }
 
     # -- running ---------------------------------------------------------------------------
+    def _call_counts(self) -> tuple[int, int]:
+        """(model calls, cache hits) so far in this process, over every model."""
+        stats = self.gateway.stats().values()
+        return sum(s.calls for s in stats), sum(s.cache_hits for s in stats)
+
+    def _calls_since(self, start: tuple[int, int]) -> dict[str, int]:
+        calls, hits = self._call_counts()
+        return {"model_calls": calls - start[0], "replayed_calls": hits - start[1]}
+
     def run(
         self,
         on_event: Callable[[ProgressEvent], None] | None = None,
@@ -344,24 +353,28 @@ class Experiment:
     ) -> dict[str, Any]:
         """Run the phases in order; returns what this invocation computed and how long.
 
-        Per phase: `computed` (new trajectories, or new memory records) and `seconds`; a
-        phase that was stopped is marked `interrupted`."""
+        Per phase: `computed` (new trajectories, or new memory records), `seconds`,
+        `model_calls` (calls a model answered) and `replayed_calls` (calls answered from the
+        call cache: a trajectory rebuilt from replayed calls counts as computed, these tell
+        the two apart); a phase that was stopped is marked `interrupted`."""
         emit = on_event or (lambda event: None)
         if not redo:
             self._check_agent_unchanged()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
         part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
-        phase, began, before = None, time.perf_counter(), 0
+        phase, began, before, calls = None, time.perf_counter(), 0, self._call_counts()
         try:
             for phase in PHASES:
                 if phase not in phases:
                     continue
                 began, before = time.perf_counter(), self._stored_count(phase)
+                calls = self._call_counts()
                 done = getattr(self, f"_run_{phase}")(emit, redo)
                 part["phases"][phase] = {
                     "computed": done,
                     "seconds": round(time.perf_counter() - began, 1),
+                    **self._calls_since(calls),
                 }
             part["finished"] = True
             return part
@@ -371,6 +384,7 @@ class Experiment:
                 part["phases"][phase] = {
                     "computed": max(0, self._stored_count(phase) - before),
                     "seconds": round(time.perf_counter() - began, 1),
+                    **self._calls_since(calls),
                     "interrupted": True,
                 }
             part["ended"] = time.time()
