@@ -283,6 +283,40 @@ def collect_command(
     print_gateway_stats(gateway)
 
 
+@app.command("recheck")
+def recheck_command(
+    runs: Annotated[Path, typer.Argument(help="Folder holding trajectories.sqlite.")],
+    domain: Annotated[
+        str | None, typer.Option("--domain", help="Only math or only code trajectories.")
+    ] = None,
+) -> None:
+    """Judge every stored trajectory again with the current checkers; exit 1 on a change."""
+    from memcollab.recheck import recheck
+
+    if domain not in (None, "math", "code"):
+        raise UserError(f"unknown domain {domain!r}", "use --domain math or --domain code")
+    store = TrajectoryStore.open_existing(runs)
+    result = recheck(store, store.tasks(), domain)
+    table = Table("domain", "model", "checked", "stored timeouts", title=f"Recheck of {runs}")
+    for (task_domain, model), n in sorted(result.checked.items()):
+        timeouts = result.stored_timeouts[(task_domain, model)]
+        table.add_row(task_domain, model, str(n), str(timeouts))
+    console.print(table)
+    console.print(
+        f"{sum(result.checked.values())} checked, {len(result.disagreements)} disagreements"
+    )
+    for d in result.disagreements:
+        task_id, model, condition, sample = d.key
+        console.print(
+            f"  {task_id} {model} {condition} #{sample}: stored {d.stored}"
+            f" ({d.stored_details}), now {d.now} ({d.now_details})",
+            highlight=False,
+            markup=False,
+        )
+    if result.disagreements:
+        raise typer.Exit(1)
+
+
 memory_app = typer.Typer(no_args_is_help=True, help="Inspect and move MemCollab memories.")
 app.add_typer(memory_app, name="memory")
 MemoryArg = Annotated[str, typer.Argument(help="Memory: a SQLite path or a postgresql:// URL.")]
