@@ -572,3 +572,23 @@ def test_a_fresh_process_checks_without_printing_anything() -> None:
     code = "from memcollab.tasks.math_check import check_math; check_math(r'\\boxed{0.5}', '1/2')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+
+
+def test_many_quick_checks_in_parallel_do_not_crash_the_process() -> None:
+    # Each check outside the main thread runs in a watchdog thread; a quick one ends at
+    # once. Asking for an ended thread's CPU clock read freed memory: run 2's replays of
+    # stored math trajectories died of SIGSEGV within a minute. A subprocess, so a crash
+    # fails this test instead of ending the test session.
+    code = """
+from concurrent.futures import ThreadPoolExecutor
+from memcollab.tasks.math_check import check_math
+
+def one(i):
+    return check_math(f"\\\\boxed{{\\\\frac{{{i}}}{{2}}}}", str(i / 2)).correct
+
+with ThreadPoolExecutor(8) as pool:
+    print(sum(pool.map(one, range(1500))))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "1500"

@@ -297,16 +297,20 @@ class _MainThreadDeadline:
                 signal.setitimer(signal.ITIMER_VIRTUAL, max(remaining, 1e-3), outer_interval)
 
 
-def _thread_cpu_clock(thread: threading.Thread) -> Callable[[], float] | None:
-    """A reader of `thread`'s CPU time, or None where the platform has none."""
+def _own_cpu_clock() -> int | None:
+    """The calling thread's CPU-time clock id, or None where the platform has none.
+
+    Asked from inside the thread itself: `pthread_getcpuclockid` on another thread's id
+    reads that thread's descriptor, which glibc may already have freed once the thread has
+    ended (a fast check ends at once): that read crashed the process (SIGSEGV) when many
+    checks ran in parallel."""
     get_clock = getattr(time, "pthread_getcpuclockid", None)
-    if get_clock is None or thread.ident is None:
+    if get_clock is None:
         return None
     try:
-        clock = get_clock(thread.ident)
+        return get_clock(threading.get_ident())
     except OSError:
         return None
-    return lambda: time.clock_gettime(clock)
 
 
 def _run_with_deadline(func: Callable[[], _T], seconds: float) -> _T:
@@ -324,25 +328,36 @@ def _run_with_deadline(func: Callable[[], _T], seconds: float) -> _T:
             raise TimeoutException("math check timed out")
         return value
     outcome: dict[str, Any] = {}
+    clock_known = threading.Event()
 
     def target() -> None:
+        try:
+            outcome["clock"] = _own_cpu_clock()
+        finally:
+            clock_known.set()
         try:
             outcome["value"] = func()
         except Exception as exc:  # noqa: BLE001 - handed to the waiting thread and re-raised
             outcome["error"] = exc
 
     worker = threading.Thread(target=target, name="memcollab-math-check", daemon=True)
+    started = time.monotonic()
     worker.start()
-    cpu = _thread_cpu_clock(worker)
-    wall_limit = time.monotonic() + (seconds * _WALL_CAP_FACTOR if cpu else seconds)
+    clock_known.wait()
+    clock = outcome.get("clock")
+    wall_limit = started + (seconds * _WALL_CAP_FACTOR if clock is not None else seconds)
     while worker.is_alive():
         worker.join(min(0.05, seconds))
         if not worker.is_alive():
             break
-        try:
-            used = cpu() if cpu else 0.0
-        except OSError:  # the thread ended between the two checks
-            break
+        used = 0.0
+        if clock is not None:
+            try:
+                used = time.clock_gettime(clock)
+            except OSError:  # the thread ended between the two checks
+                break
+            if not worker.is_alive():
+                break  # ended meanwhile: its clock id may already name another thread
         if used >= seconds or time.monotonic() >= wall_limit:
             raise TimeoutException("math check timed out")
     if "error" in outcome:
