@@ -17,4 +17,5 @@ fi
 # The first build of llama-cpp-python compiles llama.cpp: about 6 minutes on 2 cores.
 "$venv/bin/python" -m pip install -q -e ".[local,server,postgres,dev]"
 "$venv/bin/ruff" check src tests benchmarks
+"$venv/bin/ruff" format --check src tests benchmarks
 MEMCOLLAB_REQUIRE_LIVE=1 "$venv/bin/python" -m pytest "$@"

@@ -140,6 +140,16 @@ def test_bad_taxonomy_file_is_one_line(tmp_path: Path) -> None:
     fleet, runs = _setup(tmp_path)
     bad = tmp_path / "tax.toml"
     bad.write_text("name = [unclosed\n")
-    result = run_cli("distill", "--runs", str(runs), "--memory", str(tmp_path / "m.sqlite"),
-                     "--fleet", fleet, "--taxonomy", f"math={bad}", "--no-cache")
+    result = run_cli(
+        "distill",
+        "--runs",
+        str(runs),
+        "--memory",
+        str(tmp_path / "m.sqlite"),
+        "--fleet",
+        fleet,
+        "--taxonomy",
+        f"math={bad}",
+        "--no-cache",
+    )
     assert_one_line_error(result, "tax.toml")
