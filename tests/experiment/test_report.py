@@ -121,3 +121,13 @@ def test_a_folder_without_a_plan_or_results_is_refused(tmp_path: Path) -> None:
     (tmp_path / "plan.json").write_text(json.dumps(_plan()))
     with pytest.raises(ReportError, match="no evaluation results yet"):
         load_results(tmp_path)
+
+
+def test_notes_beside_the_report_are_its_last_section(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "NOTES.md").write_text("The 0.5B model cannot distil.\n")
+    text, _ = write_report(folder, target)
+    assert text.endswith("## Notes\n\nThe 0.5B model cannot distil.\n")
+    assert "## Notes" not in write_report(folder)[0]  # none beside the folder's own report

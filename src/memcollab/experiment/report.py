@@ -171,7 +171,8 @@ def memory_table(folder: Path) -> str | None:
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
     """Write report.md and the plots into `out` (default: the folder), plus, for another
-    `out`, the portable results; returns the text and the plot paths."""
+    `out`, the portable results; returns the text and the plot paths. A NOTES.md beside
+    the report (what the numbers cannot say by themselves) goes in as its "Notes"."""
     folder = Path(folder)
     target = Path(out) if out is not None else folder
     target.mkdir(parents=True, exist_ok=True)
@@ -218,6 +219,9 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
         lines += ["## How the run was split", "", parts, ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    notes = target / NOTES
+    if notes.is_file():
+        lines += ["## Notes", "", notes.read_text(encoding="utf-8").strip(), ""]
     text = "\n".join(lines)
     (target / "report.md").write_text(text)
     if target.resolve() != folder.resolve():
@@ -225,6 +229,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
     return text, plots
 
 
+NOTES = "NOTES.md"
 PORTABLE = ("plan.json", "results.jsonl", "parts.jsonl", "build_summary.json")
 
 
