@@ -283,6 +283,11 @@ def collect_command(
     print_gateway_stats(gateway)
 
 
+def _check_domain(domain: str) -> None:
+    if domain not in ("math", "code"):
+        raise UserError(f"unknown domain {domain!r}", "use --domain math or --domain code")
+
+
 @app.command("recheck")
 def recheck_command(
     runs: Annotated[Path, typer.Argument(help="Folder holding trajectories.sqlite.")],
@@ -293,8 +298,8 @@ def recheck_command(
     """Judge every stored trajectory again with the current checkers; exit 1 on a change."""
     from memcollab.recheck import recheck
 
-    if domain not in (None, "math", "code"):
-        raise UserError(f"unknown domain {domain!r}", "use --domain math or --domain code")
+    if domain is not None:
+        _check_domain(domain)
     store = TrajectoryStore.open_existing(runs)
     result = recheck(store, store.tasks(), domain)
     table = Table("domain", "model", "checked", "stored timeouts", title=f"Recheck of {runs}")
@@ -472,8 +477,7 @@ def solve_command(
     from memcollab.memory.retrieve import Retriever
     from memcollab.memory.store import open_memory
 
-    if domain not in ("math", "code"):
-        raise UserError(f"unknown domain {domain!r}", "use --domain math or --domain code")
+    _check_domain(domain)
     loaded = Fleet.load(fleet)
     spec = loaded.spec(model)
     client = make_gateway(cache, no_cache).bind(loaded.model(model))

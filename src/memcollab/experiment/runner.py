@@ -340,9 +340,15 @@ class Experiment:
         stats = self.gateway.stats().values()
         return sum(s.calls for s in stats), sum(s.cache_hits for s in stats)
 
-    def _calls_since(self, start: tuple[int, int]) -> dict[str, int]:
-        calls, hits = self._call_counts()
-        return {"model_calls": calls - start[0], "replayed_calls": hits - start[1]}
+    def _phase_line(self, computed: int, began: float, calls: tuple[int, int]) -> dict[str, Any]:
+        """One phase's entry in parts.jsonl: what it computed, how long, which calls."""
+        now_calls, now_hits = self._call_counts()
+        return {
+            "computed": computed,
+            "seconds": round(time.perf_counter() - began, 1),
+            "model_calls": now_calls - calls[0],
+            "replayed_calls": now_hits - calls[1],
+        }
 
     def run(
         self,
@@ -363,7 +369,7 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
         part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
-        phase, began, before, calls = None, time.perf_counter(), 0, self._call_counts()
+        phase, began, before, calls = None, time.perf_counter(), 0, (0, 0)
         try:
             for phase in PHASES:
                 if phase not in phases:
@@ -371,20 +377,15 @@ class Experiment:
                 began, before = time.perf_counter(), self._stored_count(phase)
                 calls = self._call_counts()
                 done = getattr(self, f"_run_{phase}")(emit, redo)
-                part["phases"][phase] = {
-                    "computed": done,
-                    "seconds": round(time.perf_counter() - began, 1),
-                    **self._calls_since(calls),
-                }
+                part["phases"][phase] = self._phase_line(done, began, calls)
             part["finished"] = True
             return part
         finally:
             if not part["finished"] and phase is not None and phase not in part["phases"]:
                 # Stopped mid-phase: what this part added is what the stores gained.
+                added = max(0, self._stored_count(phase) - before)
                 part["phases"][phase] = {
-                    "computed": max(0, self._stored_count(phase) - before),
-                    "seconds": round(time.perf_counter() - began, 1),
-                    **self._calls_since(calls),
+                    **self._phase_line(added, began, calls),
                     "interrupted": True,
                 }
             part["ended"] = time.time()
