@@ -1,17 +1,44 @@
 #!/usr/bin/env bash
 # Save the committed experiment's state into benchmarks/results/paper, ready to commit:
-# the model calls stored since the last snapshot (one gzip JSONL file; `memcollab cache
-# import` of all of them restores the run on any machine) and parts.jsonl. Safe while the
-# run is going: the cache is read, never locked for long.
+# the model calls and the train and eval trajectories stored since the last snapshot (one
+# gzip JSONL file each), and parts.jsonl. Restoring is `memcollab cache import` of every
+# calls file and `memcollab trajectories import` of every trajectories file (see
+# COMMAND.md); the trajectories make a resume skip replaying the run. Safe while the run is
+# going: the SQLite files are read, never locked for long.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 results=benchmarks/results/paper
 run=runs/paper
 memcollab="${MEMCOLLAB:-.venv/bin/memcollab}"
+stamp="$(date -u +%Y%m%dT%H%M%S)"
+
+# Runs one `... export FILE ...` command; drops FILE when it exported nothing new.
+export_new() {
+  local file="$1"; shift
+  local said
+  said="$("$@")"
+  echo "$said"
+  if [[ "$said" == "exported 0 "* ]]; then rm -f "$file"; fi
+}
+
+# Each export takes its start time before reading, so the next one overlaps a little (an
+# import skips what it already has) and nothing stored during an export is missed.
 mkdir -p "$results/calls"
 since="$(cat "$results/calls/LAST_EXPORT" 2>/dev/null || echo 0)"
-now="$(date +%s)"  # taken before the export: the next one overlaps a little (import skips)
-"$memcollab" cache export "$results/calls/$(date -u +%Y%m%dT%H%M%S).jsonl.gz" \
-  --since "$since" --cache "$run/calls.sqlite"
+now="$(date +%s)"
+export_new "$results/calls/$stamp.jsonl.gz" "$memcollab" cache export \
+  "$results/calls/$stamp.jsonl.gz" --since "$since" --cache "$run/calls.sqlite"
 echo "$now" > "$results/calls/LAST_EXPORT"
+
+for phase in train eval; do
+  if [ ! -f "$run/$phase/trajectories.sqlite" ]; then continue; fi
+  out="$results/trajectories/$phase"
+  mkdir -p "$out"
+  since="$(cat "$out/LAST_EXPORT" 2>/dev/null || echo 0)"
+  now="$(date +%s)"
+  export_new "$out/$stamp.jsonl.gz" "$memcollab" trajectories export \
+    "$run/$phase" "$out/$stamp.jsonl.gz" --since "$since"
+  echo "$now" > "$out/LAST_EXPORT"
+done
+
 if [ -f "$run/parts.jsonl" ]; then cp "$run/parts.jsonl" "$results/parts.jsonl"; fi

@@ -122,3 +122,25 @@ def test_cache_export_import_moves_calls_to_another_machine(tmp_path: Path) -> N
     bad.write_text("{not json\n")
     assert_one_line_error(run_cli("cache", "import", str(bad), "--cache", there), "bad.jsonl:1")
     assert_one_line_error(run_cli("cache", "export", export, "--since", "yesterday"), "--since")
+
+
+def test_trajectories_export_import_moves_a_run_to_another_machine(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, '[models.bot]\nprovider = "scripted"\nresponses = ["\\\\boxed{4}"]\n')
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "1", "q": "2+2?", "a": "4"}\n')
+    spec = f"jsonl:{tasks}#domain=math,prompt=q,answer=a,id=id"
+    here, there = tmp_path / "here", tmp_path / "there"
+    collected = run_cli("collect", "-t", spec, "--fleet", fleet, "--out", str(here), "--no-cache")
+    assert collected.returncode == 0, collected.stderr
+    export = str(tmp_path / "run.jsonl.gz")
+    result = run_cli("trajectories", "export", str(here), export, "--since", "2000-01-01")
+    assert "exported 1 trajectories" in result.stdout, result.stderr
+    result = run_cli("trajectories", "import", str(there), export, export)
+    assert "imported 1 trajectories, skipped 0" in result.stdout, result.stderr
+    assert "imported 0 trajectories, skipped 1" in result.stdout
+    # A folder without trajectories and a bad file are one error line each.
+    empty = str(tmp_path / "empty")
+    assert_one_line_error(run_cli("trajectories", "export", empty, export), "no trajectories")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": 3}\n')
+    assert_one_line_error(run_cli("trajectories", "import", str(there), str(bad)), "bad.jsonl:1")

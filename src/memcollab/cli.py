@@ -36,6 +36,7 @@ from memcollab.cli_common import (
     stop_on_sigterm,
 )
 from memcollab.cli_experiment import demo, experiment_app
+from memcollab.cli_trajectories import trajectories_app
 from memcollab.collect import (
     CollectEvent,
     ModelSummary,
@@ -57,6 +58,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Local and remote models of 
 app.add_typer(models_app, name="models")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(cache_app, name="cache")
+app.add_typer(trajectories_app, name="trajectories")
 app.command("demo")(demo)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -22,6 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from memcollab.errors import UserError
 from memcollab.llm import packaged
 from memcollab.llm.cache import CallCache, Gateway
 from memcollab.paths import call_cache_path
@@ -44,6 +46,30 @@ DataDirOption = Annotated[
         "--data-dir", envvar="MEMCOLLAB_DATA_DIR", help="Folder holding gsm8k/, math/, mbpp/."
     ),
 ]
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option(help="Only rows stored at or after this time (ISO, UTC; or epoch seconds)."),
+]
+
+
+def parse_since(value: str | None) -> float | None:
+    """An ISO date-time (UTC unless it names a zone) or seconds since the epoch."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(
+            f"bad --since {value!r}", "write an ISO time like 2026-12-02T04:00 or epoch seconds"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def make_gateway(cache: Path | None, no_cache: bool) -> Gateway:

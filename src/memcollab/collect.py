@@ -141,6 +141,37 @@ class TrajectoryStore:
         )
         return {(r[0], r[1], r[2], int(r[3])): float(r[4]) for r in rows}
 
+    def stored_rows(self, since: float | None = None) -> Iterator[tuple[str, float]]:
+        """(trajectory JSON, time stored) of the rows stored at or after `since`, oldest first."""
+        rows = self._conn().execute(
+            "SELECT json, created_at FROM trajectories WHERE created_at >= ?"
+            " ORDER BY created_at, rowid",
+            (since if since is not None else float("-inf"),),
+        )
+        for blob, created_at in rows:
+            yield blob, float(created_at)
+
+    def add_rows(self, tasks: Sequence[Task], rows: Sequence[tuple[Trajectory, float]]) -> int:
+        """Add tasks and (trajectory, time stored) rows in one transaction; keys already
+        stored are kept as they are. Returns how many trajectories were added."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO tasks VALUES (?, ?)",
+                [(t.id, t.model_dump_json()) for t in tasks],
+            )
+            after_tasks = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO trajectories VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*t.key(), int(t.correct), t.model_dump_json(), at) for t, at in rows],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return conn.total_changes - after_tasks
+
     def export_jsonl(self, path: str | Path) -> int:
         """Write every trajectory as one JSON line; returns the count."""
         count = 0

@@ -407,6 +407,42 @@ def test_a_run_resumes_on_another_machine_from_its_exported_call_cache(tmp_path:
     assert verdicts(tmp_path / "b") == verdicts(tmp_path / "out")
 
 
+def test_a_run_restored_from_calls_and_trajectory_archives_recomputes_nothing(
+    tmp_path: Path,
+) -> None:
+    from memcollab.collect import TrajectoryStore
+    from memcollab.trajectory_archive import export_archive, import_archive
+
+    conditions = ["vanilla", "memcollab"]
+    first = Experiment(
+        parse_experiment(experiment_dict(tmp_path, conditions)),
+        Gateway(CallCache(tmp_path / "calls.sqlite")),
+        Fleet.from_dict(fleet_dict()),
+    )
+    first.run(lambda e: None)
+    CallCache(tmp_path / "calls.sqlite").export_jsonl(tmp_path / "calls.jsonl.gz")
+    for phase in ("train", "eval"):
+        store = TrajectoryStore.open_existing(tmp_path / "out" / phase)
+        assert export_archive(store, tmp_path / f"{phase}.jsonl.gz") > 0
+
+    imported = CallCache(tmp_path / "elsewhere.sqlite")
+    imported.import_jsonl(tmp_path / "calls.jsonl.gz")
+    for phase in ("train", "eval"):
+        there = TrajectoryStore.in_dir(tmp_path / "b" / phase)
+        import_archive(there, tmp_path / f"{phase}.jsonl.gz")
+    config = {**experiment_dict(tmp_path, conditions), "out": str(tmp_path / "b")}
+    gateway = Gateway(imported)
+    part = Experiment(parse_experiment(config), gateway, Fleet.from_dict(fleet_dict())).run(
+        lambda e: None
+    )
+    for phase in ("train", "eval"):  # nothing rebuilt, not even from replayed calls
+        assert part["phases"][phase]["computed"] == 0, part
+        assert part["phases"][phase]["replayed_calls"] == 0, part
+    assert part["phases"]["memory"]["model_calls"] == 0, part
+    assert all(s.calls == 0 for s in gateway.stats().values()), gateway.stats()
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "out")
+
+
 def test_parts_tell_model_calls_from_calls_replayed_from_the_cache(tmp_path: Path) -> None:
     """Trajectories rebuilt from a call cache count as computed; the call counters show
     that no model answered them."""

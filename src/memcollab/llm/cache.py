@@ -11,7 +11,6 @@ tokens and time per model, and bounds how many calls share one resource.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import logging
 import sqlite3
@@ -20,7 +19,6 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
 
 from pydantic import ValidationError
 
@@ -28,6 +26,7 @@ from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
 from memcollab.llm.base import ChatRequest, Completion, Model
 from memcollab.sqlite_local import LocalSQLite
+from memcollab.textio import open_text
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class CallCache:
             (since if since is not None else float("-inf"),),
         )
         count = 0
-        with replace_when_done(path) as tmp, _open_text(tmp, "w", path.suffix == ".gz") as fh:
+        with replace_when_done(path) as tmp, open_text(tmp, "w", name=path) as fh:
             for key, identity, request_json, completion_json, created_at in rows:
                 row = {
                     "key": key,
@@ -144,19 +143,13 @@ class CacheFormatError(UserError):
     """A call-cache export file that cannot be read or whose lines do not check out."""
 
 
-def _open_text(path: Path, mode: str, gz: bool) -> IO[str]:
-    if gz:
-        return gzip.open(path, mode + "t", encoding="utf-8")
-    return path.open(mode, encoding="utf-8")
-
-
 def _read_calls(path: Path) -> list[tuple[str, str, str, str, float]]:
     """The rows of a calls export, every line checked; CacheFormatError on the first bad one."""
     if not path.is_file():
         raise CacheFormatError(f"calls file {path} does not exist", "check the path")
     rows = []
     try:
-        with _open_text(path, "r", gz=path.suffix == ".gz") as fh:
+        with open_text(path, "r") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if line.strip():
                     rows.append(_parse_call(line, f"{path}:{lineno}"))
