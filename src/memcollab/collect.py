@@ -98,17 +98,7 @@ class TrajectoryStore:
 
     def put_tasks(self, tasks: Sequence[Task]) -> None:
         """Keep the tasks of the run, so the folder alone is enough to build memory from."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(
-                "INSERT OR IGNORE INTO tasks VALUES (?, ?)",
-                [(t.id, t.model_dump_json()) for t in tasks],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        self.add_rows(tasks, [])
 
     def tasks(self) -> dict[str, Task]:
         """The tasks of the run, by id."""
