@@ -443,6 +443,23 @@ def test_a_run_restored_from_calls_and_trajectory_archives_recomputes_nothing(
     assert _rows(tmp_path / "b") == _rows(tmp_path / "out")
 
 
+def test_distillation_counts_do_not_depend_on_how_the_run_was_split(tmp_path: Path) -> None:
+    config = parse_experiment(experiment_dict(tmp_path, ["vanilla", "memcollab"]))
+    fleet = Fleet.from_dict(fleet_dict())
+    gateway = Gateway(CallCache(tmp_path / "calls.sqlite"))
+    summary = tmp_path / "out" / "build_summary.json"
+    Experiment(config, gateway, fleet).run(phases=["train", "memory"])
+    whole = json.loads(summary.read_text())
+    assert any(s["distill"].get("ok", 0) > 0 for s in whole.values())
+    again = Experiment(config, gateway, fleet).run(phases=["memory"])  # every record stored
+    assert again["phases"]["memory"]["computed"] == 0
+    assert again["phases"]["memory"]["model_calls"] == 0
+    later = json.loads(summary.read_text())
+    for ns, s in whole.items():
+        assert later[ns]["distill"] == s["distill"], ns
+        assert later[ns]["distill_covers"] == "every pair"
+
+
 def test_parts_tell_model_calls_from_calls_replayed_from_the_cache(tmp_path: Path) -> None:
     """Trajectories rebuilt from a call cache count as computed; the call counters show
     that no model answered them."""

@@ -60,6 +60,37 @@ def test_every_pair_becomes_a_record_and_a_rerun_computes_nothing(tmp_path: Path
         again = build_memory(_pairs(), TASKS, memory, d, Classifier(), namespace="ns", workers=3)
         assert again.records_added == 0 and again.records_existing == 6
         assert len(model.requests) == calls
+        assert first.distill_covers == "every pair" and first.distill["ok"] == 6
+        assert again.distill_covers == "new pairs only" and again.distill.get("ok", 0) == 0
+
+
+def test_recount_counts_every_pair_of_a_split_build_and_writes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """A build split over two runs reports the same distillation counts as one whole build."""
+    d, model = distiller(_reply)
+    pairs = _pairs()
+    half = PairingResult(pairs=pairs.pairs[:2], tasks=2, mixed=2)
+    with SQLiteMemory(tmp_path / "m.sqlite") as memory:
+        build_memory(half, TASKS, memory, d, Classifier(), namespace="ns")
+        before = {r.id: r for r in memory.records("ns")}
+        events: list[BuildEvent] = []
+        rest = build_memory(
+            pairs,
+            TASKS,
+            memory,
+            d,
+            Classifier(),
+            namespace="ns",
+            recount_existing=True,
+            on_event=events.append,
+        )
+        assert (rest.records_added, rest.records_existing) == (4, 2)
+        assert rest.distill_covers == "every pair" and rest.distill["ok"] == 6
+        assert sorted(e.status for e in events) == ["added"] * 4 + ["exists"] * 2
+        after = {r.id: r for r in memory.records("ns")}
+        assert len(after) == 6 and all(after[i] == r for i, r in before.items())
+    assert len(model.requests) == 2 + 6  # the two stored pairs were distilled again
 
 
 def test_an_interrupt_stops_at_once_without_waiting_for_running_distillations(

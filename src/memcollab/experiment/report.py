@@ -145,6 +145,9 @@ def parts_table(folder: Path) -> str | None:
     return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
 
 
+PARTIAL = "new pairs only"  # BuildSummary.distill_covers of a build that skipped stored pairs
+
+
 def memory_table(folder: Path) -> str | None:
     path = folder / "build_summary.json"
     if not path.is_file():
@@ -162,7 +165,8 @@ def memory_table(folder: Path) -> str | None:
                 ", ".join(
                     f"{key} {s.get('distill', {}).get(key, 0)}"
                     for key in ("ok", "empty", "all_rejected", "malformed")
-                ),
+                )
+                + (" (last part's new pairs only)" if s.get("distill_covers") == PARTIAL else ""),
             ]
         )
     header = ["memory", "pairs", "records", "pairs without constraints", "distiller status"]

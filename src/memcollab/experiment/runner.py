@@ -486,6 +486,9 @@ class Experiment:
                     classifier,
                     namespace=ns,
                     workers=client.model.concurrency()[1],
+                    # The cache answers stored pairs again for free, so the distillation
+                    # counts cover every pair however the run was split into parts.
+                    recount_existing=self.gateway.cache is not None,
                     on_event=lambda e, ns=ns: emit(_build_event(e, ns)),
                 )
                 added += summary.records_added

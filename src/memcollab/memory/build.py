@@ -52,6 +52,7 @@ class BuildSummary:
     records_added: int = 0
     records_existing: int = 0
     pairs_without_constraints: int = 0
+    distill_covers: Literal["every pair", "new pairs only"] = "every pair"
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +62,7 @@ class BuildSummary:
             "records_added": self.records_added,
             "records_existing": self.records_existing,
             "pairs_without_constraints": self.pairs_without_constraints,
+            "distill_covers": self.distill_covers,
             "seconds": round(self.seconds, 1),
         }
 
@@ -90,41 +92,55 @@ def build_memory(
     *,
     namespace: str = "default",
     workers: int = 1,
+    recount_existing: bool = False,
     on_event: Callable[[BuildEvent], None] | None = None,
 ) -> BuildSummary:
     """Classify and distil every pair into `memory`; pairs already stored are skipped.
 
     `workers` pairs are distilled at once (a batching engine serves them together); records
     are written by the calling thread as pairs finish, so the store sees one writer.
+    With `recount_existing` (for a distiller behind a call cache, which answers them for
+    free), stored pairs are distilled again only to count them, so `summary.distill` covers
+    every pair however the build was split across runs; nothing stored is written again.
     """
     started = time.perf_counter()
     summary = BuildSummary(pairing=pairs.summary())
     stats = DistillStats()
-    todo: list[tuple[Pair, Task, str]] = []
+    todo: list[tuple[Pair, Task, str | None]] = []  # rid None: stored, only recounted
     for pair in pairs.pairs:
         task = tasks.get(pair.task_id)
         if task is None:
             raise KeyError(f"the runs hold no task {pair.task_id!r} for a trajectory")
         rid = _record_id(pair, namespace, distiller.name)
-        if _exists(memory, rid):
-            summary.records_existing += 1
-            _emit(on_event, pair.task_id, "exists")
-        else:
+        if not _exists(memory, rid):
             todo.append((pair, task, rid))
+            continue
+        summary.records_existing += 1
+        if recount_existing:
+            todo.append((pair, task, None))
+        else:
+            summary.distill_covers = "new pairs only"
+            _emit(on_event, pair.task_id, "exists")
 
-    def work(pair: Pair, task: Task) -> tuple[DistillResult, LabelLike | None]:
+    def work(pair: Pair, task: Task, new: bool) -> tuple[DistillResult, LabelLike | None]:
         result = distiller.distill(task, pair)
-        return result, classifier.classify(task) if result.constraints else None
+        return result, classifier.classify(task) if result.constraints and new else None
 
     # No `with` block: its exit waits for every running distillation, so a Ctrl-C or
     # SIGTERM would wait for a whole batch of generations before the run could stop.
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="build")
-    futures = {pool.submit(work, pair, task): (pair, task, rid) for pair, task, rid in todo}
+    futures = {
+        pool.submit(work, pair, task, rid is not None): (pair, task, rid)
+        for pair, task, rid in todo
+    }
     try:
         for future in as_completed(futures):
             pair, task, rid = futures[future]
             result, label = future.result()
             stats.add(result)
+            if rid is None:
+                _emit(on_event, pair.task_id, "exists")
+                continue
             if label is None:
                 summary.pairs_without_constraints += 1
                 _emit(on_event, pair.task_id, result.status)
