@@ -21,6 +21,7 @@ from memcollab.experiment.results import (
     load_results,
 )
 from memcollab.experiment.stats import PairedComparison, compare_paired
+from memcollab.memory.build import NEW_PAIRS_ONLY
 
 BASELINE = "vanilla"
 
@@ -145,9 +146,6 @@ def parts_table(folder: Path) -> str | None:
     return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
 
 
-PARTIAL = "new pairs only"  # BuildSummary.distill_covers of a build that skipped stored pairs
-
-
 def memory_table(folder: Path) -> str | None:
     path = folder / "build_summary.json"
     if not path.is_file():
@@ -156,17 +154,19 @@ def memory_table(folder: Path) -> str | None:
     rows = []
     for ns, s in data.items():
         pairing = s.get("pairing", {})
+        status = ", ".join(
+            f"{key} {s.get('distill', {}).get(key, 0)}"
+            for key in ("ok", "empty", "all_rejected", "malformed")
+        )
+        if s.get("distill_covers") == NEW_PAIRS_ONLY:
+            status += " (last part's new pairs only)"
         rows.append(
             [
                 ns,
                 str(pairing.get("pairs", 0)),
                 str(s.get("records", 0)),
                 str(s.get("pairs_without_constraints", 0)),
-                ", ".join(
-                    f"{key} {s.get('distill', {}).get(key, 0)}"
-                    for key in ("ok", "empty", "all_rejected", "malformed")
-                )
-                + (" (last part's new pairs only)" if s.get("distill_covers") == PARTIAL else ""),
+                status,
             ]
         )
     header = ["memory", "pairs", "records", "pairs without constraints", "distiller status"]

@@ -43,6 +43,10 @@ class BuildEvent:
     status: str  # "added" | "exists" | a DistillResult status without constraints
 
 
+DistillCovers = Literal["every pair", "new pairs only"]
+NEW_PAIRS_ONLY: DistillCovers = "new pairs only"  # a build that skipped stored pairs
+
+
 @dataclass
 class BuildSummary:
     """What a build did: pairing counts, distillation counters, records written."""
@@ -52,7 +56,7 @@ class BuildSummary:
     records_added: int = 0
     records_existing: int = 0
     pairs_without_constraints: int = 0
-    distill_covers: Literal["every pair", "new pairs only"] = "every pair"
+    distill_covers: DistillCovers = "every pair"
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -119,8 +123,9 @@ def build_memory(
         if recount_existing:
             todo.append((pair, task, None))
         else:
-            summary.distill_covers = "new pairs only"
             _emit(on_event, pair.task_id, "exists")
+    if summary.records_existing and not recount_existing:
+        summary.distill_covers = NEW_PAIRS_ONLY
 
     def work(pair: Pair, task: Task, new: bool) -> tuple[DistillResult, LabelLike | None]:
         result = distiller.distill(task, pair)
