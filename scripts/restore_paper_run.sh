@@ -5,10 +5,7 @@
 # the last snapshot left off (the memories are rebuilt from the replayed calls in seconds).
 # Safe to run again: every import skips what is already there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-results=benchmarks/results/paper
-run=runs/paper
-memcollab="${MEMCOLLAB:-.venv/bin/memcollab}"
+source "$(dirname "$0")/paper_run_paths.sh"
 mkdir -p "$run"
 "$memcollab" cache import "$results"/calls/*.jsonl.gz --cache "$run/calls.sqlite"
 for phase in train eval; do

@@ -6,10 +6,7 @@
 # COMMAND.md); the trajectories make a resume skip replaying the run. Safe while the run is
 # going: the SQLite files are read, never locked for long.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-results=benchmarks/results/paper
-run=runs/paper
-memcollab="${MEMCOLLAB:-.venv/bin/memcollab}"
+source "$(dirname "$0")/paper_run_paths.sh"
 stamp="$(date -u +%Y%m%dT%H%M%S)"
 
 # Runs one `... export FILE ...` command; drops FILE when it exported nothing new.
