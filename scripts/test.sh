@@ -15,6 +15,15 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 # The first build of llama-cpp-python compiles llama.cpp: about 6 minutes on 2 cores.
+# On CPUs with AMX tiles (Intel Sapphire Rapids and later) a native build uses llama.cpp's AMX
+# kernels, which crashed every model with a general protection fault on such a virtual machine
+# (2026-12-03); build without them there (the AVX-512 kernels remain). pip reuses a wheel it
+# has cached, so a wheel built before this check must be removed once:
+# `pip cache remove 'llama_cpp_python*'`.
+if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+  export CFLAGS="${CFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  export CXXFLAGS="${CXXFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
 "$venv/bin/python" -m pip install -q -e ".[local,server,postgres,dev]"
 "$venv/bin/ruff" check src tests benchmarks
 "$venv/bin/ruff" format --check src tests benchmarks
