@@ -19,10 +19,11 @@ fi
 # kernels, which crashed every model with a general protection fault on such a virtual machine
 # (2026-12-03); build without them there (the AVX-512 kernels remain). pip reuses a wheel it
 # has cached, so a wheel built before this check must be removed once:
-# `pip cache remove 'llama_cpp_python*'`.
+# `pip cache remove 'llama_cpp_python*'`. All three flags: these come before llama.cpp's
+# -march=native, and -mno-amx-tile alone there still leaves __AMX_INT8__ defined.
 if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
-  export CFLAGS="${CFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-  export CXXFLAGS="${CXXFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  export CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx"
 fi
 "$venv/bin/python" -m pip install -q -e ".[local,server,postgres,dev]"
 "$venv/bin/ruff" check src tests benchmarks
