@@ -170,6 +170,7 @@ def demo(
     memcollab on held-out tasks; prints the table and the constraints learned."""
     from memcollab.experiment.demo import demo_config, demo_fleet
     from memcollab.experiment.report import (
+        POOLED,
         accuracy_table,
         comparisons,
         effort_table,
@@ -206,10 +207,11 @@ def demo(
     console.rule("Accuracy (%) on held-out tasks")
     console.print(accuracy_table(results), markup=False, highlight=False)
     console.print(effort_table(results), markup=False, highlight=False)
-    for (model, condition, bench), c in comparisons(results).items():
-        if bench == "all":
+    for row in comparisons(results):
+        if row.benchmark == POOLED:
+            c = row.comparison
             console.print(
-                f"{model}: {condition} - vanilla = {100 * c.difference:+.1f} pp"
+                f"{row.model}: {row.condition} - {row.baseline} = {100 * c.difference:+.1f} pp"
                 f" (95% CI {100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}; McNemar p ="
                 f" {c.p_value:.2g}; n = {c.n})",
                 highlight=False,

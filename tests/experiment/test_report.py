@@ -68,10 +68,10 @@ def _folder(tmp_path: Path) -> Path:
     return folder
 
 
-def _comparison(text: str, bench: str) -> list[str]:
-    """The memcollab-vs-vanilla row for `bench`, without the bootstrap interval."""
+def _comparison(text: str, bench: str, contrast: str = "memcollab - vanilla") -> list[str]:
+    """The `contrast` row for `bench`, without the bootstrap interval."""
     row = next(
-        line for line in text.splitlines() if line.startswith(f"| m | memcollab | {bench} |")
+        line for line in text.splitlines() if line.startswith(f"| m | {contrast} | {bench} |")
     )
     cells = [c.strip() for c in row.strip("|").split("|")]
     return cells[3:5] + cells[6:]
@@ -93,13 +93,14 @@ def test_report_numbers_worked_out_by_hand(tmp_path: Path) -> None:
     assert "| m | memcollab | 100.0 | 25.0 | 62.5 |" in text
     assert "| m | vanilla | 1.00 | 50 | 100 | 0.0 | 1.0 |" in text
     assert "| m | memcollab | 2.00 | 50 | 100 | 3.0 | 1.0 |" in text
-    # columns: n, difference, CI, only vanilla right, only memcollab right, McNemar p
+    # columns: n, difference, CI, only vanilla right, only memcollab right, McNemar p, Holm p
     # a: memcollab alone right on a/2: +50 pp; McNemar b=0, c=1 -> p = 2 * 1/2 = 1
-    assert _comparison(text, "a") == ["2", "+50.0", "0", "1", "1"]
+    assert _comparison(text, "a") == ["2", "+50.0", "0", "1", "1", "1"]
     # b: one discordant task each way (b/1, b/4): +0 pp, p = 1
-    assert _comparison(text, "b") == ["4", "+0.0", "1", "1", "1"]
+    assert _comparison(text, "b") == ["4", "+0.0", "1", "1", "1", "1"]
     # all: b=1 (b/4), c=2 (a/2, b/1): +1/6 = +16.7 pp, p = 2 * (1 + 3) / 8 capped at 1
-    assert _comparison(text, "all") == ["6", "+16.7", "1", "2", "1"]
+    assert _comparison(text, "all") == ["6", "+16.7", "1", "2", "1", "1"]
+    assert "### memcollab against the other memories" not in text  # no other memory here
     assert "| 1 | 1970-01-01 00:00 | 2.0 | stopped | train: 5 new in 2.0 min (stopped) |" in text
 
 
@@ -131,3 +132,43 @@ def test_notes_beside_the_report_are_its_last_section(tmp_path: Path) -> None:
     text, _ = write_report(folder, target)
     assert text.endswith("## Notes\n\nThe 0.5B model cannot distil.\n")
     assert "## Notes" not in write_report(folder)[0]  # none beside the folder's own report
+
+
+def test_direct_contrasts_and_holm_families_worked_out_by_hand(tmp_path: Path) -> None:
+    """One benchmark of 8 tasks: memcollab alone right on 6 (b=0, c=6: McNemar p = 2/64);
+    own right exactly where vanilla is (p = 1). Both families (pooled rows, per-benchmark
+    rows) hold mem-van 0.03125, own-van 1, mem-own 0.03125: Holm 3 x 0.03125 = 0.09375 for
+    the smaller two (made non-decreasing), 1 for own - vanilla."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    tasks = [f"x/{i}" for i in range(8)]
+    plan = {
+        "name": "holm",
+        "config": {"seed": 0},
+        "models": ["m"],
+        "conditions": {c: {"kind": c} for c in ("vanilla", "own", "memcollab")},
+        "benchmarks": {"x": tasks},
+    }
+    (folder / "plan.json").write_text(json.dumps(plan))
+    right = {"vanilla": {0}, "own": {0}, "memcollab": {0, 1, 2, 3, 4, 5, 6}}
+    rows = [
+        _row("x", task, condition, i in right[condition])
+        for i, task in enumerate(tasks)
+        for condition in right
+    ]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text, _ = write_report(folder)
+    for bench in ("x", "all"):
+        assert _comparison(text, bench) == ["8", "+75.0", "0", "6", "0.0312", "0.0938"]
+        assert _comparison(text, bench, "own - vanilla") == ["8", "+0.0", "0", "0", "1", "1"]
+        assert _comparison(text, bench, "memcollab - own") == [
+            "8",
+            "+75.0",
+            "0",
+            "6",
+            "0.0312",
+            "0.0938",
+        ]
+    direct = text.split("### memcollab against the other memories")[1]
+    assert "| m | memcollab - own | all |" in direct
+    assert "- vanilla |" not in direct.split("##")[0]

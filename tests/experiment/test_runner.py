@@ -97,8 +97,11 @@ def test_pipeline_end_to_end_then_resume_and_report(tmp_path: Path) -> None:
     assert "| wrong | memcollab | 100.0 | 100.0 |" in text
     assert "| wrong | vanilla | 0.0 | 0.0 |" in text
     # wrong + memcollab vs wrong vanilla on 6 tasks: b = 0, c = 6, exact p = 2 / 2**6
-    assert "| wrong | memcollab | all | 6 | +100.0 | [+100.0, +100.0] | 0 | 6 | 0.0312 |" in text
-    assert "| right | memcollab | all | 6 | +0.0 |" in text
+    assert (
+        "| wrong | memcollab - vanilla | all | 6 | +100.0 | [+100.0, +100.0] | 0 | 6 | 0.0312 |"
+        in text
+    )
+    assert "| right | memcollab - vanilla | all | 6 | +0.0 |" in text
     assert {p.name for p in plots} == {
         "accuracy_by_condition.png",
         "turns_by_condition.png",

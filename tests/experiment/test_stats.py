@@ -7,7 +7,12 @@ from math import comb
 import numpy as np
 import pytest
 
-from memcollab.experiment.stats import compare_paired, mcnemar_exact, paired_bootstrap_ci
+from memcollab.experiment.stats import (
+    compare_paired,
+    holm_adjust,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+)
 
 
 def test_mcnemar_exact_on_a_published_table() -> None:
@@ -67,3 +72,21 @@ def test_compare_paired_counts_discordant_pairs() -> None:
     assert (c.only_baseline, c.only_condition) == (1, 2)
     assert c.difference == pytest.approx(1 / 6)
     assert c.p_value == pytest.approx(1.0)  # 2 * P[X <= 1], X ~ Bin(3, 1/2) = 1
+
+
+def test_holm_adjust_worked_by_hand() -> None:
+    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> raised to 0.06
+    adjusted = holm_adjust([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm_adjust([]) == []
+    with pytest.raises(ValueError):
+        holm_adjust([1.5])
+
+
+def test_holm_is_never_below_raw_nor_above_bonferroni() -> None:
+    rng = np.random.default_rng(3)
+    p = list(rng.uniform(0, 1, size=40))
+    adjusted = holm_adjust(p)
+    for raw, adj in zip(p, adjusted, strict=True):
+        assert raw <= adj <= min(1.0, 40 * raw)

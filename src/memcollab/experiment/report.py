@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from memcollab.experiment.plots import write_plots
@@ -20,30 +21,67 @@ from memcollab.experiment.results import (
     describe_phase,
     load_results,
 )
-from memcollab.experiment.stats import PairedComparison, compare_paired
+from memcollab.experiment.stats import PairedComparison, compare_paired, holm_adjust
 from memcollab.memory.build import NEW_PAIRS_ONLY
 
 BASELINE = "vanilla"
+HEADLINE = "memcollab"
+POOLED = "all"
+
+Contrast = tuple[str, str]  # (baseline condition, condition)
 
 
-def comparisons(results: Results, seed: int = 0) -> dict[tuple[str, str, str], PairedComparison]:
-    """(model, condition, benchmark or "all") -> the paired comparison with vanilla."""
-    out: dict[tuple[str, str, str], PairedComparison] = {}
-    if BASELINE not in results.conditions:
-        return out
-    for model in results.models:
-        base = {(r.benchmark, r.task_id): r.correct for r in results.cell(model, BASELINE)}
-        for condition in results.conditions:
-            if condition == BASELINE:
-                continue
-            other = {(r.benchmark, r.task_id): r.correct for r in results.cell(model, condition)}
-            for bench in [*results.benchmarks, "all"]:
-                keys = sorted(k for k in base if k in other and bench in (k[0], "all"))
-                if keys:
-                    out[(model, condition, bench)] = compare_paired(
-                        [base[k] for k in keys], [other[k] for k in keys], seed=seed
-                    )
+def contrasts(results: Results) -> list[Contrast]:
+    """Which pairs of conditions the report compares: every condition against vanilla,
+    then the condition named `memcollab` against every other memory condition (own, other,
+    self-contrast, placebo, or a user kind), the paper's direct claims; variants of
+    memcollab itself (memcollab-pN, memcollab-global) are compared with vanilla only."""
+    kinds = {name: spec.get("kind", name) for name, spec in results.plan["conditions"].items()}
+    out: list[Contrast] = []
+    if BASELINE in results.conditions:
+        out += [(BASELINE, c) for c in results.conditions if c != BASELINE]
+    if HEADLINE in results.conditions:
+        out += [
+            (c, HEADLINE)
+            for c in results.conditions
+            if kinds.get(c) not in (BASELINE, HEADLINE) and c != BASELINE
+        ]
     return out
+
+
+@dataclass(frozen=True)
+class ContrastResult:
+    """One row of a comparison table; `holm_p` is adjusted within its family (the pooled
+    rows of every table, or the per-benchmark rows of every table)."""
+
+    model: str
+    baseline: str
+    condition: str
+    benchmark: str
+    comparison: PairedComparison
+    holm_p: float
+
+
+def comparisons(results: Results, seed: int = 0) -> list[ContrastResult]:
+    """Every contrast for every model and benchmark (and pooled), with Holm-adjusted
+    p-values: one family for the pooled rows, one for the per-benchmark rows."""
+    raw: list[tuple[str, str, str, str, PairedComparison]] = []
+    for model in results.models:
+        for baseline, condition in contrasts(results):
+            base = {(r.benchmark, r.task_id): r.correct for r in results.cell(model, baseline)}
+            cond = {(r.benchmark, r.task_id): r.correct for r in results.cell(model, condition)}
+            for bench in [*results.benchmarks, POOLED]:
+                keys = sorted(k for k in base if k in cond and bench in (k[0], POOLED))
+                if keys:
+                    c = compare_paired([base[k] for k in keys], [cond[k] for k in keys], seed=seed)
+                    raw.append((model, baseline, condition, bench, c))
+    holm = [0.0] * len(raw)
+    for pooled in (True, False):
+        family = [i for i, row in enumerate(raw) if (row[3] == POOLED) == pooled]
+        adjusted = holm_adjust([raw[i][4].p_value for i in family])
+        for i, p_adjusted in zip(family, adjusted, strict=True):
+            holm[i] = p_adjusted
+    return [ContrastResult(*row, holm_p=h) for row, h in zip(raw, holm, strict=True)]
 
 
 def _pct(value: float | None) -> str:
@@ -102,34 +140,37 @@ def effort_table(results: Results) -> str:
     return _table(header, rows)
 
 
-def comparison_table(results: Results, comps: dict[tuple[str, str, str], PairedComparison]) -> str:
+def comparison_table(rows: list[ContrastResult]) -> str:
     header = [
         "model",
-        "condition",
+        "condition - baseline",
         "benchmark",
         "n",
         "difference (pp)",
         "95% CI (pp)",
-        "only vanilla right",
+        "only baseline right",
         "only condition right",
         "McNemar p",
+        "Holm p",
     ]
-    rows = []
-    for (model, condition, bench), c in comps.items():
-        rows.append(
+    cells = []
+    for row in rows:
+        c = row.comparison
+        cells.append(
             [
-                model,
-                condition,
-                bench,
+                row.model,
+                f"{row.condition} - {row.baseline}",
+                row.benchmark,
                 str(c.n),
                 f"{100 * c.difference:+.1f}",
                 f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]",
                 str(c.only_baseline),
                 str(c.only_condition),
                 f"{c.p_value:.3g}",
+                f"{row.holm_p:.3g}",
             ]
         )
-    return _table(header, rows)
+    return _table(header, cells)
 
 
 def parts_table(folder: Path) -> str | None:
@@ -206,15 +247,27 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
         "",
         effort_table(results),
         "",
-        f"## Each condition against {BASELINE} (paired, same tasks)",
+        "## Paired comparisons (same tasks)",
         "",
         "Difference in percentage points with a 95% paired-bootstrap interval (10,000"
-        " resamples of tasks) and the exact two-sided McNemar p-value; `all` pools the"
-        " benchmarks' tasks.",
-        "",
-        comparison_table(results, comps) if comps else "(no vanilla condition to compare with)",
+        " resamples of tasks), the exact two-sided McNemar p-value, and that p-value"
+        " Holm-adjusted for the number of comparisons: one family for the pooled (`all`)"
+        " rows of both tables, one for the per-benchmark rows. `all` pools the benchmarks'"
+        " tasks.",
         "",
     ]
+    against_vanilla = [r for r in comps if r.baseline == BASELINE]
+    direct = [r for r in comps if r.baseline != BASELINE]
+    lines += [
+        f"### Each condition against {BASELINE}",
+        "",
+        comparison_table(against_vanilla)
+        if against_vanilla
+        else f"(no {BASELINE} condition to compare with)",
+        "",
+    ]
+    if direct:
+        lines += [f"### {HEADLINE} against the other memories", "", comparison_table(direct), ""]
     memory = memory_table(folder)
     if memory:
         lines += ["## Memories", "", memory, ""]
