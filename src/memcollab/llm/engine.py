@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from memcollab.errors import ContextOverflowError, ModelNotFoundError, ModelUnavailableError
+from memcollab.llm.amx import guard_amx
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ class BatchEngine:
         self.min_prefix = max(1, min_prefix)
         self.pad_to = max(1, pad_to if pad_to is not None else (4 if repack else 1))
         quiet_llama_log()
+        guard_amx()  # before any model loads: llama.cpp's AMX kernels crashed on a VM
         mparams = llama_cpp.llama_model_default_params()
         mparams.use_extra_bufts = repack
         with _quiet_load():

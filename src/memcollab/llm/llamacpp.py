@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from memcollab.errors import ContextOverflowError, ModelNotFoundError, ModelUnavailableError
+from memcollab.llm.amx import guard_amx
 from memcollab.llm.base import ChatRequest, Completion, Usage
 from memcollab.llm.engine import BatchEngine, SamplingParams, quiet_llama_log
 from memcollab.llm.frame import CompletionFrame, default_frame
@@ -52,6 +53,13 @@ _LOADED_LOCK = threading.Lock()
 _FILE_SHA: dict[tuple[str, int, int], str] = {}
 
 
+def _amx_kernels_active() -> bool:
+    try:
+        return guard_amx().active
+    except ImportError:  # no llama-cpp-python: nothing runs here, and nothing uses AMX
+        return False
+
+
 def _default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -71,6 +79,7 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> _Loaded:
                 "llama-cpp-python is not installed", "pip install 'memcollab[local]'"
             ) from None
         quiet_llama_log()
+        guard_amx()  # before any model loads: llama.cpp's AMX kernels crashed on a VM
         try:
             llama = Llama(
                 model_path=str(path),
@@ -229,9 +238,10 @@ class LlamaCppModel:
         kernels = ":batch" + ("" if self.repack_weights else "-norepack")
         if self.batch_width < 4:
             kernels += f"-w{self.batch_width}"
-        return f"llamacpp:sha256:{self._sha256}:{mode}" + (
-            kernels if self.engine_mode == "batch" else ""
-        )
+        kernels = kernels if self.engine_mode == "batch" else ""
+        if self.repack_weights and _amx_kernels_active():  # other kernels, other numbers
+            kernels += ":amx"
+        return f"llamacpp:sha256:{self._sha256}:{mode}" + kernels
 
     def concurrency(self) -> tuple[str, int]:
         if self.engine_mode == "batch":
