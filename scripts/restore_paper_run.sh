@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
-# Rebuild runs/paper from what scripts/snapshot_paper_run.sh committed: the model calls, the
-# train and eval trajectories and parts.jsonl. Then `memcollab experiment run
-# benchmarks/results/paper/experiment.toml --cache runs/paper/calls.sqlite` resumes where
+# Rebuild runs/NAME (default: paper) from what scripts/snapshot_paper_run.sh NAME committed:
+# the model calls, the train and eval trajectories and parts.jsonl; first those of the
+# experiment named in benchmarks/results/NAME/BASED_ON, if any. Then `memcollab experiment run
+# benchmarks/results/NAME/experiment.toml --cache runs/NAME/calls.sqlite` resumes where
 # the last snapshot left off (the memories are rebuilt from the replayed calls in seconds).
 # Safe to run again: every import skips what is already there.
 set -euo pipefail
-source "$(dirname "$0")/paper_run_paths.sh"
+source "$(dirname "$0")/paper_run_paths.sh" "$@"
 mkdir -p "$run"
-"$memcollab" cache import "$results"/calls/*.jsonl.gz --cache "$run/calls.sqlite"
-for phase in train eval; do
-  archives=("$results/trajectories/$phase"/*.jsonl.gz)
-  if [ -e "${archives[0]}" ]; then
-    "$memcollab" trajectories import "$run/$phase" "${archives[@]}"
+
+# Imports one experiment's committed calls and trajectories into $run.
+import_state() {
+  local from="$1" phase
+  local calls=("$from"/calls/*.jsonl.gz)
+  if [ -e "${calls[0]}" ]; then
+    "$memcollab" cache import "${calls[@]}" --cache "$run/calls.sqlite"
   fi
-done
-cp "$results/parts.jsonl" "$run/parts.jsonl"
+  for phase in train eval; do
+    local archives=("$from/trajectories/$phase"/*.jsonl.gz)
+    if [ -e "${archives[0]}" ]; then
+      "$memcollab" trajectories import "$run/$phase" "${archives[@]}"
+    fi
+  done
+}
+
+# An experiment that extends another (BASED_ON names it) starts from that one's state.
+if [ -f "$results/BASED_ON" ]; then
+  import_state "benchmarks/results/$(cat "$results/BASED_ON")"
+fi
+import_state "$results"
+if [ -f "$results/parts.jsonl" ]; then cp "$results/parts.jsonl" "$run/parts.jsonl"; fi

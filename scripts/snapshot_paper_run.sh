@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Save the committed experiment's state into benchmarks/results/paper, ready to commit:
+# Save an experiment's state (argument: its name, default paper) into
+# benchmarks/results/NAME, ready to commit:
 # the model calls and the train and eval trajectories stored since the last snapshot (one
 # gzip JSONL file each), and parts.jsonl. Restoring is `memcollab cache import` of every
 # calls file and `memcollab trajectories import` of every trajectories file (see
 # COMMAND.md); the trajectories make a resume skip replaying the run. Safe while the run is
 # going: the SQLite files are read, never locked for long.
 set -euo pipefail
-source "$(dirname "$0")/paper_run_paths.sh"
+source "$(dirname "$0")/paper_run_paths.sh" "$@"
 stamp="$(date -u +%Y%m%dT%H%M%S)"
 
 # Runs one `... export FILE ...` command; drops FILE when it exported nothing new.
