@@ -1,0 +1,40 @@
+"""The experiment files committed under benchmarks/results stay loadable as the code moves:
+each parses, names only known conditions, and evaluates only fleet models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memcollab.experiment.conditions import make_condition
+from memcollab.experiment.config import load_experiment
+from memcollab.experiment.demo import demo_fleet
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+FILES = sorted(RESULTS.glob("*/experiment.toml"))
+
+
+def test_the_committed_experiments_are_found() -> None:
+    assert {f.parent.name for f in FILES} >= {"paper", "ablation"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.parent.name)
+def test_committed_experiment_loads(path: Path) -> None:
+    config = load_experiment(path)
+    assert config.name == path.parent.name
+    conditions = [make_condition(name, config.condition.get(name)) for name in config.conditions]
+    assert conditions[0].kind == "vanilla"  # every report compares with no memory
+    fleet = set(demo_fleet().names())  # the packaged fleet: no experiment names a fleet file
+    assert config.fleet is None
+    assert set(config.eval_models or fleet) <= fleet
+    based_on = path.parent / "BASED_ON"
+    if based_on.is_file():  # an extension runs on its base's training pool and memory
+        base = load_experiment(RESULTS / based_on.read_text().strip() / "experiment.toml")
+        assert (config.train, config.memory, config.eval, config.seed, config.agent) == (
+            base.train,
+            base.memory,
+            base.eval,
+            base.seed,
+            base.agent,
+        )
