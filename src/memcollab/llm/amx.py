@@ -63,9 +63,12 @@ def guard_amx() -> AmxState:
 
 def _guard() -> AmxState:
     import llama_cpp
-    from llama_cpp._ggml import libggml
 
     llama_cpp.llama_backend_init()  # registers the CPU backend; idempotent
+    try:
+        from llama_cpp._ggml import libggml
+    except ImportError as exc:  # an older llama-cpp-python without its ggml handle
+        return _unlisted(llama_cpp, f"no llama_cpp._ggml: {exc}")
     try:
         by_type = _fn(libggml, "ggml_backend_dev_by_type", ctypes.c_void_p, [ctypes.c_int])
         reg_of = _fn(libggml, "ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p])
