@@ -11,8 +11,9 @@ import pytest
 
 from memcollab.errors import UserError
 from memcollab.experiment.config import parse_experiment
+from memcollab.experiment.plots import p_ablation_points
 from memcollab.experiment.report import write_report
-from memcollab.experiment.results import describe_phase
+from memcollab.experiment.results import describe_phase, load_results
 from memcollab.experiment.runner import Experiment, ProgressEvent
 from memcollab.llm.cache import CallCache, Gateway
 from memcollab.llm.fleet import Fleet
@@ -110,6 +111,13 @@ def test_pipeline_end_to_end_then_resume_and_report(tmp_path: Path) -> None:
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.md").read_text() == text
+    # the p-ablation line runs from vanilla (p = 0, nothing retrieved) through p = 1 and 3
+    results = load_results(out)
+    line = p_ablation_points(results)["wrong"]
+    assert [p for p, _, _ in line] == [0, 1, 3]
+    assert [acc for _, _, acc in line] == [0.0, 100.0, 100.0]
+    given = [x for _, x, _ in line]
+    assert given[0] == 0.0 and 0 < given[1] <= 1 < given[2] <= 3
 
 
 def test_p_ablation_plot_needs_two_sizes(tmp_path: Path) -> None:

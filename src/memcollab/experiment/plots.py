@@ -77,20 +77,34 @@ def p_ablation_conditions(results: Results) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def p_ablation_plot(results: Results, path: Path) -> Path | None:
-    """Mean constraints retrieved vs average accuracy across p, one line per model."""
+def p_ablation_points(results: Results) -> dict[str, list[tuple[int, float, float]]]:
+    """model -> (p, mean constraints retrieved, average accuracy in %) for every p, from
+    vanilla (p = 0) where the run has it; empty unless at least two p > 0 were run."""
     variants = p_ablation_conditions(results)
     if len({p for p, _ in variants}) < 2:
+        return {}
+    if "vanilla" in results.conditions:  # no memory: the p = 0 end of the line
+        variants = [(0, "vanilla"), *variants]
+    points: dict[str, list[tuple[int, float, float]]] = {}
+    for model in results.models:
+        points[model] = []
+        for p, name in variants:
+            cell = results.cell(model, name)
+            given = sum(r.constraints for r in cell) / len(cell) if cell else 0.0
+            acc = 100 * (average_accuracy(results, model, name) or 0.0)
+            points[model].append((p, given, acc))
+    return points
+
+
+def p_ablation_plot(results: Results, path: Path) -> Path | None:
+    """Mean constraints retrieved vs average accuracy across p, one line per model."""
+    points = p_ablation_points(results)
+    if not points:
         return None
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for model in results.models:
-        xs, ys = [], []
-        for _p, name in variants:
-            cell = results.cell(model, name)
-            xs.append(sum(r.constraints for r in cell) / len(cell) if cell else 0.0)
-            ys.append(100 * (average_accuracy(results, model, name) or 0.0))
-        ax.plot(xs, ys, marker="o", label=model)
-        for (p, _), x, y in zip(variants, xs, ys, strict=True):
+    for model, line in points.items():
+        ax.plot([x for _, x, _ in line], [y for _, _, y in line], marker="o", label=model)
+        for p, x, y in line:
             ax.annotate(f"p={p}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("constraints retrieved per task (mean)")
     ax.set_ylabel("accuracy (%, mean of benchmarks)")
