@@ -100,7 +100,7 @@ def test_report_numbers_worked_out_by_hand(tmp_path: Path) -> None:
     assert _comparison(text, "b") == ["4", "+0.0", "1", "1", "1", "1"]
     # all: b=1 (b/4), c=2 (a/2, b/1): +1/6 = +16.7 pp, p = 2 * (1 + 3) / 8 capped at 1
     assert _comparison(text, "all") == ["6", "+16.7", "1", "2", "1", "1"]
-    assert "### memcollab against the other memories" not in text  # no other memory here
+    assert "### Memory conditions against each other" not in text  # no other memory here
     assert "| 1 | 1970-01-01 00:00 | 2.0 | stopped | train: 5 new in 2.0 min (stopped) |" in text
 
 
@@ -169,6 +169,6 @@ def test_direct_contrasts_and_holm_families_worked_out_by_hand(tmp_path: Path) -
             "0.0312",
             "0.0938",
         ]
-    direct = text.split("### memcollab against the other memories")[1]
+    direct = text.split("### Memory conditions against each other")[1]
     assert "| m | memcollab - own | all |" in direct
     assert "- vanilla |" not in direct.split("##")[0]

@@ -103,6 +103,11 @@ def test_pipeline_end_to_end_then_resume_and_report(tmp_path: Path) -> None:
         in text
     )
     assert "| right | memcollab - vanilla | all | 6 | +0.0 |" in text
+    # direct comparisons: memcollab against the other memories, its variants against it
+    direct = text.split("### Memory conditions against each other")[1]
+    for contrast in ("memcollab - own", "memcollab - other", "memcollab - placebo"):
+        assert f"| wrong | {contrast} | all | 6 |" in direct
+    assert "| wrong | memcollab-p1 - memcollab | all | 6 | +0.0 |" in direct
     assert {p.name for p in plots} == {
         "accuracy_by_condition.png",
         "turns_by_condition.png",

@@ -32,20 +32,18 @@ Contrast = tuple[str, str]  # (baseline condition, condition)
 
 
 def contrasts(results: Results) -> list[Contrast]:
-    """Which pairs of conditions the report compares: every condition against vanilla,
+    """Which pairs of conditions the report compares: every condition against vanilla;
     then the condition named `memcollab` against every other memory condition (own, other,
-    self-contrast, placebo, or a user kind), the paper's direct claims; variants of
-    memcollab itself (memcollab-pN, memcollab-global) are compared with vanilla only."""
+    self-contrast, placebo, or a user kind), the paper's direct claims; and each variant of
+    memcollab (memcollab-pN, memcollab-global) against memcollab, the ablation."""
     kinds = {name: spec.get("kind", name) for name, spec in results.plan["conditions"].items()}
     out: list[Contrast] = []
     if BASELINE in results.conditions:
         out += [(BASELINE, c) for c in results.conditions if c != BASELINE]
     if HEADLINE in results.conditions:
-        out += [
-            (c, HEADLINE)
-            for c in results.conditions
-            if kinds.get(c) not in (BASELINE, HEADLINE) and c != BASELINE
-        ]
+        others = [c for c in results.conditions if c not in (BASELINE, HEADLINE)]
+        out += [(c, HEADLINE) for c in others if kinds.get(c) != HEADLINE]
+        out += [(HEADLINE, c) for c in others if kinds.get(c) == HEADLINE]
     return out
 
 
@@ -267,7 +265,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
         "",
     ]
     if direct:
-        lines += [f"### {HEADLINE} against the other memories", "", comparison_table(direct), ""]
+        lines += ["### Memory conditions against each other", "", comparison_table(direct), ""]
     memory = memory_table(folder)
     if memory:
         lines += ["## Memories", "", memory, ""]
