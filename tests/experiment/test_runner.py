@@ -94,6 +94,14 @@ def test_pipeline_end_to_end_then_resume_and_report(tmp_path: Path) -> None:
     assert experiment.eval_store.created_at() == stamps
     assert len((out / "parts.jsonl").read_text().splitlines()) == 2
 
+    # A run stopped mid-evaluation has no results.jsonl: the report elsewhere still gets
+    # the per-task table, from the store
+    table = (out / "results.jsonl").read_text()
+    (out / "results.jsonl").unlink()
+    write_report(out, tmp_path / "published")
+    assert (tmp_path / "published" / "results.jsonl").read_text() == table
+    (out / "results.jsonl").write_text(table)
+
     text, plots = write_report(out)
     assert "| wrong | memcollab | 100.0 | 100.0 |" in text
     assert "| wrong | vanilla | 0.0 | 0.0 |" in text

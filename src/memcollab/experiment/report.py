@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from memcollab.collect import TrajectoryStore
 from memcollab.experiment.plots import write_plots
 from memcollab.experiment.results import (
     Results,
@@ -20,6 +21,7 @@ from memcollab.experiment.results import (
     average_accuracy,
     describe_phase,
     load_results,
+    write_results,
 )
 from memcollab.experiment.stats import PairedComparison, compare_paired, holm_adjust
 from memcollab.memory.build import NEW_PAIRS_ONLY
@@ -281,6 +283,11 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
     (target / "report.md").write_text(text)
     if target.resolve() != folder.resolve():
         copy_artefacts(folder, target)
+        # The run writes results.jsonl only when its evaluation finishes; a run stopped part
+        # way has none (or an older one), so the table comes from the store the report read.
+        store = TrajectoryStore.if_present(folder / "eval")
+        if store is not None:
+            write_results(target, results.plan, store)
     return text, plots
 
 
