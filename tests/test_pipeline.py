@@ -98,7 +98,20 @@ def test_collect_distill_export_import_show_solve(tmp_path: Path) -> None:
     assert SQLiteMemory(copy).records() == records
 
     stats = run_cli("memory", "stats", str(copy), "--json")
+    assert json.loads(stats.stdout) == {"namespaces": {"default": 3}}
+    stats = run_cli("memory", "stats", str(copy), "--namespace", "default", "--json")
     assert json.loads(stats.stdout)["records"] == 3
+    listed = run_cli("memory", "list", str(copy))
+    assert all(r.id in listed.stdout for r in records)
+    assert "3 records in namespace 'default'" in listed.stdout
+    flagged = run_cli("memory", "flag", str(copy), records[0].id, "--reason", "checked by hand")
+    assert flagged.returncode == 0, flagged.stderr
+    listed = run_cli("memory", "list", str(copy))
+    assert records[0].id not in listed.stdout and "2 records" in listed.stdout
+    run_cli("memory", "flag", str(copy), records[0].id, "--reason", "fine", "--undo")
+    assert len(SQLiteMemory(copy).records()) == 3
+    assert_one_line_error(run_cli("memory", "stats", str(tmp_path / "typo.sqlite")), "no memory at")
+    assert not (tmp_path / "typo.sqlite").exists()
     shown = run_cli("memory", "show", str(copy), records[0].id)
     assert "enforce reading which operation is asked" in shown.stdout
 

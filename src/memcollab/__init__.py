@@ -16,6 +16,16 @@ from memcollab.llm import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # `memcollab.Memory` without loading the memory stack (scikit-learn) on `import memcollab`.
+    if name == "Memory":
+        from memcollab.memory.api import Memory
+
+        return Memory
+    raise AttributeError(f"module 'memcollab' has no attribute {name!r}")
+
+
 __all__ = [
     "CallCache",
     "ChatRequest",
@@ -24,6 +34,7 @@ __all__ = [
     "Fleet",
     "Gateway",
     "MemcollabError",
+    "Memory",
     "Message",
     "Model",
     "ModelClient",

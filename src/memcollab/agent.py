@@ -23,7 +23,9 @@ from typing import Any
 
 from memcollab.errors import ContextOverflowError
 from memcollab.llm.base import ChatRequest, Decoding, Message
-from memcollab.llm.cache import ModelClient
+from memcollab.llm.cache import Gateway, ModelClient
+from memcollab.llm.fleet import Fleet
+from memcollab.memory.guidance import Guidance
 from memcollab.tasks.checkers import answer_style, check
 from memcollab.tasks.math_check import extract_answer
 from memcollab.tasks.sandbox import SandboxLimits, run_code, run_tests
@@ -34,14 +36,6 @@ MEMORY_OPEN = "<memory>"
 MEMORY_CLOSE = "</memory>"
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _TOOL_OUTPUT_CHARS = 2000
-
-
-@dataclass(frozen=True)
-class Guidance:
-    """One memory constraint handed to the agent, with the record it came from."""
-
-    record_id: str
-    text: str
 
 
 @lru_cache(maxsize=1)
@@ -210,3 +204,23 @@ class Agent:
         if verdict.passed:
             return tool, "", True, candidate
         return tool, p["test_failed"].format(details=details), False, candidate
+
+
+def fleet_agent(
+    fleet: Fleet,
+    gateway: Gateway,
+    name: str,
+    *,
+    max_turns: int = 5,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> Agent:
+    """The agent of fleet model `name`: its decoding settings (with `max_tokens` and
+    `temperature` overriding them when given), its calls through `gateway`."""
+    update: dict[str, Any] = {}
+    if max_tokens is not None:
+        update["max_tokens"] = max_tokens
+    if temperature is not None:
+        update["temperature"] = temperature
+    decoding = fleet.spec(name).decoding.model_copy(update=update)
+    return Agent(gateway.bind(fleet.model(name)), max_turns=max_turns, decoding=decoding)

@@ -27,6 +27,8 @@ from memcollab.errors import UserError
 from memcollab.llm import packaged
 from memcollab.llm.cache import CallCache, Gateway
 from memcollab.paths import call_cache_path
+from memcollab.tasks.datasets import load_task_specs
+from memcollab.tasks.task import Task
 
 console = Console()
 err_console = Console(stderr=True)
@@ -153,3 +155,17 @@ def exit_interrupted(message: str) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)
+
+
+def load_tasks_or_fail(specs: list[str], data_dir: Path | None, seed: int) -> list[Task]:
+    """The tasks of dataset specs; a UserError when they select none."""
+    tasks = load_task_specs(specs, data_dir, seed)
+    if not tasks:
+        raise UserError(f"the task specs {specs} select no task")
+    return tasks
+
+
+def check_domain(domain: str) -> None:
+    """Refuse a domain no benchmark kind has."""
+    if domain not in ("math", "code"):
+        raise UserError(f"unknown domain {domain!r}", "use --domain math or --domain code")

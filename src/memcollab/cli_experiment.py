@@ -178,7 +178,7 @@ def demo(
     )
     from memcollab.experiment.results import load_results
     from memcollab.experiment.runner import Experiment
-    from memcollab.memory.store import SQLiteMemory
+    from memcollab.memory import Memory
 
     fleet = demo_fleet()
     prepare_with_progress([fleet.spec(n).packaged or n for n in fleet.names()])
@@ -194,9 +194,9 @@ def demo(
     _, plots = write_report(experiment.out)
     results = load_results(experiment.out)
     console.rule("Constraints the fleet learned (memcollab memory)")
-    with SQLiteMemory(experiment.memory_path()) as memory:
+    with Memory.open(experiment.memory_path()) as memory:
         for ns in experiment.recipes:
-            for record in memory.records(ns):
+            for record in memory.list(ns):
                 console.print(
                     f"[bold]{record.category} / {record.subcategory}[/bold]"
                     f" [dim](from {record.source_task_id}: {record.model_pos} right,"

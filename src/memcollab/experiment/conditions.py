@@ -20,17 +20,16 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
-from memcollab.agent import Guidance
 from memcollab.experiment.config import ExperimentConfigError
+from memcollab.llm.fleet import strongest
+from memcollab.memory.guidance import Guidance, LabelLike
 from memcollab.memory.record import MemoryRecord, task_hash
-from memcollab.memory.retrieve import LabelLike, Mode, Retrieved, Retriever
+from memcollab.memory.retrieve import Mode, Retrieved, Retriever
 from memcollab.tasks.task import Task
 
-PairingKind = Literal["contrastive", "own", "self_contrast"]
 Note = dict[str, Any]
-SAMPLE_CONDITION = "self-sample"  # training trajectories sampled for self-contrast
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class MemoryRecipe:
     Two conditions that need the same recipe share one memory (same namespace).
     """
 
-    pairing: PairingKind
+    pairing: str  # a registered pairing rule (memory.pairs.PAIRING_RULES)
     distiller: str
     model: str | None = None  # own / self-contrast: whose trajectories
     samples: int = 0  # self-contrast: sampled trajectories per training task
@@ -85,7 +84,7 @@ def resolve_model(choice: str, fleet: FleetView, me: str, *, what: str) -> str:
     if choice == "self":
         return me
     if choice == "strongest":
-        return max(fleet.names(), key=lambda n: (fleet.strength(n), n))
+        return strongest(fleet.names(), fleet.strength)
     if choice not in fleet.names():
         raise ExperimentConfigError(
             f"{what}: no fleet model {choice!r}",
@@ -218,7 +217,7 @@ class Other(_Retrieving):
             others = [n for n in fleet.names() if n != model]
             if not others:
                 raise ExperimentConfigError(f"condition {self.name} needs a second fleet model")
-            return max(others, key=lambda n: (fleet.strength(n), n))
+            return strongest(others, fleet.strength)
         return resolve_model(self.source, fleet, model, what=f"condition {self.name} source")
 
     def recipe(self, model: str, fleet: FleetView) -> MemoryRecipe:

@@ -25,27 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from memcollab.agent import Agent
+from memcollab.agent import Agent, fleet_agent
 from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
-from memcollab.experiment.conditions import (
-    SAMPLE_CONDITION,
-    Condition,
-    MemoryRecipe,
-    make_condition,
-)
+from memcollab.experiment.conditions import Condition, MemoryRecipe, make_condition
 from memcollab.experiment.config import ExperimentConfig
 from memcollab.experiment.results import write_results
 from memcollab.llm.base import Decoding
 from memcollab.llm.cache import Gateway
 from memcollab.llm.fleet import Fleet
-from memcollab.memory.build import BuildEvent, build_memory
+from memcollab.memory.api import Memory
+from memcollab.memory.build import BuildEvent
 from memcollab.memory.classify import DomainClassifier, Label
 from memcollab.memory.distill import Distiller
-from memcollab.memory.pairs import PairingResult, make_pairs, own_pairs, self_contrast_pairs
+from memcollab.memory.pairs import SAMPLE_CONDITION, PairingResult, PairingRule
 from memcollab.memory.record import MemoryRecord
 from memcollab.memory.retrieve import Mode, Retriever
-from memcollab.memory.store import MemoryStore, SQLiteMemory
 from memcollab.tasks.datasets import load_task_specs
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
@@ -96,13 +91,10 @@ class FleetInfo:
 class _Context:
     """The evaluation context conditions use: labels, retrievers, records (thread-safe)."""
 
-    def __init__(
-        self, memory: MemoryStore, classifiers: dict[str, DomainClassifier], seed: int
-    ) -> None:
+    def __init__(self, memory: Memory, classifiers: dict[str, DomainClassifier], seed: int) -> None:
         self.memory = memory
         self.classifiers = classifiers
         self.seed = seed
-        self._retrievers: dict[tuple[str, int, str, bool], Retriever] = {}
         self._records: dict[tuple[str, str], list[MemoryRecord]] = {}
         self._lock = threading.Lock()
 
@@ -110,25 +102,20 @@ class _Context:
         return self.classifiers[model].classify(task)
 
     def retriever(self, namespace: str, p: int, mode: Mode, participant_filter: bool) -> Retriever:
-        key = (namespace, p, mode, participant_filter)
-        with self._lock:
-            if key not in self._retrievers:
-                self._retrievers[key] = Retriever(
-                    self.memory,
-                    p=p,
-                    mode=mode,
-                    namespace=namespace,
-                    participant_filter=participant_filter,
-                    seed=self.seed,
-                    count_usage=False,
-                )
-            return self._retrievers[key]
+        return self.memory.retriever(
+            namespace,
+            p=p,
+            strategy=mode,
+            participant_filter=participant_filter,
+            seed=self.seed,
+            count_usage=False,
+        )
 
     def records(self, namespace: str, domain: str) -> list[MemoryRecord]:
         key = (namespace, domain)
         with self._lock:
             if key not in self._records:
-                self._records[key] = self.memory.records(namespace, domain)
+                self._records[key] = self.memory.list(namespace, domain=domain)
             return self._records[key]
 
 
@@ -201,16 +188,13 @@ class Experiment:
     def agent(self, model: str, temperature: float | None = None) -> Agent:
         key = (model, temperature)
         if key not in self._agents:
-            decoding = self.fleet.spec(model).decoding
-            update: dict[str, Any] = {}
-            if self.config.agent.max_tokens is not None:
-                update["max_tokens"] = self.config.agent.max_tokens
-            if temperature is not None:
-                update["temperature"] = temperature
-            self._agents[key] = Agent(
-                self.gateway.bind(self.fleet.model(model)),
+            self._agents[key] = fleet_agent(
+                self.fleet,
+                self.gateway,
+                model,
                 max_turns=self.config.agent.max_turns,
-                decoding=decoding.model_copy(update=update),
+                max_tokens=self.config.agent.max_tokens,
+                temperature=temperature,
             )
         return self._agents[key]
 
@@ -315,7 +299,7 @@ class Experiment:
     def _records_stored(self) -> int:
         if not self.memory_path().exists():
             return 0
-        with SQLiteMemory(self.memory_path()) as mem:
+        with Memory.open(self.memory_path()) as mem:
             # stats() counts in SQL; records() would parse every record just to count.
             return sum(mem.stats(ns)["records"] for ns in self.recipes)
 
@@ -432,20 +416,19 @@ class Experiment:
         store.export_jsonl(self.out / "train" / "trajectories.jsonl")
         return computed
 
+    def _pairing(self, recipe: MemoryRecipe) -> PairingRule:
+        return PairingRule(
+            recipe.pairing,
+            model=recipe.model,
+            samples=recipe.samples,
+            tie_break=self.config.memory.tie_break,
+        )
+
+    def _strengths(self) -> dict[str, int]:
+        return {m: self.info.strength(m) for m in self.info.models}
+
     def _pairs(self, recipe: MemoryRecipe, trajectories: list[Trajectory]) -> PairingResult:
-        vanilla = [t for t in trajectories if t.condition == "vanilla"]
-        if recipe.pairing == "contrastive":
-            strengths = {m: self.info.strength(m) for m in self.info.models}
-            mine = [t for t in vanilla if t.model in strengths]
-            return make_pairs(mine, strengths, tie_break=self.config.memory.tie_break)
-        if recipe.pairing == "own":
-            return own_pairs(vanilla, recipe.model or "")
-        samples = [
-            t
-            for t in trajectories
-            if t.condition == SAMPLE_CONDITION and t.sample_index < recipe.samples
-        ]
-        return self_contrast_pairs(samples, recipe.model or "")
+        return Memory.pairs(trajectories, self._pairing(recipe), self._strengths())
 
     def _run_memory(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
         if not self.recipes:
@@ -468,7 +451,7 @@ class Experiment:
         summaries: dict[str, Any] = {}
         added = 0
         classifiers: dict[str, DomainClassifier] = {}
-        with SQLiteMemory(self.memory_path()) as memory:
+        with Memory.open(self.memory_path()) as memory:
             for ns, recipe in self.recipes.items():
                 client = self.gateway.bind(self.fleet.model(recipe.distiller))
                 classifier = classifiers.setdefault(recipe.distiller, DomainClassifier(client))
@@ -478,12 +461,13 @@ class Experiment:
                     max_prompt_chars=self.config.memory.prompt_chars,
                     decoding=Decoding(temperature=0.0, max_tokens=self.config.memory.reply_tokens),
                 )
-                summary = build_memory(
-                    pairings[ns],
+                summary = memory.build(
+                    trajectories,
                     tasks,
-                    memory,
-                    distiller,
-                    classifier,
+                    distiller=distiller,
+                    labeller=classifier,
+                    pairing=self._pairing(recipe),
+                    strengths=self._strengths(),
                     namespace=ns,
                     workers=client.model.concurrency()[1],
                     # The cache answers stored pairs again for free, so the distillation
@@ -500,7 +484,7 @@ class Experiment:
                 }
                 export = self.out / "memories" / f"{ns}.jsonl"
                 export.parent.mkdir(parents=True, exist_ok=True)
-                memory.export_jsonl(export, ns)
+                memory.export(export, ns)
         (self.out / "build_summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
         return added
 
@@ -513,7 +497,7 @@ class Experiment:
                 f"memory {', '.join(sorted(unbuilt))} is not fully built",
                 "run the memory phase first (or the whole experiment)",
             )
-        with SQLiteMemory(self.memory_path()) as memory:
+        with Memory.open(self.memory_path()) as memory:
             classifiers = {
                 m: DomainClassifier(self.gateway.bind(self.fleet.model(m)))
                 for m in self.eval_models

@@ -23,7 +23,7 @@ Without a file, the default fleet is the three packaged local models.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -236,12 +236,21 @@ class Fleet:
                 f"known models: {', '.join(self.specs)}",
             ) from None
 
+    def strongest(self) -> str:
+        """The fleet's strongest model (the default distiller)."""
+        return strongest(self.names(), lambda n: self.spec(n).strength)
+
     def model(self, name: str) -> Model:
         """The built model called `name` (built once, then reused)."""
         spec = self.spec(name)
         if name not in self._built:
             self._built[name] = PROVIDERS[spec.provider](spec)
         return self._built[name]
+
+
+def strongest(names: Iterable[str], strength: Callable[[str], int]) -> str:
+    """The strongest of `names` (ties: the alphabetically last name, a fixed rule)."""
+    return max(names, key=lambda n: (strength(n), n))
 
 
 def _first_error(exc: ValidationError) -> str:

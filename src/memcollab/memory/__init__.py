@@ -1,15 +1,40 @@
-"""MemCollab memory: contrastive pairs, distilled constraints, taxonomy, store, retrieval."""
+"""MemCollab memory: contrastive pairs, distilled constraints, taxonomy, store, retrieval.
 
-from memcollab.memory.build import BuildSummary, build_memory, pair_trajectories
+`Memory` (memory/api.py) is the one front door; the rest is exported for extensions.
+"""
+
+from memcollab.memory.api import Memory
+from memcollab.memory.build import BuildEvent, BuildSummary, build_memory
 from memcollab.memory.classify import Classifier, DomainClassifier, Label
 from memcollab.memory.distill import Distiller, DistillResult, DistillStats
-from memcollab.memory.pairs import Pair, PairingResult, make_pairs, own_pairs
+from memcollab.memory.guidance import Guidance, Labeller, LabelLike
+from memcollab.memory.pairs import (
+    PAIRING_RULES,
+    Pair,
+    PairingResult,
+    PairingRule,
+    make_pairs,
+    own_pairs,
+    pair_by_rule,
+    register_pairing,
+)
 from memcollab.memory.record import Constraint, MemoryRecord
-from memcollab.memory.retrieve import Retrieved, Retriever
-from memcollab.memory.store import MemoryStore, PostgresMemory, SQLiteMemory, open_memory
+from memcollab.memory.retrieve import STRATEGIES, Hit, Retrieved, Retriever, register_strategy
+from memcollab.memory.store import (
+    BACKENDS,
+    MemoryStore,
+    PostgresMemory,
+    SQLiteMemory,
+    open_memory,
+    register_backend,
+)
 from memcollab.memory.taxonomy import Taxonomy, load_taxonomy
 
 __all__ = [
+    "BACKENDS",
+    "PAIRING_RULES",
+    "STRATEGIES",
+    "BuildEvent",
     "BuildSummary",
     "Classifier",
     "Constraint",
@@ -17,11 +42,17 @@ __all__ = [
     "DistillStats",
     "Distiller",
     "DomainClassifier",
+    "Guidance",
+    "Hit",
     "Label",
+    "LabelLike",
+    "Labeller",
+    "Memory",
     "MemoryRecord",
     "MemoryStore",
     "Pair",
     "PairingResult",
+    "PairingRule",
     "PostgresMemory",
     "Retrieved",
     "Retriever",
@@ -32,5 +63,8 @@ __all__ = [
     "make_pairs",
     "open_memory",
     "own_pairs",
-    "pair_trajectories",
+    "pair_by_rule",
+    "register_backend",
+    "register_pairing",
+    "register_strategy",
 ]

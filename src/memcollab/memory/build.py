@@ -9,30 +9,17 @@ repeats are answered by the call cache.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from memcollab.memory.distill import Distiller, DistillResult, DistillStats
-from memcollab.memory.pairs import Pair, PairingResult, make_pairs, own_pairs
+from memcollab.memory.guidance import Labeller, LabelLike
+from memcollab.memory.pairs import Pair, PairingResult
 from memcollab.memory.record import MemoryRecord, record_id, task_hash
 from memcollab.memory.store import MemoryStore
 from memcollab.tasks.task import Task
-from memcollab.trajectory import Trajectory
-
-Pairing = Literal["contrastive", "own"]
-
-
-class LabelLike(Protocol):
-    category: str
-    subcategory: str
-
-
-class TaskClassifier(Protocol):
-    """Anything that files a task under (category, subcategory)."""
-
-    def classify(self, task: str | Task) -> LabelLike: ...
 
 
 @dataclass(frozen=True)
@@ -71,28 +58,12 @@ class BuildSummary:
         }
 
 
-def pair_trajectories(
-    trajectories: Iterable[Trajectory],
-    strengths: Mapping[str, int],
-    *,
-    pairing: Pairing = "contrastive",
-    model: str | None = None,
-    tie_break: bool = False,
-) -> PairingResult:
-    """The pairs a build distils: cross-model contrast, or one model's own trajectories."""
-    if pairing == "own":
-        if model is None:
-            raise ValueError("own-memory pairing needs the model whose trajectories to use")
-        return own_pairs(trajectories, model)
-    return make_pairs(list(trajectories), dict(strengths), tie_break=tie_break)
-
-
 def build_memory(
     pairs: PairingResult,
     tasks: Mapping[str, Task],
     memory: MemoryStore,
     distiller: Distiller,
-    classifier: TaskClassifier,
+    classifier: Labeller,
     *,
     namespace: str = "default",
     workers: int = 1,

@@ -27,7 +27,7 @@ model's near-miss.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from memcollab.memory.record import PairType
@@ -247,3 +247,92 @@ def self_contrast_pairs(trajectories: Iterable[Trajectory], model: str) -> Pairi
         ignored=len(items) - len(mine),
         by_type=_by_type(pairs),
     )
+
+
+# --------------------------------------------------------------------------- pairing rules
+
+SAMPLE_CONDITION = "self-sample"
+"""The condition of the training trajectories sampled (temperature > 0) for self-contrast."""
+
+
+@dataclass(frozen=True)
+class PairingRule:
+    """Which pairs a memory is built from: a registered rule and its settings.
+
+    `model`: whose trajectories (own, self_contrast); `samples`: sampled trajectories per
+    task (self_contrast); `tie_break`: also pair all-right / all-wrong tasks (contrastive).
+    """
+
+    name: str = "contrastive"
+    model: str | None = None
+    samples: int = 0
+    tie_break: bool = False
+
+
+PairingFunction = Callable[[Sequence[Trajectory], PairingRule, Mapping[str, int]], PairingResult]
+PAIRING_RULES: dict[str, PairingFunction] = {}
+
+
+def register_pairing(name: str) -> Callable[[PairingFunction], PairingFunction]:
+    """Register a pairing rule: (trajectories, rule, model strengths) -> PairingResult."""
+
+    def wrap(function: PairingFunction) -> PairingFunction:
+        PAIRING_RULES[name] = function
+        return function
+
+    return wrap
+
+
+def pair_by_rule(
+    trajectories: Iterable[Trajectory],
+    rule: PairingRule | str = "contrastive",
+    strengths: Mapping[str, int] | None = None,
+) -> PairingResult:
+    """The pairs `rule` takes from a pool of training trajectories (any conditions: each
+    rule picks the trajectories it uses)."""
+    if isinstance(rule, str):
+        rule = PairingRule(rule)
+    function = PAIRING_RULES.get(rule.name)
+    if function is None:
+        raise ValueError(
+            f"unknown pairing rule {rule.name!r} (registered: {', '.join(sorted(PAIRING_RULES))})"
+        )
+    return function(list(trajectories), rule, strengths or {})
+
+
+def _vanilla(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
+    return [t for t in trajectories if t.condition == "vanilla"]
+
+
+def _whose(rule: PairingRule) -> str:
+    if not rule.model:
+        raise ValueError(f"the {rule.name} pairing rule needs the model whose trajectories to use")
+    return rule.model
+
+
+@register_pairing("contrastive")
+def _contrastive(
+    trajectories: Sequence[Trajectory], rule: PairingRule, strengths: Mapping[str, int]
+) -> PairingResult:
+    """The paper's cross-model contrast over the fleet's vanilla trajectories."""
+    mine = [t for t in _vanilla(trajectories) if t.model in strengths]
+    return make_pairs(mine, dict(strengths), tie_break=rule.tie_break)
+
+
+@register_pairing("own")
+def _own(
+    trajectories: Sequence[Trajectory], rule: PairingRule, strengths: Mapping[str, int]
+) -> PairingResult:
+    """One model's own vanilla trajectories, each alone."""
+    return own_pairs(_vanilla(trajectories), _whose(rule))
+
+
+@register_pairing("self_contrast")
+def _self_contrast(
+    trajectories: Sequence[Trajectory], rule: PairingRule, strengths: Mapping[str, int]
+) -> PairingResult:
+    """One model's sampled trajectories contrasted with each other."""
+    samples = [
+        t for t in trajectories if t.condition == SAMPLE_CONDITION and t.sample_index < rule.samples
+    ]
+    return self_contrast_pairs(samples, _whose(rule))

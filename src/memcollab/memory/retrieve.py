@@ -8,6 +8,10 @@ Ablations and controls: `global_tfidf` (the same ranking over the whole domain, 
 category filter), `random` (p records drawn at random: a placebo), `none`.
 Optional (the paper's v2): keep only records whose pair the querying model took part in.
 
+Each mode is a strategy registered by name (`@register_strategy("name")`): a function of
+the retriever, the task, the querying model's label and the model, returning `Retrieved`.
+A new strategy is one function in one file plus its registration.
+
 Each bucket's TF-IDF index is built once and reused until the store changes
 (`store.version()`).
 """
@@ -16,25 +20,33 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from memcollab.agent import Guidance
+from memcollab.errors import UserError
+from memcollab.memory.guidance import Guidance, LabelLike
 from memcollab.memory.record import MemoryRecord, task_hash
 from memcollab.tasks.task import Task
 
-Mode = Literal["task_aware", "global_tfidf", "random", "none"]
+Mode = str
+"""A registered strategy name: task_aware, global_tfidf, random, none, or your own."""
 Level = Literal["subcategory", "category", "domain", "none"]
 
-
-class LabelLike(Protocol):
-    """A (category, subcategory) label, as the classifier returns it."""
-
-    category: str
-    subcategory: str
+__all__ = [
+    "STRATEGIES",
+    "Hit",
+    "LabelLike",
+    "Level",
+    "Mode",
+    "RecordSource",
+    "Retrieved",
+    "Retriever",
+    "register_strategy",
+]
 
 
 class RecordSource(Protocol):
@@ -54,6 +66,16 @@ class RecordSource(Protocol):
 
 
 @dataclass(frozen=True)
+class Hit:
+    """One retrieved record, its score (TF-IDF cosine; 0 for unranked draws) and the
+    back-off level of the bucket it came from."""
+
+    record: MemoryRecord
+    score: float
+    level: Level
+
+
+@dataclass(frozen=True)
 class Retrieved:
     """What one query returned: guidance for the agent and where it came from."""
 
@@ -63,6 +85,25 @@ class Retrieved:
     mode: Mode
     category: str | None = None
     subcategory: str | None = None
+    hits: tuple[Hit, ...] = ()
+
+
+Strategy = Callable[["Retriever", Task, LabelLike | None, str | None], Retrieved]
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
+    """Register a retrieval strategy under `name` (usable as `Retriever(mode=name)`)."""
+
+    def wrap(strategy: Strategy) -> Strategy:
+        STRATEGIES[name] = strategy
+        return strategy
+
+    return wrap
+
+
+class UnknownStrategyError(UserError):
+    """A retrieval mode that no strategy is registered under."""
 
 
 @dataclass
@@ -100,6 +141,11 @@ class Retriever:
     ) -> None:
         if p < 1:
             raise ValueError("p must be at least 1")
+        if mode not in STRATEGIES:
+            raise UnknownStrategyError(
+                f"unknown retrieval mode {mode!r}",
+                f"registered: {', '.join(sorted(STRATEGIES))}",
+            )
         self.store = store
         self.p = p
         self.mode = mode
@@ -114,29 +160,7 @@ class Retriever:
         self, task: Task, label: LabelLike | None = None, model: str | None = None
     ) -> Retrieved:
         """Guidance for `task`; `label` is the querying model's classification of it."""
-        if self.mode == "none":
-            return Retrieved((), (), "none", "none")
-        if self.mode == "random":
-            index = self._index(task.domain, None, None)
-            pool = index.records
-            if self.participant_filter and model is not None:
-                mask = index.participant_mask(model)
-                pool = [r for r, keep in zip(pool, mask, strict=True) if keep]
-            rng = random.Random(f"{self.seed}:{task.id}")
-            chosen = rng.sample(pool, min(self.p, len(pool)))
-            return self._result(chosen, "domain")
-        if self.mode == "global_tfidf" or label is None:
-            return self._result(self._rank(task, (task.domain, None, None), model), "domain")
-        levels: list[tuple[Level, tuple[str, str | None, str | None]]] = [
-            ("subcategory", (task.domain, label.category, label.subcategory)),
-            ("category", (task.domain, label.category, None)),
-            ("domain", (task.domain, None, None)),
-        ]
-        for level, bucket in levels:
-            ranked = self._rank(task, bucket, model)
-            if ranked:
-                return self._result(ranked, level, label)
-        return self._result([], "domain", label)
+        return STRATEGIES[self.mode](self, task, label, model)
 
     def _index(self, domain: str, category: str | None, subcategory: str | None) -> _Index:
         key = (domain, category, subcategory)
@@ -164,9 +188,16 @@ class Retriever:
             self._indexes[key] = index
         return index
 
-    def _rank(
-        self, task: Task, bucket: tuple[str, str | None, str | None], model: str | None
-    ) -> list[MemoryRecord]:
+    def rank(
+        self,
+        task: Task,
+        bucket: tuple[str, str | None, str | None],
+        model: str | None,
+        level: Level,
+    ) -> list[Hit]:
+        """The top p records of one bucket (domain, category|None, subcategory|None) by
+        TF-IDF cosine to the task, ties broken by record id; the task's own record and
+        (with the participant filter) records of other models' pairs are left out."""
         index = self._index(*bucket)
         if not index.records:
             return []
@@ -188,7 +219,16 @@ class Retriever:
             kth = -np.partition(-scores[candidates], k - 1)[k - 1]
             candidates = candidates[scores[candidates] >= kth]
         order = np.lexsort((index.id_rank[candidates], -scores[candidates]))[:k]
-        return [index.records[i] for i in candidates[order]]
+        return [Hit(index.records[i], float(scores[i]), level) for i in candidates[order]]
+
+    def pool(self, task: Task, model: str | None) -> list[MemoryRecord]:
+        """Every record of the task's domain (participant filter applied)."""
+        index = self._index(task.domain, None, None)
+        records = index.records
+        if self.participant_filter and model is not None:
+            mask = index.participant_mask(model)
+            records = [r for r, keep in zip(records, mask, strict=True) if keep]
+        return records
 
     def _keep(self, index: _Index, task: Task, model: str | None) -> np.ndarray | None:
         """A mask of usable records, or None when all are usable.
@@ -206,11 +246,12 @@ class Retriever:
         mask[same] = False
         return mask
 
-    def _result(
-        self, records: list[MemoryRecord], level: Level, label: LabelLike | None = None
-    ) -> Retrieved:
-        guidance = tuple(Guidance(r.id, c.text()) for r in records for c in r.constraints)
-        ids = tuple(r.id for r in records)
+    def result(self, hits: list[Hit], level: Level, label: LabelLike | None = None) -> Retrieved:
+        """The `Retrieved` of these hits (counting their use when the retriever does)."""
+        guidance = tuple(
+            Guidance(h.record.id, c.text()) for h in hits for c in h.record.constraints
+        )
+        ids = tuple(h.record.id for h in hits)
         if ids and self.count_usage:
             self.store.count_retrieved(list(ids))
         return Retrieved(
@@ -220,4 +261,48 @@ class Retriever:
             mode=self.mode,
             category=label.category if label else None,
             subcategory=label.subcategory if label else None,
+            hits=tuple(hits),
         )
+
+
+@register_strategy("none")
+def _no_memory(
+    retriever: Retriever, task: Task, label: LabelLike | None, model: str | None
+) -> Retrieved:
+    return Retrieved((), (), "none", "none")
+
+
+@register_strategy("random")
+def _random_draw(
+    retriever: Retriever, task: Task, label: LabelLike | None, model: str | None
+) -> Retrieved:
+    pool = retriever.pool(task, model)
+    rng = random.Random(f"{retriever.seed}:{task.id}")
+    chosen = rng.sample(pool, min(retriever.p, len(pool)))
+    return retriever.result([Hit(r, 0.0, "domain") for r in chosen], "domain")
+
+
+@register_strategy("global_tfidf")
+def _global_tfidf(
+    retriever: Retriever, task: Task, label: LabelLike | None, model: str | None
+) -> Retrieved:
+    hits = retriever.rank(task, (task.domain, None, None), model, "domain")
+    return retriever.result(hits, "domain")
+
+
+@register_strategy("task_aware")
+def _task_aware(
+    retriever: Retriever, task: Task, label: LabelLike | None, model: str | None
+) -> Retrieved:
+    if label is None:  # no label: the whole domain, as global TF-IDF
+        return _global_tfidf(retriever, task, label, model)
+    levels: list[tuple[Level, tuple[str, str | None, str | None]]] = [
+        ("subcategory", (task.domain, label.category, label.subcategory)),
+        ("category", (task.domain, label.category, None)),
+        ("domain", (task.domain, None, None)),
+    ]
+    for level, bucket in levels:
+        hits = retriever.rank(task, bucket, model, level)
+        if hits:
+            return retriever.result(hits, level, label)
+    return retriever.result([], "domain", label)

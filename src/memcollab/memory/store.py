@@ -26,7 +26,9 @@ task_hash, model_pos, model_neg, pair_type, distiller, n_constraints, json, crea
 format_version; the constraints live inside `json`), indexed on (namespace, domain,
 category, subcategory, created_at, id) so one bucket is read in order straight from the
 index; `memory_retrievals` (record_id, retrieved); `memory_usage` (record_id, model, helped,
-harmed); `memory_meta` (the version counter and the schema version).
+harmed); `memory_flags` (the records withheld from retrieval, with the reason) and
+`memory_flag_history` (every flag and unflag); `memory_meta` (the version counter and the
+schema version). Schema 2 added the flag tables; opening a schema-1 store adds them.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ import time
 import typing
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,7 +54,7 @@ from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
 from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout of the store's tables; a store written by a newer layout is refused."""
 
 _DOMAINS: tuple[str, ...] = typing.get_args(MemoryRecord.model_fields["domain"].annotation)
@@ -71,6 +74,10 @@ class MemoryFormatError(UserError):
 
 class MemoryConnectionError(UserError):
     """A memory location that cannot be opened: a refused server, a bad path or URL."""
+
+
+class MemoryFlagError(UserError):
+    """A flag or unflag that cannot be made (no reason given)."""
 
 
 # --------------------------------------------------------------------------- interface
@@ -104,9 +111,12 @@ class MemoryStore(ABC):
         domain: str | None = None,
         category: str | None = None,
         subcategory: str | None = None,
+        *,
+        include_flagged: bool = False,
     ) -> list[MemoryRecord]:
         """The records of a namespace, optionally of one domain / category / subcategory,
-        ordered by (created_at, id). One full bucket is read through the bucket index."""
+        ordered by (created_at, id); flagged records only with `include_flagged`. One full
+        bucket is read through the bucket index."""
 
     @abstractmethod
     def buckets(
@@ -127,6 +137,29 @@ class MemoryStore(ABC):
     @abstractmethod
     def usage(self, record_id: str) -> dict[str, Any]:
         """`{"retrieved": n, "models": {model: {"helped": h, "harmed": m}}}` for one record."""
+
+    @abstractmethod
+    def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Withhold a record from retrieval, with a reason; False if it was already flagged.
+
+        Nothing is deleted: the record stays stored and exported, and every flag and
+        unflag is kept in its history (`flag_history`)."""
+
+    @abstractmethod
+    def unflag(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Serve a flagged record again; False if it was not flagged."""
+
+    @abstractmethod
+    def flagged(self, namespace: str | None = None) -> dict[str, str]:
+        """Flagged record id -> the reason of its flag (of one namespace, or all)."""
+
+    @abstractmethod
+    def flag_history(self, record_id: str) -> list[dict[str, Any]]:
+        """Every flag and unflag of a record, oldest first: action, reason, actor, at."""
+
+    @abstractmethod
+    def namespaces(self) -> dict[str, int]:
+        """Namespace -> record count, for every namespace that holds a record."""
 
     @abstractmethod
     def stats(self, namespace: str = "default") -> dict[str, Any]:
@@ -235,33 +268,86 @@ def read_jsonl(path: str | Path) -> list[MemoryRecord]:
     return records
 
 
-def open_memory(location: str | Path) -> MemoryStore:
-    """Open (creating if needed) the memory at a location.
+Opener = Callable[[str, bool], "MemoryStore"]
+"""Opens the store at a location (the URL as given) ; the flag says whether to create it."""
+BACKENDS: dict[str, Opener] = {}
+_BACKEND_ENTRY_POINTS = "memcollab.memory_backends"
+
+
+def register_backend(*schemes: str) -> Callable[[Opener], Opener]:
+    """Register the opener of a memory backend for URL schemes (`scheme://...`).
+
+    A backend in another package registers through the entry point group
+    `memcollab.memory_backends` (name = scheme, value = the opener), loaded on first use.
+    """
+
+    def wrap(opener: Opener) -> Opener:
+        for scheme in schemes:
+            BACKENDS[scheme] = opener
+        return opener
+
+    return wrap
+
+
+def _backend(scheme: str) -> Opener | None:
+    if scheme not in BACKENDS:
+        for entry in entry_points(group=_BACKEND_ENTRY_POINTS, name=scheme):
+            try:
+                BACKENDS[scheme] = entry.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is one message
+                raise MemoryConnectionError(
+                    f"the memory backend {entry.value!r} for {scheme}:// cannot be loaded: {exc}"
+                ) from None
+    return BACKENDS.get(scheme)
+
+
+def open_memory(location: str | Path, *, create: bool = True) -> MemoryStore:
+    """Open (creating if needed, unless `create=False`) the memory at a location.
 
     * a path, or `sqlite:///relative/path` / `sqlite:////absolute/path` (SQLAlchemy's
       convention) -> `SQLiteMemory`;
     * `postgresql://user:password@host:port/dbname` (or `postgres://`) -> `PostgresMemory`.
-      libpq parameters in the query string apply, e.g. `?options=-csearch_path%3Dmyschema`.
+      libpq parameters in the query string apply, e.g. `?options=-csearch_path%3Dmyschema`;
+    * `scheme://...` of any registered backend (`register_backend`).
     """
-    if isinstance(location, Path):
-        return SQLiteMemory(location)
     text = str(location).strip()
-    if text.startswith(("postgresql://", "postgres://")):
-        return PostgresMemory(text)
-    if text.startswith("sqlite://"):
-        rest = text[len("sqlite://") :]
-        if not rest.startswith("/") or len(rest) == 1:
-            raise MemoryConnectionError(
-                f"cannot read the SQLite URL {text!r}",
-                "write sqlite:///relative/path.sqlite or sqlite:////absolute/path.sqlite",
-            )
-        return SQLiteMemory(rest[1:])
-    if "://" in text:
+    scheme, sep, _ = text.partition("://")
+    if isinstance(location, Path) or not sep:
+        return _open_sqlite(text, create)
+    opener = _backend(scheme)
+    if opener is None:
+        known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
         raise MemoryConnectionError(
             f"unsupported memory location {text!r}",
-            "give a file path, sqlite:///path, or postgresql://user:password@host:port/db",
+            f"give a file path or a URL of a known backend ({known})",
         )
-    return SQLiteMemory(text)
+    return opener(text, create)
+
+
+def _open_sqlite(path: str, create: bool) -> MemoryStore:
+    if not create and path not in ("", ":memory:") and not Path(path).is_file():
+        raise MemoryConnectionError(
+            f"no memory at {path}",
+            "check the path (commands that only read a memory never create one)",
+        )
+    return SQLiteMemory(path)
+
+
+@register_backend("sqlite")
+def _open_sqlite_url(url: str, create: bool) -> MemoryStore:
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or len(rest) == 1:
+        raise MemoryConnectionError(
+            f"cannot read the SQLite URL {url!r}",
+            "write sqlite:///relative/path.sqlite or sqlite:////absolute/path.sqlite",
+        )
+    return _open_sqlite(rest[1:], create)
+
+
+@register_backend("postgresql", "postgres")
+def _open_postgres(url: str, create: bool) -> MemoryStore:
+    # A PostgreSQL memory is a database that exists; its tables are created on first use.
+    return PostgresMemory(url)
 
 
 # --------------------------------------------------------------------------- shared SQL
@@ -385,7 +471,7 @@ class _SQLMemory(MemoryStore):
         if not rows:
             raise MemoryNotFoundError(
                 f"the memory at {self.location} holds no record with id {record_id!r}",
-                "check the id; `records()` or an export lists what is stored",
+                "check the id; `memcollab memory list` shows the ids of a namespace",
             )
         return MemoryRecord.model_validate_json(rows[0][0])
 
@@ -418,8 +504,12 @@ class _SQLMemory(MemoryStore):
         domain: str | None = None,
         category: str | None = None,
         subcategory: str | None = None,
+        *,
+        include_flagged: bool = False,
     ) -> list[MemoryRecord]:
         where, params = self._where(namespace, domain, category, subcategory)
+        if not include_flagged:
+            where += " AND id NOT IN (SELECT record_id FROM memory_flags)"
         rows = self._query(
             f"SELECT json FROM memory_records WHERE {where} ORDER BY created_at, id", params
         )
@@ -492,6 +582,62 @@ class _SQLMemory(MemoryStore):
             "models": {m: {"helped": int(h), "harmed": int(x)} for m, h, x in sorted(models)},
         }
 
+    # -- flags
+    def _flag_event(self, record_id: str, action: str, reason: str, actor: str) -> bool:
+        if not reason.strip():
+            raise MemoryFlagError(f"{action} of {record_id!r} needs a reason")
+        now = time.time()
+        with self._write() as cur:
+            self._require(cur, [record_id])
+            if action == "flag":
+                cur.execute(
+                    self._sql(
+                        "INSERT INTO memory_flags (record_id, reason, actor, at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING"
+                    ),
+                    (record_id, reason, actor, now),
+                )
+            else:
+                cur.execute(self._sql("DELETE FROM memory_flags WHERE record_id = ?"), (record_id,))
+            if cur.rowcount < 1:
+                return False
+            cur.execute(
+                self._sql(
+                    "INSERT INTO memory_flag_history (record_id, action, reason, actor, at) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
+                (record_id, action, reason, actor, now),
+            )
+            cur.execute(self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'"))
+        return True
+
+    def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
+        return self._flag_event(record_id, "flag", reason, actor)
+
+    def unflag(self, record_id: str, reason: str, actor: str = "") -> bool:
+        return self._flag_event(record_id, "unflag", reason, actor)
+
+    def flagged(self, namespace: str | None = None) -> dict[str, str]:
+        statement = "SELECT f.record_id, f.reason FROM memory_flags f"
+        params: tuple[Any, ...] = ()
+        if namespace is not None:
+            statement += " JOIN memory_records r ON r.id = f.record_id WHERE r.namespace = ?"
+            params = (namespace,)
+        return dict(sorted(self._query(statement, params)))
+
+    def flag_history(self, record_id: str) -> list[dict[str, Any]]:
+        self.get(record_id)
+        rows = self._query(
+            "SELECT action, reason, actor, at FROM memory_flag_history WHERE record_id = ? "
+            "ORDER BY at, seq",
+            (record_id,),
+        )
+        return [{"action": a, "reason": r, "actor": w, "at": float(t)} for a, r, w, t in rows]
+
+    def namespaces(self) -> dict[str, int]:
+        rows = self._query("SELECT namespace, COUNT(*) FROM memory_records GROUP BY namespace")
+        return {ns: int(n) for ns, n in sorted(rows)}
+
     # -- summaries
     def stats(self, namespace: str = "default") -> dict[str, Any]:
         def grouped(columns: str) -> list[tuple[Any, ...]]:
@@ -542,7 +688,7 @@ class _SQLMemory(MemoryStore):
             )
 
 
-def _schema(text_type: str, real_type: str, int_type: str) -> list[str]:
+def _schema(text_type: str, real_type: str, int_type: str, serial: str) -> list[str]:
     return [
         f"""CREATE TABLE IF NOT EXISTS memory_records (
             id {text_type} PRIMARY KEY,
@@ -574,6 +720,22 @@ def _schema(text_type: str, real_type: str, int_type: str) -> list[str]:
             harmed {int_type} NOT NULL,
             PRIMARY KEY (record_id, model)
         )""",
+        f"""CREATE TABLE IF NOT EXISTS memory_flags (
+            record_id {text_type} PRIMARY KEY,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at {real_type} NOT NULL
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS memory_flag_history (
+            seq {serial},
+            record_id {text_type} NOT NULL,
+            action {text_type} NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at {real_type} NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS memory_flag_history_record ON memory_flag_history "
+        "(record_id, at)",
         f"""CREATE TABLE IF NOT EXISTS memory_meta (
             key TEXT PRIMARY KEY,
             value {int_type} NOT NULL
@@ -581,6 +743,10 @@ def _schema(text_type: str, real_type: str, int_type: str) -> list[str]:
         "INSERT INTO memory_meta (key, value) VALUES ('version', 0) ON CONFLICT (key) DO NOTHING",
         f"INSERT INTO memory_meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION}) "
         "ON CONFLICT (key) DO NOTHING",
+        # Schema 1 -> 2 added the flag tables above (created by the same statements); a
+        # version-1 memcollab would serve flagged records, so it must refuse this store.
+        f"UPDATE memory_meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version' "
+        f"AND value < {SCHEMA_VERSION}",
     ]
 
 
@@ -633,7 +799,9 @@ class SQLiteMemory(_SQLMemory):
                 conn = self._conn()
                 conn.execute("PRAGMA journal_mode=WAL")
                 with self._write() as cur:
-                    for statement in _schema("TEXT", "REAL", "INTEGER"):
+                    for statement in _schema(
+                        "TEXT", "REAL", "INTEGER", "INTEGER PRIMARY KEY AUTOINCREMENT"
+                    ):
                         cur.execute(statement)
                 break
             except sqlite3.OperationalError as exc:
@@ -785,7 +953,9 @@ class PostgresMemory(_SQLMemory):
                 cur.execute(
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
                 )
-            for statement in _schema('TEXT COLLATE "C"', "DOUBLE PRECISION", "BIGINT"):
+            for statement in _schema(
+                'TEXT COLLATE "C"', "DOUBLE PRECISION", "BIGINT", "BIGSERIAL PRIMARY KEY"
+            ):
                 cur.execute(statement)
         self._check_schema_version()
 

@@ -1,0 +1,368 @@
+"""`memcollab distill`, `memcollab solve` and `memcollab memory ...`: build, use and
+inspect a MemCollab memory, all through `memcollab.memory.Memory`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from memcollab.agent import fleet_agent
+from memcollab.cli_common import (
+    CacheOption,
+    FleetOption,
+    NoCacheOption,
+    check_domain,
+    console,
+    load_tasks_or_fail,
+    make_gateway,
+)
+from memcollab.collect import TrajectoryStore
+from memcollab.errors import UserError
+from memcollab.llm.fleet import Fleet
+from memcollab.tasks.task import Task
+
+memory_app = typer.Typer(no_args_is_help=True, help="Inspect and move MemCollab memories.")
+MemoryArg = Annotated[str, typer.Argument(help="Memory: a SQLite path or a postgresql:// URL.")]
+TaxonomyOption = Annotated[
+    list[str] | None,
+    typer.Option("--taxonomy", help="DOMAIN=FILE: your own taxonomy TOML (repeatable)."),
+]
+
+
+def _taxonomies(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        domain, sep, path = item.partition("=")
+        if not sep or domain not in ("math", "code") or not path:
+            raise UserError(f"bad --taxonomy {item!r}", "write --taxonomy math=FILE or code=FILE")
+        out[domain] = path
+    return out
+
+
+MemoryOption = Annotated[
+    str, typer.Option("--memory", help="Memory: a SQLite path or a postgresql:// URL.")
+]
+
+
+def distill_command(
+    runs: Annotated[Path, typer.Option("--runs", help="Runs folder written by `collect`.")],
+    memory: MemoryOption,
+    fleet: FleetOption = None,
+    distiller: Annotated[
+        str | None, typer.Option(help="Distiller model (default: the strongest of the fleet).")
+    ] = None,
+    namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
+    max_constraints: Annotated[int, typer.Option("--k", min=1, help="Constraints per pair.")] = 3,
+    tie_break: Annotated[
+        bool, typer.Option("--tie-break", help="Pair all-right / all-wrong tasks too (counted).")
+    ] = False,
+    taxonomy: TaxonomyOption = None,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Build memory from collected trajectories: pair, classify, distil (resumable)."""
+    from memcollab.memory import DomainClassifier, Memory, PairingRule
+    from memcollab.memory.distill import Distiller
+
+    loaded = Fleet.load(fleet)
+    store = TrajectoryStore.open_existing(runs)
+    trajectories = [t for t in store if t.condition == "vanilla"]
+    if not trajectories:
+        raise UserError(f"{runs} holds no vanilla trajectories", "run `memcollab collect` first")
+    tasks = store.tasks()
+    if not tasks:
+        raise UserError(
+            f"{runs} does not record its tasks (collected by an older memcollab)",
+            "collect it again with this version: the call cache makes that cheap",
+        )
+    models = sorted({t.model for t in trajectories})
+    strengths = {m: loaded.spec(m).strength for m in models}
+    name = distiller or loaded.strongest()
+    gateway = make_gateway(cache, no_cache)
+    client = gateway.bind(loaded.model(name))
+    classifier = DomainClassifier(client, _taxonomies(taxonomy))
+    pairing = PairingRule("contrastive", tie_break=tie_break)
+    pairs = Memory.pairs(trajectories, pairing, strengths)
+    console.print(
+        f"{len(trajectories)} trajectories of {len(models)} models on {len(tasks)}"
+        f" tasks -> {len(pairs.pairs)} pairs; distiller {name}"
+    )
+    with (
+        Memory.open(memory) as mem,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress,
+    ):
+        bar = progress.add_task("distilling", total=len(pairs.pairs))
+        summary = mem.build(
+            trajectories,
+            tasks,
+            distiller=Distiller(client, max_constraints=max_constraints),
+            labeller=classifier,
+            pairing=pairing,
+            strengths=strengths,
+            namespace=namespace,
+            on_event=lambda event: progress.advance(bar),
+        )
+        total = mem.stats(namespace)["records"]
+    table = Table(title=f"Memory built into {memory}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    pairing = summary.pairing
+    for key in ("tasks", "pairs", "mixed", "all_right", "all_wrong", "tie_breaks_used"):
+        table.add_row(key.replace("_", " "), str(pairing.get(key, 0)))
+    for key, value in summary.distill.items():
+        if isinstance(value, dict):
+            for reason, count in value.items():
+                table.add_row(f"distill {key}: {reason}", str(count))
+        else:
+            table.add_row(f"distill {key.replace('_', ' ')}", str(value))
+    table.add_row("records added", str(summary.records_added))
+    table.add_row("records already there", str(summary.records_existing))
+    table.add_row("records in namespace", str(total))
+    console.print(table)
+    (runs / "distill_summary.json").write_text(
+        json.dumps({"memory": memory, "distiller": name, **summary.as_dict()}, indent=2) + "\n"
+    )
+
+
+def solve_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Fleet model that solves it.")],
+    text: Annotated[str | None, typer.Argument(help="The task text (or use --task).")] = None,
+    task_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="Take the first task of a dataset spec instead, e.g. gsm8k:test[0:1];"
+            " its answer is then checked.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", envvar="MEMCOLLAB_DATA_DIR", help="Folder holding gsm8k/, math/, mbpp/."
+        ),
+    ] = None,
+    memory: Annotated[
+        str | None,
+        typer.Option("--memory", help="Memory to retrieve from (none: solve without memory)."),
+    ] = None,
+    domain: Annotated[str, typer.Option(help="math or code.")] = "math",
+    fleet: FleetOption = None,
+    p: Annotated[int, typer.Option("--p", min=1, help="Records to retrieve.")] = 3,
+    namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
+    max_turns: Annotated[int, typer.Option(min=1)] = 5,
+    max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    participant_filter: Annotated[
+        bool,
+        typer.Option(
+            "--participant-filter", help="Only records whose pair involved this model (v2)."
+        ),
+    ] = False,
+    taxonomy: TaxonomyOption = None,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Solve one task, retrieving guidance from memory; show the constraints it used."""
+    from memcollab.memory import DomainClassifier, Memory
+
+    check_domain(domain)
+    loaded = Fleet.load(fleet)
+    loaded.spec(model)
+    agent = fleet_agent(
+        loaded, make_gateway(cache, no_cache), model, max_turns=max_turns, max_tokens=max_tokens
+    )
+    if (text is None) == (task_spec is None):
+        raise UserError("give the task text or --task SPEC (one of them)")
+    if task_spec is not None:
+        task = load_tasks_or_fail([task_spec], data_dir, 0)[0]
+    else:
+        task = Task(id="cli/solve", domain=domain, prompt=text or "")  # type: ignore[arg-type]
+    guidance: tuple = ()
+    if memory is not None:
+        label = DomainClassifier(agent.client, _taxonomies(taxonomy)).classify(task)
+        with Memory.open(memory, create=False) as mem:
+            got = mem.search(
+                task,
+                model=model,
+                label=label,
+                namespace=namespace,
+                p=p,
+                participant_filter=participant_filter,
+            )
+        guidance = got.guidance
+        console.print(
+            f"[bold]label[/bold] {label.category} / {label.subcategory}"
+            f" ({label.source}); retrieved at level [bold]{got.level}[/bold]:"
+            f" {len(got.record_ids)} records, {len(guidance)} constraints"
+        )
+        for g in guidance:
+            console.print(f"  {g.record_id} {g.text}", markup=False, highlight=False)
+    with console.status(f"{model} is solving..."):
+        trajectory = agent.solve(task, guidance, condition="memcollab" if memory else "vanilla")
+    console.rule(f"{model}: {trajectory.turns} turn(s), {trajectory.finish}")
+    console.print(
+        trajectory.steps[-1].reply.strip() if trajectory.steps else "(no reply)", markup=False
+    )
+    if task_spec is not None:
+        verdict = "[green]correct[/green]" if trajectory.correct else "[red]wrong[/red]"
+        console.print(f"{task.id}: {verdict} (reference {escape(str(task.answer))})")
+
+
+@memory_app.command("export")
+def memory_export(
+    memory: MemoryArg,
+    out: Annotated[Path, typer.Argument(help="JSONL file.")],
+    namespace: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Write a memory's records as JSONL (the portable format)."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        count = mem.export(out, namespace)
+    console.print(f"exported {count} records to {out}")
+
+
+@memory_app.command("import")
+def memory_import(
+    memory: MemoryArg, source: Annotated[Path, typer.Argument(help="JSONL file.")]
+) -> None:
+    """Add the records of a JSONL export (records already there are skipped)."""
+    from memcollab.memory.store import open_memory
+
+    if not source.is_file():
+        raise UserError(f"memory file not found: {source}")
+    with open_memory(memory) as mem:
+        added, skipped = mem.import_jsonl(source)
+    console.print(f"imported {added} records, skipped {skipped} already present")
+
+
+@memory_app.command("stats")
+def memory_stats(
+    memory: MemoryArg,
+    namespace: Annotated[
+        str | None, typer.Option(help="One namespace (default: list every namespace).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Records and constraints per category and per source model pair."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        if namespace is None:
+            counts = mem.namespaces()
+            if as_json:
+                console.print_json(json.dumps({"namespaces": counts}))
+                return
+            table = Table("namespace", "records", title=f"Namespaces of {memory}")
+            for ns, n in counts.items():
+                table.add_row(ns, str(n))
+            console.print(table if counts else f"{memory} holds no records")
+            if counts:
+                console.print("--namespace NS shows one namespace in detail")
+            return
+        stats = mem.stats(namespace)
+        flagged = len(mem.flagged(namespace))
+    if as_json:
+        console.print_json(json.dumps({**stats, "flagged": flagged}))
+        return
+    console.print(
+        f"{stats['records']} records ({flagged} flagged), {stats['constraints']} constraints"
+        f" in namespace {namespace!r}"
+    )
+    for key in ("buckets", "pairs"):
+        rows = stats.get(key) or []
+        if not rows:
+            continue
+        table = Table(title=key)
+        for col in rows[0]:
+            table.add_column(str(col))
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        console.print(table)
+    for key in ("pair_types", "distillers"):
+        console.print(f"{key}: {json.dumps(stats.get(key, {}))}")
+
+
+@memory_app.command("list")
+def memory_list(
+    memory: MemoryArg,
+    namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
+    domain: Annotated[str | None, typer.Option(help="Only this domain.")] = None,
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    flagged: Annotated[
+        bool, typer.Option("--flagged", help="Include flagged records (marked).")
+    ] = False,
+) -> None:
+    """One line per record: id, bucket, first constraint."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        records = mem.list(namespace, domain=domain, category=category, include_flagged=flagged)
+        marks = mem.flagged(namespace) if flagged else {}
+    for r in records:
+        first = r.constraints[0].text() if r.constraints else ""
+        mark = " [flagged]" if r.id in marks else ""
+        console.print(
+            f"{r.id}{mark}  {r.domain}/{r.category}/{r.subcategory}  {first[:100]}",
+            markup=False,
+            highlight=False,
+        )
+    console.print(f"{len(records)} records in namespace {namespace!r}")
+
+
+@memory_app.command("flag")
+def memory_flag(
+    memory: MemoryArg,
+    record_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")],
+    undo: Annotated[bool, typer.Option("--undo", help="Lift the flag instead.")] = False,
+) -> None:
+    """Withhold a record from retrieval (or serve it again with --undo); never deletes."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        changed = (mem.unflag if undo else mem.flag)(record_id, reason, actor="cli")
+    state = "serves" if undo else "withholds"
+    note = "" if changed else " (it already did)"
+    console.print(f"{memory} {state} {record_id}{note}")
+
+
+@memory_app.command("show")
+def memory_show(memory: MemoryArg, record_id: Annotated[str, typer.Argument()]) -> None:
+    """One record: its task, label, source models, constraints, usage and flags."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        record = mem.get(record_id)
+        usage = mem.usage(record_id)
+        history = mem.history(record_id)
+    console.print(
+        f"[bold]{record.id}[/bold] {record.domain} / {record.category} /"
+        f" {record.subcategory}  ({record.pair_type}: + {record.model_pos},"
+        f" - {record.model_neg}; distiller {record.distiller}; namespace {record.namespace})"
+    )
+    console.print(f"[dim]task {record.source_task_id}:[/dim] {escape(record.task_text[:500])}")
+    for c in record.constraints:
+        console.print(f"  - {escape(c.text())}")
+    console.print(f"[dim]usage: {json.dumps(usage)}[/dim]")
+    for event in history:
+        console.print(f"[dim]{event['action']}: {escape(event['reason'])}[/dim]")

@@ -1,0 +1,236 @@
+"""`Memory`: the one public way to open, build, search and change a MemCollab memory.
+
+The CLI, the experiment runner, the demo and every later surface (service, proxy, MCP)
+use this class; what it wraps (stores, pairing rules, the build, retrieval strategies)
+stays replaceable behind it:
+
+    with Memory.open("mem.sqlite") as memory:            # or postgresql://...
+        summary = memory.build(trajectories, tasks, distiller=..., labeller=...,
+                               pairing="contrastive", strengths=fleet_strengths)
+        found = memory.search(task, model="qwen", labeller=classifier)
+        for hit in found.hits:
+            print(hit.record.id, hit.score, hit.level)
+
+Retrievers (and their per-bucket TF-IDF indexes) are kept per setting, so repeated
+searches with one setting rank against an index built once per store version.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from memcollab.memory.build import BuildEvent, BuildSummary, build_memory
+from memcollab.memory.distill import Distiller
+from memcollab.memory.guidance import Labeller, LabelLike
+from memcollab.memory.pairs import PairingResult, PairingRule, pair_by_rule
+from memcollab.memory.record import MemoryRecord
+from memcollab.memory.retrieve import Mode, Retrieved, Retriever
+from memcollab.memory.store import MemoryStore, open_memory
+from memcollab.tasks.task import Task
+from memcollab.trajectory import Trajectory
+
+RetrieverKey = tuple[str, int, str, bool, int, bool]
+
+
+class Memory:
+    """A MemCollab memory: records of distilled constraints filed by task category."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self._retrievers: dict[RetrieverKey, Retriever] = {}
+        self._lock = threading.Lock()
+
+    # -- opening
+    @classmethod
+    def open(cls, location: str | Path, *, create: bool = True) -> Memory:
+        """Open the memory at a SQLite path or a URL (`postgresql://...`, `sqlite:///...`,
+        or any scheme a backend registered). With `create=False` a memory that does not
+        exist yet is refused instead of created (for commands that only read)."""
+        return cls(open_memory(location, create=create))
+
+    @property
+    def location(self) -> str:
+        """Where the memory lives (a path, or a URL without its password)."""
+        return self.store.location
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        self.store.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- building
+    @staticmethod
+    def pairs(
+        trajectories: Iterable[Trajectory],
+        pairing: PairingRule | str = "contrastive",
+        strengths: Mapping[str, int] | None = None,
+    ) -> PairingResult:
+        """The pairs a build with this rule would distil (nothing is called or written)."""
+        return pair_by_rule(trajectories, pairing, strengths)
+
+    def build(
+        self,
+        trajectories: Iterable[Trajectory],
+        tasks: Mapping[str, Task],
+        *,
+        distiller: Distiller,
+        labeller: Labeller,
+        pairing: PairingRule | str = "contrastive",
+        strengths: Mapping[str, int] | None = None,
+        namespace: str = "default",
+        workers: int = 1,
+        recount_existing: bool = False,
+        on_event: Callable[[BuildEvent], None] | None = None,
+    ) -> BuildSummary:
+        """Pair the trajectories by `pairing`, then label and distil every pair into records
+        of `namespace`. Resumable: pairs already stored are skipped (record ids are
+        deterministic), and their model calls come from the call cache when re-asked."""
+        pairs = pair_by_rule(trajectories, pairing, strengths)
+        return build_memory(
+            pairs,
+            tasks,
+            self.store,
+            distiller,
+            labeller,
+            namespace=namespace,
+            workers=workers,
+            recount_existing=recount_existing,
+            on_event=on_event,
+        )
+
+    # -- searching
+    def retriever(
+        self,
+        namespace: str = "default",
+        *,
+        p: int = 3,
+        strategy: Mode = "task_aware",
+        participant_filter: bool = False,
+        seed: int = 0,
+        count_usage: bool = True,
+    ) -> Retriever:
+        """The retriever of one setting (made once, then shared: thread-safe)."""
+        key = (namespace, p, strategy, participant_filter, seed, count_usage)
+        with self._lock:
+            retriever = self._retrievers.get(key)
+            if retriever is None:
+                retriever = Retriever(
+                    self.store,
+                    p=p,
+                    mode=strategy,
+                    namespace=namespace,
+                    participant_filter=participant_filter,
+                    seed=seed,
+                    count_usage=count_usage,
+                )
+                self._retrievers[key] = retriever
+            return retriever
+
+    def search(
+        self,
+        task: Task,
+        *,
+        model: str | None = None,
+        label: LabelLike | None = None,
+        labeller: Labeller | None = None,
+        namespace: str = "default",
+        p: int = 3,
+        strategy: Mode = "task_aware",
+        participant_filter: bool = False,
+        seed: int = 0,
+        count_usage: bool = True,
+    ) -> Retrieved:
+        """Constraints for `task` as `model` would get them: `hits` (record, score, back-off
+        level) and the guidance lines. The task is labelled by `label`, else by `labeller`
+        (task-aware strategies), else searched over its whole domain."""
+        if label is None and labeller is not None and strategy == "task_aware":
+            label = labeller.classify(task)
+        retriever = self.retriever(
+            namespace,
+            p=p,
+            strategy=strategy,
+            participant_filter=participant_filter,
+            seed=seed,
+            count_usage=count_usage,
+        )
+        return retriever.retrieve(task, label, model)
+
+    # -- records
+    def get(self, record_id: str) -> MemoryRecord:
+        """One record; MemoryNotFoundError when there is none."""
+        return self.store.get(record_id)
+
+    def list(
+        self,
+        namespace: str = "default",
+        *,
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+        include_flagged: bool = False,
+    ) -> list[MemoryRecord]:
+        """Records of a namespace, filtered, ordered by (created_at, id)."""
+        return self.store.records(
+            namespace, domain, category, subcategory, include_flagged=include_flagged
+        )
+
+    def add(self, record: MemoryRecord | Mapping[str, Any]) -> bool:
+        """Store one record (a mapping is validated as a `MemoryRecord` first); False when
+        its id is already stored."""
+        if not isinstance(record, MemoryRecord):
+            record = MemoryRecord.model_validate(record)
+        return self.store.add(record)
+
+    def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Withhold a record from retrieval (never a delete); False if already flagged."""
+        return self.store.flag(record_id, reason, actor)
+
+    def unflag(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Serve a flagged record again; False if it was not flagged."""
+        return self.store.unflag(record_id, reason, actor)
+
+    def flagged(self, namespace: str | None = None) -> dict[str, str]:
+        """Flagged record id -> reason."""
+        return self.store.flagged(namespace)
+
+    def history(self, record_id: str) -> list[dict[str, Any]]:
+        """Every flag and unflag of a record, oldest first."""
+        return self.store.flag_history(record_id)
+
+    def usage(self, record_id: str) -> dict[str, Any]:
+        """How often a record was retrieved, and per model how often it helped or harmed."""
+        return self.store.usage(record_id)
+
+    # -- moving and summaries
+    def export(self, path: str | Path, namespace: str | None = None) -> int:
+        """Write the records (of one namespace, or all) as JSONL; returns the count."""
+        return self.store.export_jsonl(path, namespace)
+
+    def import_(self, path: str | Path) -> tuple[int, int]:
+        """Add the records of a JSONL export, all or nothing; returns (added, skipped)."""
+        return self.store.import_jsonl(path)
+
+    def stats(self, namespace: str = "default") -> dict[str, Any]:
+        """Records and constraints in a namespace, per bucket, source pair and distiller."""
+        return self.store.stats(namespace)
+
+    def namespaces(self) -> dict[str, int]:
+        """Namespace -> record count."""
+        return self.store.namespaces()
+
+    def __repr__(self) -> str:
+        return f"Memory({self.location!r})"
