@@ -262,7 +262,7 @@ def _build_llamacpp(spec: ModelSpec) -> Model:
         path = packaged.ensure_ready(entry)
         # The registry knows whether the GGUF has a chat template, so a cached call never
         # has to load the weights just to learn the prompt mode.
-        known_format = "chat" if entry.chat else "completion"
+        known_format: Literal["chat", "completion"] = "chat" if entry.chat else "completion"
         return LlamaCppModel(
             spec.name,
             path,
