@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 
 from memcollab.errors import ConfigError, ModelNotFoundError
-from memcollab.llm.base import ChatRequest, user
-from memcollab.llm.fleet import Fleet
+from memcollab.llm import fleet as fleet_module
+from memcollab.llm.base import ChatRequest, Model, user
+from memcollab.llm.fleet import Fleet, ModelSpec, register_provider
 from memcollab.llm.scripted import ScriptedModel
 
 FLEET = """
@@ -150,4 +151,175 @@ engine = "simple"
 def test_bad_engine_settings_are_one_clear_error(tmp_path: Path, entry: str, message: str) -> None:
     text = f'[models.m]\nprovider = "llamacpp"\npath = "/x.gguf"\n{entry}\n'
     with pytest.raises(ConfigError, match=message):
+        Fleet.load(_write(tmp_path, text))
+
+
+# --- providers registered from outside the package ---------------------------------
+
+
+@pytest.fixture
+def providers(monkeypatch: pytest.MonkeyPatch) -> dict[str, fleet_module.Provider]:
+    """A private copy of the registry and no installed entry points, undone after the test."""
+    registry = dict(fleet_module.PROVIDERS)
+    monkeypatch.setattr(fleet_module, "PROVIDERS", registry)
+    monkeypatch.setattr(fleet_module, "_provider_entry_points", lambda: [])
+    return registry
+
+
+def _reply(model: Model) -> str:
+    return model.complete(ChatRequest(messages=(user("hi"),))).text
+
+
+def _check_greeting(spec: ModelSpec) -> None:
+    if spec.options.get("greeting") not in ("hello", "hi"):
+        raise ValueError("a greeter needs options.greeting = 'hello' or 'hi'")
+
+
+def test_registered_provider_checks_its_own_settings(
+    tmp_path: Path, providers: dict[str, fleet_module.Provider]
+) -> None:
+    @register_provider("greeter", validate=_check_greeting)
+    def build(spec: ModelSpec) -> Model:
+        return ScriptedModel([spec.options["greeting"]], name=spec.name, cycle=True)
+
+    good = '[models.g]\nprovider = "greeter"\n[models.g.options]\ngreeting = "hi"\n'
+    model = Fleet.load(_write(tmp_path, good)).model("g")
+    assert isinstance(model, ScriptedModel) and _reply(model) == "hi"
+    bad = '[models.g]\nprovider = "greeter"\n[models.g.options]\ngreeting = "yo"\n'
+    with pytest.raises(ConfigError, match=r"models\.g: a greeter needs options\.greeting"):
+        Fleet.load(_write(tmp_path, bad))
+
+
+def test_registrations_in_a_test_do_not_leak() -> None:
+    assert "greeter" not in fleet_module.PROVIDERS
+    assert set(fleet_module.PROVIDERS) == {"llamacpp", "openai", "scripted"}
+
+
+def test_dotted_path_provider_class(tmp_path: Path, providers: dict) -> None:
+    text = (
+        '[models.s]\nprovider = "tests.support.providers:ShoutProvider"\n'
+        '[models.s.options]\nword = "hey"\n'
+    )
+    assert _reply(Fleet.load(_write(tmp_path, text)).model("s")) == "HEY"
+    bad = '[models.s]\nprovider = "tests.support.providers:ShoutProvider"\n'
+    with pytest.raises(ConfigError, match="a shout model needs options.word"):
+        Fleet.load(_write(tmp_path, bad))
+    assert "tests.support.providers:ShoutProvider" not in providers
+
+
+def test_dotted_path_factory(tmp_path: Path, providers: dict) -> None:
+    text = '[models.e]\nprovider = "tests.support.providers:echo_factory"\n'
+    assert _reply(Fleet.load(_write(tmp_path, text)).model("e")) == "echo"
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        (
+            "tests.support.no_such_module:X",
+            "provider 'tests.support.no_such_module:X': cannot import"
+            " 'tests.support.no_such_module': ModuleNotFoundError",
+        ),
+        (
+            "tests.support.providers:Missing",
+            "provider 'tests.support.providers:Missing': 'tests.support.providers'"
+            " has no 'Missing'",
+        ),
+        (
+            "tests.support.providers:NOT_A_PROVIDER",
+            "'tests.support.providers:NOT_A_PROVIDER' is not a provider (got int)",
+        ),
+        ("tests.support.providers:", "a dotted provider is 'package.module:object'"),
+    ],
+)
+def test_bad_dotted_path_is_one_clear_error(
+    tmp_path: Path, providers: dict, provider: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Fleet.load(_write(tmp_path, f'[models.a]\nprovider = "{provider}"\n'))
+    assert message in str(info.value)
+    assert "models.a: provider: " in str(info.value)
+    assert "\n" not in str(info.value).strip()
+
+
+def test_factory_that_builds_no_model_is_one_clear_error(tmp_path: Path, providers: dict) -> None:
+    text = '[models.a]\nprovider = "tests.support.providers:not_a_model"\n'
+    fleet = Fleet.load(_write(tmp_path, text))
+    with pytest.raises(ConfigError, match="returned int for model 'a', not a Model"):
+        fleet.model("a")
+
+
+class _EntryPoint:
+    def __init__(self, name: str, value: str, target: object) -> None:
+        self.name, self.value, self._target = name, value, target
+        self.loads = 0
+
+    def load(self) -> object:
+        self.loads += 1
+        if isinstance(self._target, Exception):
+            raise self._target
+        return self._target
+
+
+def test_entry_point_provider_is_loaded_lazily_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, providers: dict
+) -> None:
+    from tests.support.providers import ShoutProvider
+
+    point = _EntryPoint("shout", "tests.support.providers:ShoutProvider", ShoutProvider)
+    broken = _EntryPoint("broken", "nowhere:X", ImportError("No module named 'nowhere'"))
+    monkeypatch.setattr(fleet_module, "_provider_entry_points", lambda: [broken, point])
+    Fleet.load(_write(tmp_path, FLEET))  # built-in providers never read entry points
+    assert point.loads == 0
+    text = '[models.s]\nprovider = "shout"\n[models.s.options]\nword = "ok"\n'
+    fleet = Fleet.load(_write(tmp_path, text))
+    assert _reply(fleet.model("s")) == "OK"
+    assert point.loads == 1 and broken.loads == 0  # loaded once, then registered
+    assert "shout" in providers
+    with pytest.raises(ConfigError, match="a shout model needs options.word"):
+        Fleet.load(_write(tmp_path, '[models.s]\nprovider = "shout"\n'))
+
+
+def test_entry_point_that_fails_to_import_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, providers: dict
+) -> None:
+    broken = _EntryPoint("broken", "nowhere:X", ImportError("No module named 'nowhere'"))
+    monkeypatch.setattr(fleet_module, "_provider_entry_points", lambda: [broken])
+    with pytest.raises(ConfigError) as info:
+        Fleet.load(_write(tmp_path, '[models.a]\nprovider = "broken"\n'))
+    text = str(info.value)
+    assert "models.a: provider: provider 'broken': entry point broken = 'nowhere:X'" in text
+    assert "failed to load: ImportError: No module named 'nowhere'" in text
+    assert "\n" not in text.strip()
+
+
+def test_unknown_provider_lists_known_ones_and_how_to_add_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, providers: dict
+) -> None:
+    point = _EntryPoint("shout", "tests.support.providers:ShoutProvider", object())
+    monkeypatch.setattr(fleet_module, "_provider_entry_points", lambda: [point])
+    with pytest.raises(ConfigError) as info:
+        Fleet.load(_write(tmp_path, '[models.a]\nprovider = "hf"\n'))
+    text = str(info.value)
+    assert (
+        "models.a: provider: unknown provider 'hf'; known: llamacpp, openai, scripted, shout"
+        in (text)
+    )
+    assert "@register_provider" in text and "memcollab.providers" in text
+    assert "package.module:object" in text
+    assert point.loads == 0
+
+
+def test_settings_check_that_crashes_is_one_clear_error(tmp_path: Path, providers: dict) -> None:
+    def check(spec: ModelSpec) -> None:
+        spec.options["missing"]
+
+    register_provider("fragile", validate=check)(lambda spec: ScriptedModel(["x"]))
+    with pytest.raises(ConfigError, match="settings check of provider 'fragile' failed: KeyError"):
+        Fleet.load(_write(tmp_path, '[models.a]\nprovider = "fragile"\n'))
+
+
+def test_builtin_providers_refuse_options(tmp_path: Path) -> None:
+    text = '[models.a]\nprovider = "scripted"\nresponses = ["x"]\n[models.a.options]\nk = 1\n'
+    with pytest.raises(ConfigError, match="a scripted model takes no `options`"):
         Fleet.load(_write(tmp_path, text))

@@ -12,7 +12,14 @@ from memcollab.llm.base import (
     user,
 )
 from memcollab.llm.cache import CallCache, Gateway, ModelClient, ModelStats
-from memcollab.llm.fleet import PROVIDERS, Fleet, ModelSpec, register_provider
+from memcollab.llm.fleet import (
+    PROVIDERS,
+    Fleet,
+    ModelSpec,
+    Provider,
+    find_provider,
+    register_provider,
+)
 from memcollab.llm.scripted import ScriptedModel
 
 __all__ = [
@@ -28,9 +35,11 @@ __all__ = [
     "ModelClient",
     "ModelSpec",
     "ModelStats",
+    "Provider",
     "ScriptedModel",
     "Usage",
     "assistant",
+    "find_provider",
     "register_provider",
     "system",
     "user",
