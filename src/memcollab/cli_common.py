@@ -74,10 +74,11 @@ def parse_since(value: str | None) -> float | None:
     return moment.timestamp()
 
 
-def make_gateway(cache: Path | None, no_cache: bool) -> Gateway:
+def make_gateway(cache: Path | None, no_cache: bool, *, replay_only: bool = False) -> Gateway:
+    """The gateway of a command: the call cache (default location unless given), or none."""
     if no_cache:
         return Gateway(None)
-    return Gateway(CallCache(cache or call_cache_path()))
+    return Gateway(CallCache(cache or call_cache_path()), replay_only=replay_only)
 
 
 def print_gateway_stats(gateway: Gateway) -> None:

@@ -96,6 +96,14 @@ def experiment_run(
     data_dir: DataDirOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
+    replay_only: Annotated[
+        bool,
+        typer.Option(
+            "--replay-only",
+            help="Answer every model call from the cache; a call it lacks stops the run"
+            " (checks that a recorded run replays exactly).",
+        ),
+    ] = False,
 ) -> None:
     """Build memories from training splits, evaluate every model x benchmark x condition."""
     from memcollab.experiment.config import load_experiment
@@ -105,7 +113,9 @@ def experiment_run(
         if p not in PHASES:
             raise UserError(f"unknown phase {p!r}", f"use one of: {', '.join(PHASES)}")
     config = load_experiment(file, data_dir)
-    gateway = make_gateway(cache, no_cache)
+    if replay_only and no_cache:
+        raise UserError("--replay-only needs the cache", "drop --no-cache")
+    gateway = make_gateway(cache, no_cache, replay_only=replay_only)
     experiment = Experiment(config, gateway)
     console.print(plan_table(experiment))
     if dry_run:

@@ -126,9 +126,9 @@ def distill_command(
     table = Table(title=f"Memory built into {memory}")
     table.add_column("what")
     table.add_column("count", justify="right")
-    pairing = summary.pairing
+    counts = summary.pairing
     for key in ("tasks", "pairs", "mixed", "all_right", "all_wrong", "tie_breaks_used"):
-        table.add_row(key.replace("_", " "), str(pairing.get(key, 0)))
+        table.add_row(key.replace("_", " "), str(counts.get(key, 0)))
     for key, value in summary.distill.items():
         if isinstance(value, dict):
             for reason, count in value.items():

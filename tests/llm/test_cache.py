@@ -196,3 +196,23 @@ def test_import_rejects_a_tampered_or_broken_file_whole(tmp_path: Path) -> None:
     with pytest.raises(CacheFormatError, match="does not exist"):
         target.import_jsonl(tmp_path / "missing.jsonl")
     assert len(target) == 0  # nothing of a bad file was imported
+
+
+def test_replay_only_gateway_answers_from_the_cache_and_refuses_a_miss(tmp_path: Path) -> None:
+    from memcollab.llm.base import ChatRequest, Message
+    from memcollab.llm.cache import CacheMissError, CallCache, Gateway
+    from memcollab.llm.scripted import ScriptedModel
+
+    cache = CallCache(tmp_path / "c.sqlite")
+    model = ScriptedModel(["recorded"], name="m")
+    asked = ChatRequest(messages=(Message(role="user", content="recorded question"),))
+    assert Gateway(cache).complete(model, asked).text == "recorded"
+    replay = Gateway(cache, replay_only=True)
+    assert replay.complete(model, asked).text == "recorded"
+    calls_before = len(model.requests)
+    new = ChatRequest(messages=(Message(role="user", content="a question never asked"),))
+    with pytest.raises(CacheMissError, match="holds no answer of m"):
+        replay.complete(model, new)
+    assert len(model.requests) == calls_before  # the model was never called
+    with pytest.raises(ValueError, match="needs a cache"):
+        Gateway(None, replay_only=True)

@@ -188,11 +188,22 @@ class ModelStats:
         return asdict(self)
 
 
-class Gateway:
-    """Routes model calls through the cache, the usage counters and the concurrency limits."""
+class CacheMissError(UserError):
+    """A replay-only gateway was asked a call its cache does not hold."""
 
-    def __init__(self, cache: CallCache | None = None) -> None:
+
+class Gateway:
+    """Routes model calls through the cache, the usage counters and the concurrency limits.
+
+    `replay_only`: every call must be answered by the cache, and a miss raises
+    CacheMissError instead of calling the model (to check that a committed run replays).
+    """
+
+    def __init__(self, cache: CallCache | None = None, *, replay_only: bool = False) -> None:
+        if replay_only and cache is None:
+            raise ValueError("a replay-only gateway needs a cache")
         self.cache = cache
+        self.replay_only = replay_only
         self._stats: dict[str, ModelStats] = {}
         self._limits: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
@@ -218,6 +229,11 @@ class Gateway:
         hit = self._lookup(model, key)
         if hit is not None:
             return hit
+        if self.replay_only:
+            raise CacheMissError(
+                f"the call cache holds no answer of {model.name} to a request (key {key[:16]})",
+                "the replayed run asked something the recorded run did not",
+            )
         with self._limit(model):
             # Another thread may have answered the same request while this one waited.
             hit = self._lookup(model, key)

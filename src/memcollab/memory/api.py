@@ -17,6 +17,7 @@ searches with one setting rank against an index built once per store version.
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -207,7 +208,7 @@ class Memory:
         """Flagged record id -> reason."""
         return self.store.flagged(namespace)
 
-    def history(self, record_id: str) -> list[dict[str, Any]]:
+    def history(self, record_id: str) -> builtins.list[dict[str, Any]]:
         """Every flag and unflag of a record, oldest first."""
         return self.store.flag_history(record_id)
 
