@@ -134,7 +134,7 @@ def test_name_patterns_set_the_ablation_fields() -> None:
         ("memcollab", {"q": 1}, "unknown field"),
         ("vanilla", {"p": 3}, "unknown field"),
         ("memcollab-p0", None, "p must be at least 1"),
-        ("memcollab", {"retrieval": "bm25"}, "retrieval must be"),
+        ("memcollab", {"retrieval": "bm25"}, "unknown retrieval 'bm25'"),
         ("self-contrast", {"samples": 1}, "samples >= 2"),
         ("self-contrast", {"temperature": 0.0}, "temperature > 0"),
     ],

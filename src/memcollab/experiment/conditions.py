@@ -26,7 +26,7 @@ from memcollab.experiment.config import ExperimentConfigError
 from memcollab.llm.fleet import strongest
 from memcollab.memory.guidance import Guidance, LabelLike
 from memcollab.memory.record import MemoryRecord, task_hash
-from memcollab.memory.retrieve import Mode, Retrieved, Retriever
+from memcollab.memory.retrieve import STRATEGIES, Mode, Retrieved, Retriever
 from memcollab.tasks.task import Task
 
 Note = dict[str, Any]
@@ -163,9 +163,10 @@ class _Retrieving(Condition):
     def __post_init__(self) -> None:
         if self.p < 1:
             raise ExperimentConfigError(f"condition {self.name}: p must be at least 1")
-        if self.retrieval not in ("task_aware", "global_tfidf"):
+        if self.retrieval not in STRATEGIES:
             raise ExperimentConfigError(
-                f"condition {self.name}: retrieval must be task_aware or global_tfidf"
+                f"condition {self.name}: unknown retrieval {self.retrieval!r}",
+                f"registered strategies: {', '.join(sorted(STRATEGIES))}",
             )
 
     @abstractmethod
