@@ -404,6 +404,9 @@ def test_import_rejects_malformed_lines(store: MemoryStore, tmp_path: Path) -> N
         store.import_jsonl(invalid)
     with pytest.raises(MemoryFormatError, match="does not exist"):
         store.import_jsonl(tmp_path / "absent.jsonl")
+    nested = _write_lines(tmp_path / "nested.jsonl", [good, "[" * 100_000])
+    with pytest.raises(MemoryFormatError, match=rf"{nested}:2: not valid JSON"):
+        store.import_jsonl(nested)
     assert store.records() == []  # a bad file imports nothing, not even its good lines
     assert store.import_jsonl(_write_lines(tmp_path / "ok.jsonl", [good, "  "])).added == 1
 

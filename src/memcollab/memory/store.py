@@ -259,6 +259,11 @@ def read_jsonl(path: str | Path) -> list[MemoryRecord]:
                 f"{where}: not valid JSON ({exc.msg} at column {exc.colno})",
                 "each line must be one memory record as written by export_jsonl",
             ) from None
+        except RecursionError:
+            raise MemoryFormatError(
+                f"{where}: not valid JSON (nested too deeply)",
+                "each line must be one memory record as written by export_jsonl",
+            ) from None
         if not isinstance(obj, dict):
             raise MemoryFormatError(
                 f"{where}: not a memory record (a JSON {type(obj).__name__}, not an object)",
