@@ -144,3 +144,55 @@ def test_trajectories_export_import_moves_a_run_to_another_machine(tmp_path: Pat
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task": 3}\n')
     assert_one_line_error(run_cli("trajectories", "import", str(there), str(bad)), "bad.jsonl:1")
+
+
+def test_memory_import_conflicts(tmp_path: Path) -> None:
+    from memcollab.memory.record import Constraint, MemoryRecord
+    from memcollab.memory.store import SQLiteMemory
+
+    def record(n: int, avoid: str = "mixing units") -> MemoryRecord:
+        return MemoryRecord(
+            id=f"rec-{n}",
+            domain="math",
+            category="algebra",
+            subcategory="linear",
+            task_text=f"Task {n}",
+            task_hash=f"hash-{n}",
+            source_task_id=f"toy/{n}",
+            constraints=(Constraint(when="units change", enforce="one unit", avoid=avoid),),
+            pair_type="mixed",
+            distiller="big",
+            created_at=1_700_000_000.0 + n,
+        )
+
+    memory = str(tmp_path / "memory.sqlite")
+    with SQLiteMemory(memory) as mem:
+        mem.add_many([record(1), record(2)])
+    source = tmp_path / "in.jsonl"
+    lines = [record(1), record(2, avoid="dropping units"), record(3)]
+    source.write_text("".join(r.model_dump_json() + "\n" for r in lines))
+
+    refused = run_cli("memory", "import", memory, str(source))
+    assert_one_line_error(refused, "rec-2", "1 conflicting record", "--on-conflict")
+    with SQLiteMemory(memory) as mem:
+        assert [r.id for r in mem.records()] == ["rec-1", "rec-2"]  # nothing written
+
+    skipped = run_cli("memory", "import", memory, str(source), "--on-conflict", "skip")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "imported 1 records" in skipped.stdout
+    assert "1 already present" in skipped.stdout
+    assert "1 conflicting" in skipped.stdout
+    with SQLiteMemory(memory) as mem:
+        assert mem.get("rec-2") == record(2)
+
+    replaced = run_cli("memory", "import", memory, str(source), "--on-conflict", "replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "imported 0 records" in replaced.stdout and "replaced 1" in replaced.stdout
+    with SQLiteMemory(memory) as mem:
+        assert mem.get("rec-2") == lines[1]
+
+    again = run_cli("memory", "import", memory, str(source))
+    assert again.returncode == 0, again.stderr
+    assert "imported 0 records, skipped 3 already present" in again.stdout
+    bad = run_cli("memory", "import", memory, str(source), "--on-conflict", "merge")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

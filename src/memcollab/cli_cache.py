@@ -35,7 +35,10 @@ def cache_import(
     sources: Annotated[list[Path], typer.Argument(help="JSONL files written by `cache export`.")],
     cache: CacheOption = None,
 ) -> None:
-    """Add the calls of export files (each file checked whole first; known keys skipped)."""
+    """Add the calls of export files, each file checked whole first (every line's key must
+    be its request's key and its answer must match the digest exports write; lines without
+    a digest, from older exports, are trusted input whose answers cannot be checked); keys
+    already stored are skipped."""
     store = CallCache(cache or call_cache_path())
     for source in sources:
         added, skipped = store.import_jsonl(source)

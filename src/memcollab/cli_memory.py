@@ -243,16 +243,38 @@ def memory_export(
 
 @memory_app.command("import")
 def memory_import(
-    memory: MemoryArg, source: Annotated[Path, typer.Argument(help="JSONL file.")]
+    memory: MemoryArg,
+    source: Annotated[Path, typer.Argument(help="JSONL file.")],
+    on_conflict: Annotated[
+        str,
+        typer.Option(
+            "--on-conflict",
+            help="An id already stored with different content: error (import nothing), "
+            "skip (keep the stored record) or replace (overwrite it).",
+        ),
+    ] = "error",
 ) -> None:
-    """Add the records of a JSONL export (records already there are skipped)."""
-    from memcollab.memory.store import open_memory
+    """Add the records of a JSONL export, all or nothing (records already there with the same
+    content are skipped; an id stored with different content is refused unless
+    --on-conflict says otherwise)."""
+    from memcollab.memory import Memory
+    from memcollab.memory.store import ON_CONFLICT
 
+    choice = next((c for c in ON_CONFLICT if c == on_conflict), None)
+    if choice is None:
+        raise typer.BadParameter(
+            f"{on_conflict!r} is not one of {', '.join(ON_CONFLICT)}", param_hint="--on-conflict"
+        )
     if not source.is_file():
         raise UserError(f"memory file not found: {source}")
-    with open_memory(memory) as mem:
-        added, skipped = mem.import_jsonl(source)
-    console.print(f"imported {added} records, skipped {skipped} already present")
+    with Memory.open(memory) as mem:
+        counts = mem.import_(source, on_conflict=choice)
+    message = f"imported {counts.added} records, skipped {counts.present} already present"
+    if counts.conflicts_skipped:
+        message += f", skipped {counts.conflicts_skipped} conflicting (kept the stored version)"
+    if counts.replaced:
+        message += f", replaced {counts.replaced} conflicting"
+    console.print(message)
 
 
 @memory_app.command("stats")

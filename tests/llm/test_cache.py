@@ -1,4 +1,6 @@
 import asyncio
+import gzip
+import json
 import multiprocessing
 import threading
 import time
@@ -195,6 +197,10 @@ def test_import_rejects_a_tampered_or_broken_file_whole(tmp_path: Path) -> None:
         target.import_jsonl(not_gzip)
     with pytest.raises(CacheFormatError, match="does not exist"):
         target.import_jsonl(tmp_path / "missing.jsonl")
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text(first + "\n" + "[" * 100_000 + "\n")
+    with pytest.raises(CacheFormatError, match=r"nested.jsonl:2: not a cached call"):
+        target.import_jsonl(nested)
     assert len(target) == 0  # nothing of a bad file was imported
 
 
@@ -216,3 +222,76 @@ def test_replay_only_gateway_answers_from_the_cache_and_refuses_a_miss(tmp_path:
     assert len(model.requests) == calls_before  # the model was never called
     with pytest.raises(ValueError, match="needs a cache"):
         Gateway(None, replay_only=True)
+
+
+def test_import_refuses_an_edited_answer(tmp_path: Path) -> None:
+    from memcollab.llm.cache import CacheFormatError
+
+    source, _ = _filled_cache(tmp_path / "a.sqlite", ["q1", "q2", "q3"])
+    good = tmp_path / "calls.jsonl"
+    source.export_jsonl(good)
+    rows = [json.loads(line) for line in good.read_text().splitlines()]
+    assert all(isinstance(row.get("completion_sha256"), str) for row in rows)
+    target = CallCache(tmp_path / "b.sqlite")
+
+    rows[1]["completion"]["text"] = "a different answer"
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(CacheFormatError, match=r"edited.jsonl:2: the answer is not the one"):
+        target.import_jsonl(edited)
+    assert len(target) == 0  # the whole file imports nothing
+
+    rows = [json.loads(line) for line in good.read_text().splitlines()]
+    rows[0]["completion"], rows[2]["completion"] = rows[2]["completion"], rows[0]["completion"]
+    swapped = tmp_path / "swapped.jsonl"
+    swapped.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(CacheFormatError, match=r"swapped.jsonl:1: the answer is not the one"):
+        target.import_jsonl(swapped)
+    assert len(target) == 0
+
+    # Key order and spacing do not matter: the digest is over the answer's content.
+    rows = [json.loads(line) for line in good.read_text().splitlines()]
+    reordered = tmp_path / "reordered.jsonl"
+    reordered.write_text(
+        "".join(
+            json.dumps(
+                {**row, "completion": dict(reversed(row["completion"].items()))}, indent=1
+            ).replace("\n", " ")
+            + "\n"
+            for row in rows
+        )
+    )
+    assert target.import_jsonl(reordered) == (3, 0)
+
+    rows[0]["completion_sha256"] = 42
+    wrong_type = tmp_path / "wrong_type.jsonl"
+    wrong_type.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(CacheFormatError, match=r"wrong_type.jsonl:1: "):
+        CallCache(tmp_path / "c.sqlite").import_jsonl(wrong_type)
+
+
+def test_old_exports_without_a_digest_still_import(tmp_path: Path) -> None:
+    source, _ = _filled_cache(tmp_path / "a.sqlite", ["q1", "q2"])
+    good = tmp_path / "calls.jsonl"
+    source.export_jsonl(good)
+    rows = [json.loads(line) for line in good.read_text().splitlines()]
+    for row in rows:
+        del row["completion_sha256"]
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    target = CallCache(tmp_path / "b.sqlite")
+    assert target.import_jsonl(old) == (2, 0)
+    assert Gateway(target).complete(ScriptedModel(["X"], name="m"), _ask("q1")).text == (
+        "answer to q1"
+    )
+
+
+def test_the_committed_calls_files_still_import(tmp_path: Path) -> None:
+    path = (
+        Path(__file__).resolve().parents[2]
+        / "benchmarks/results/paper/calls/20261202T040601.jsonl.gz"
+    )
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        lines = [line for line in fh if line.strip()]
+    assert lines and all("completion_sha256" not in json.loads(line) for line in lines)
+    assert CallCache(tmp_path / "b.sqlite").import_jsonl(path) == (len(lines), 0)

@@ -174,7 +174,8 @@ def test_export_and_import_round_trip(tmp_path: Path) -> None:
         a.add(_record(2))
         assert a.export(tmp_path / "m.jsonl") == 2
     with Memory.open(tmp_path / "b.sqlite") as b:
-        assert b.import_(tmp_path / "m.jsonl") == (2, 0)
+        counts = b.import_(tmp_path / "m.jsonl")
+        assert (counts.added, counts.present) == (2, 0)
         assert [r.id for r in b.list()] == ["r1", "r2"]
         assert b.stats()["records"] == 2
 

@@ -426,3 +426,104 @@ def test_ensure_reads_as_enforce() -> None:
         ("adding several amounts", "each amount is counted once"),
         ("converting units", "both sides use one unit"),
     ]
+
+
+# --------------------------------------------------------------------------- hostile output
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5000,
+        '{"constraints": ' + "[" * 3000,
+        "{" * 5000,
+        '{"a": ' * 3000,
+        "[" * 900 + "]" * 900,  # valid JSON, nested deeper than any constraint list
+        "[" * 5000 + "]" * 5000,
+    ],
+)
+def test_deeply_nested_output_is_malformed_not_a_crash(text: str) -> None:
+    d, model = distiller([text, text])
+    result = d.distill(MATH, math_pair())
+    assert (result.status, result.retries, len(model.requests)) == ("malformed", 1, 2)
+    stats = DistillStats()
+    stats.add(result)
+    assert stats.malformed == 1
+
+
+def test_deep_nesting_beside_a_good_constraint_keeps_the_good_one() -> None:
+    good = {"when": GOOD[0][0], "enforce": GOOD[0][1], "avoid": GOOD[0][2]}
+    text = "[" + json.dumps(good) + ", " + "[" * 500 + "]" * 500 + "]"
+    parsed = parse_constraints(text)
+    assert [c.when for c in parsed.candidates] == [GOOD[0][0]]
+    assert len(parsed.unusable) == 1
+
+
+# --------------------------------------------------------------------------- every item counted
+
+
+def test_unusable_items_only_is_malformed_and_repaired() -> None:
+    w, e, a = GOOD[0]
+    for text in (
+        json.dumps({"constraints": [{"avoid": a}]}),
+        json.dumps([{"avoid": a}, {"note": "x"}]),
+        json.dumps({"constraint": "no format at all here"}),
+        f"1. When {w}.\n2. When {GOOD[1][0]}.",
+    ):
+        d, model = distiller([text, line(w, e, a)])
+        result = d.distill(MATH, math_pair())
+        assert (result.status, result.retries, len(model.requests)) == ("ok", 1, 2), text
+        assert result.repaired
+
+        d, _ = distiller([text, text])
+        result = d.distill(MATH, math_pair())
+        n = len(parse_constraints(text).unusable)
+        assert n >= 1, text
+        assert (result.status, result.candidates, dict(result.rejected)) == (
+            "malformed",
+            n,
+            {"incomplete": n},
+        ), text
+
+
+def test_unusable_items_beside_good_ones_are_counted() -> None:
+    w, e, a = GOOD[0]
+    good = {"when": w, "enforce": e, "avoid": a}
+    for text, unusable in (
+        (json.dumps({"constraints": [good, {"avoid": "skipping checks"}]}), 1),
+        (json.dumps([good, "no constraint in this text", {"note": "x"}]), 2),
+        (f"1. {line(w, e, a)}\n2. When the numbers are large.", 1),
+    ):
+        d, _ = distiller([text])
+        result = d.distill(MATH, math_pair())
+        assert result.status == "ok" and len(result.constraints) == 1, text
+        assert result.candidates == 1 + unusable, text
+        assert dict(result.rejected) == {"incomplete": unusable}, text
+
+
+def test_counts_add_up() -> None:
+    stats = DistillStats()
+    w, e, a = GOOD[0]
+    replies = [
+        [f"1. {line(*GOOD[0])}\n2. When the numbers are large.\n3. {line(*GOOD[0])}"],
+        [json.dumps({"constraints": [{"avoid": a}]}), "still nothing"],
+        [json.dumps([{"when": w, "enforce": e}, {"avoid": a}])],
+        ["\n".join(line(*g) for g in GOOD)],
+        [line("the 48 clips", "halving", "doubling the amount")],
+        ["[]"],
+        ["x", "y"],
+    ]
+    for outputs in replies:
+        d, _ = distiller(outputs)
+        result = d.distill(MATH, math_pair())
+        assert result.candidates == len(result.constraints) + sum(result.rejected.values())
+        stats.add(result)
+    assert stats.candidates == stats.constraints + sum(stats.rejected.values())
+    assert stats.pairs == stats.ok + stats.empty + stats.all_rejected + stats.malformed
+
+
+def test_explicit_decline_stays_empty() -> None:
+    for text in ("[]", "NONE", '{"constraints": []}', '{"constraints": [], "note": "none"}'):
+        d, model = distiller([text])
+        result = d.distill(MATH, math_pair())
+        assert (result.status, result.retries, result.candidates) == ("empty", 0, 0), text

@@ -28,6 +28,8 @@ from memcollab.memory.record import (
     task_hash,
 )
 from memcollab.memory.store import (
+    ImportCounts,
+    MemoryConflictError,
     MemoryConnectionError,
     MemoryFormatError,
     MemoryNotFoundError,
@@ -361,7 +363,7 @@ def test_export_import_round_trip(
     assert len(first.read_text(encoding="utf-8").splitlines()) == 4
 
     target = stores.new(target_kind)
-    assert target.import_jsonl(first) == (4, 0)
+    assert target.import_jsonl(first) == ImportCounts(added=4)
     for namespace in ("default", "other"):
         assert target.records(namespace) == store.records(namespace)
         assert target.stats(namespace) == store.stats(namespace)
@@ -373,7 +375,7 @@ def test_export_import_round_trip(
     assert second.read_bytes() == first.read_bytes()
 
     version = target.version()
-    assert target.import_jsonl(first) == (0, 4)
+    assert target.import_jsonl(first) == ImportCounts(present=4)
     assert len(target.records()) + len(target.records("other")) == 4
     assert target.version() == version
 
@@ -402,8 +404,110 @@ def test_import_rejects_malformed_lines(store: MemoryStore, tmp_path: Path) -> N
         store.import_jsonl(invalid)
     with pytest.raises(MemoryFormatError, match="does not exist"):
         store.import_jsonl(tmp_path / "absent.jsonl")
+    nested = _write_lines(tmp_path / "nested.jsonl", [good, "[" * 100_000])
+    with pytest.raises(MemoryFormatError, match=rf"{nested}:2: not valid JSON"):
+        store.import_jsonl(nested)
     assert store.records() == []  # a bad file imports nothing, not even its good lines
-    assert store.import_jsonl(_write_lines(tmp_path / "ok.jsonl", [good, "  "])) == (1, 0)
+    assert store.import_jsonl(_write_lines(tmp_path / "ok.jsonl", [good, "  "])).added == 1
+
+
+def _edited(record: MemoryRecord) -> MemoryRecord:
+    """The same id with different content."""
+    changed = Constraint(when="another case", enforce="another rule", avoid="another error")
+    return record.model_copy(update={"constraints": (changed,)})
+
+
+def _reordered(record: MemoryRecord) -> str:
+    """The record's JSON with its keys in reverse order: the same content."""
+    return json.dumps(dict(reversed(list(json.loads(record.model_dump_json()).items()))))
+
+
+def test_import_refuses_conflicting_content_by_default(store: MemoryStore, tmp_path: Path) -> None:
+    one, two, three = make(1), make(2), make(3)
+    store.add_many([one, two])
+    version = store.version()
+    path = _write_lines(
+        tmp_path / "in.jsonl",
+        [
+            make(4).model_dump_json(),  # new
+            _reordered(one),  # the same content, keys in another order: already present
+            _edited(two).model_dump_json(),  # conflict
+            _edited(three).model_dump_json(),  # new
+        ],
+    )
+    with pytest.raises(MemoryConflictError, match=rf"{two.id}.*1 conflicting record in all") as err:
+        store.import_jsonl(path)
+    assert isinstance(err.value, UserError)
+    assert "on_conflict" in str(err.value)
+    # all or nothing: not even the new records were added, and the version did not move
+    assert store.records() == [one, two] and store.version() == version
+
+    store.add(make(5))
+    version = store.version()
+    many = _write_lines(
+        tmp_path / "many.jsonl",
+        [make(5).model_dump_json(), _edited(make(5)).model_dump_json()]
+        + [_edited(r).model_dump_json() for r in (two, one)],
+    )
+    with pytest.raises(MemoryConflictError, match=rf"{make(5).id}.*3 conflicting records"):
+        store.import_jsonl(many)
+    assert store.version() == version
+
+
+def test_import_skips_or_replaces_conflicts_when_asked(store: MemoryStore, tmp_path: Path) -> None:
+    one, two = make(1), make(2)
+    store.add_many([one, two])
+    path = _write_lines(
+        tmp_path / "in.jsonl",
+        [make(3).model_dump_json(), _reordered(one), _edited(two).model_dump_json()],
+    )
+    version = store.version()
+    assert store.import_jsonl(path, on_conflict="skip") == ImportCounts(
+        added=1, present=1, conflicts_skipped=1
+    )
+    assert store.get(two.id) == two  # the stored version was kept
+    assert store.get(make(3).id) == make(3)
+    assert store.version() != version
+
+    version = store.version()
+    assert store.import_jsonl(path, on_conflict="skip") == ImportCounts(
+        present=2, conflicts_skipped=1
+    )
+    assert store.version() == version  # nothing written
+
+    assert store.import_jsonl(path, on_conflict="replace") == ImportCounts(present=2, replaced=1)
+    assert store.get(two.id) == _edited(two)
+    assert store.version() != version  # retrieval indexes must refresh
+    assert store.import_jsonl(path) == ImportCounts(present=3)  # now identical: no conflict
+    assert len(store.records()) == 3
+
+    with pytest.raises(ValueError, match="on_conflict"):
+        store.import_jsonl(path, on_conflict="overwrite")  # type: ignore[arg-type]
+
+
+def test_import_conflicts_inside_one_file(store: MemoryStore, tmp_path: Path) -> None:
+    one = make(1)
+    path = _write_lines(
+        tmp_path / "twice.jsonl", [one.model_dump_json(), _edited(one).model_dump_json()]
+    )
+    with pytest.raises(MemoryConflictError, match=one.id):
+        store.import_jsonl(path)
+    assert store.records() == []
+    assert store.import_jsonl(path, on_conflict="skip") == ImportCounts(
+        added=1, conflicts_skipped=1
+    )
+    assert store.get(one.id) == one
+    store2 = _write_lines(tmp_path / "same.jsonl", [one.model_dump_json(), _reordered(one)])
+    assert store.import_jsonl(store2) == ImportCounts(present=2)
+
+
+def test_import_replace_in_one_file_keeps_the_last(store: MemoryStore, tmp_path: Path) -> None:
+    one = make(1)
+    path = _write_lines(
+        tmp_path / "twice.jsonl", [one.model_dump_json(), _edited(one).model_dump_json()]
+    )
+    assert store.import_jsonl(path, on_conflict="replace") == ImportCounts(added=1, replaced=1)
+    assert store.records() == [_edited(one)]
 
 
 def test_import_refuses_a_newer_format(store: MemoryStore, tmp_path: Path) -> None:

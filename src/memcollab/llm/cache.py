@@ -11,6 +11,7 @@ tokens and time per model, and bounds how many calls share one resource.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import sqlite3
@@ -86,8 +87,9 @@ class CallCache:
 
         A path ending in `.gz` is gzip-compressed. Rows come in the order they were stored,
         one JSON object per line with the key, the model identity, the request, the
-        completion and the time it was stored; the file is written to a temporary name and
-        renamed into place.
+        completion, the time it was stored and `completion_sha256` (a digest of the key and
+        the completion, which `import_jsonl` checks); the file is written to a temporary
+        name and renamed into place.
         """
         path = Path(path)
         rows = self._conn().execute(
@@ -98,12 +100,14 @@ class CallCache:
         count = 0
         with replace_when_done(path) as tmp, open_text(tmp, "w", name=path) as fh:
             for key, identity, request_json, completion_json, created_at in rows:
+                completion = json.loads(completion_json)
                 row = {
                     "key": key,
                     "model_identity": identity,
                     "request": json.loads(request_json),
-                    "completion": json.loads(completion_json),
+                    "completion": completion,
                     "created_at": created_at,
+                    _DIGEST: completion_digest(key, completion),
                 }
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
@@ -112,10 +116,17 @@ class CallCache:
     def import_jsonl(self, path: str | Path) -> tuple[int, int]:
         """Add the calls of an `export_jsonl` file in one transaction; returns (added, skipped).
 
-        Every line is checked before anything is added: it must parse, and its key must be
-        the key of its own request and model identity (so a hand-edited or truncated file
-        cannot answer the wrong request). A bad line raises CacheFormatError naming the file
-        and line, and nothing is imported. Keys already stored are skipped.
+        Every line is checked before anything is added: it must parse, its key must be the
+        key of its own request and model identity (so a hand-edited or truncated file
+        cannot answer the wrong request), and its answer must match its `completion_sha256`
+        digest (so an answer edited after export, or moved to another line, is refused). A
+        bad line raises CacheFormatError naming the file and line, and nothing is imported.
+        Keys already stored are skipped.
+
+        Lines without a digest (files written by older versions, such as the committed
+        experiment's calls) are accepted: they are trusted input, whose answers cannot be
+        checked. The digest guards against edits and mix-ups, not against someone who
+        recomputes it.
         """
         rows = _read_calls(Path(path))
         conn = self._conn()
@@ -158,6 +169,16 @@ def _read_calls(path: Path) -> list[tuple[str, str, str, str, float]]:
     return rows
 
 
+_DIGEST = "completion_sha256"
+
+
+def completion_digest(key: str, completion: object) -> str:
+    """sha256 of a call's key and its completion as JSON (keys sorted, so the layout of
+    the line does not matter): what an export writes beside each call."""
+    canonical = json.dumps(completion, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(f"{key}\n{canonical}".encode()).hexdigest()
+
+
 def _parse_call(line: str, where: str) -> tuple[str, str, str, str, float]:
     try:
         row = json.loads(line)
@@ -165,11 +186,27 @@ def _parse_call(line: str, where: str) -> tuple[str, str, str, str, float]:
         request = ChatRequest.model_validate(row["request"])
         completion = Completion.model_validate(row["completion"])
         created_at = float(row["created_at"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError) as exc:
-        detail = str(exc).splitlines()[0]
+        digest = row.get(_DIGEST)
+    except (
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        ValidationError,
+        RecursionError,  # a line nested deeper than the JSON decoder goes
+    ) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CacheFormatError(f"{where}: not a cached call ({detail})") from None
     if not isinstance(identity, str) or key != request.cache_key(identity):
         raise CacheFormatError(f"{where}: the key is not the key of this request and model")
+    if digest is not None:
+        if not isinstance(digest, str):
+            raise CacheFormatError(f"{where}: {_DIGEST} is not a string")
+        if digest != completion_digest(key, row["completion"]):
+            raise CacheFormatError(
+                f"{where}: the answer is not the one exported ({_DIGEST} does not match)",
+                "the line was edited after export; export it again from its cache",
+            )
     return key, identity, request.model_dump_json(), completion.model_dump_json(), created_at
 
 

@@ -30,7 +30,7 @@ from memcollab.memory.guidance import Labeller, LabelLike
 from memcollab.memory.pairs import PairingResult, PairingRule, pair_by_rule
 from memcollab.memory.record import MemoryRecord
 from memcollab.memory.retrieve import Mode, Retrieved, Retriever
-from memcollab.memory.store import MemoryStore, open_memory
+from memcollab.memory.store import ImportCounts, MemoryStore, OnConflict, open_memory
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
@@ -221,9 +221,10 @@ class Memory:
         """Write the records (of one namespace, or all) as JSONL; returns the count."""
         return self.store.export_jsonl(path, namespace)
 
-    def import_(self, path: str | Path) -> tuple[int, int]:
-        """Add the records of a JSONL export, all or nothing; returns (added, skipped)."""
-        return self.store.import_jsonl(path)
+    def import_(self, path: str | Path, *, on_conflict: OnConflict = "error") -> ImportCounts:
+        """Add the records of a JSONL export, all or nothing. An id stored with other
+        content is a conflict: refused (`error`), kept (`skip`) or overwritten (`replace`)."""
+        return self.store.import_jsonl(path, on_conflict=on_conflict)
 
     def stats(self, namespace: str = "default") -> dict[str, Any]:
         """Records and constraints in a namespace, per bucket, source pair and distiller."""

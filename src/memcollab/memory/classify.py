@@ -108,6 +108,13 @@ def _first_line(text: str) -> str:
     return ""
 
 
+def _option_number(digits: str) -> int:
+    """The number a run of digits spells, or 0 (no option) when it is too long to be one:
+    int() refuses strings over 4300 digits, and a reply may hold any."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 9 else 0
+
+
 def parse_choice(reply: str, names: Sequence[str]) -> int | None:
     """The 0-based index of the option a reply chooses among `names`, or None if invalid."""
     text = reply.strip()
@@ -120,7 +127,7 @@ def parse_choice(reply: str, names: Sequence[str]) -> int | None:
     normalized = [normalize_name(n) for n in names]
     leading = _LEADING_NUMBER.match(line)
     if leading:
-        number = int(leading.group(1))
+        number = _option_number(leading.group(1))
         # The number alone, or followed by (the start of) that option's name: "3", "(3)",
         # "3. Geometry", "3. Geom" (cut off). Not "1 box holds 24 eggs" (an echoed example).
         rest = normalize_name(line[leading.end() :])
@@ -148,8 +155,8 @@ def parse_choice(reply: str, names: Sequence[str]) -> int | None:
     if found:
         return None
     numbers = _NUMBER.findall(text)
-    if len(numbers) == 1 and 1 <= int(numbers[0]) <= count:
-        return int(numbers[0]) - 1
+    if len(numbers) == 1 and 1 <= _option_number(numbers[0]) <= count:
+        return _option_number(numbers[0]) - 1
     return None
 
 

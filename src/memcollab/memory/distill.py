@@ -8,11 +8,17 @@ tests, checker details or model names. The prompt is kept under a character budg
 trajectories keep their end.
 
 Its output is parsed forgivingly (JSON array or object, or "When ..., enforce ...; avoid ..."
-lines, numbered or bulleted, inside markdown fences or not). An output with nothing
-parseable gets one repair request; if that fails too, the result is "malformed" and logged.
-Each parsed constraint is screened; a rejected one is counted by reason (`REJECT_REASONS`):
+lines, numbered or bulleted, inside markdown fences or not). An item in the constraint form
+(a "When ..." with an enforce or avoid part, or a JSON object with a when or enforce key) is
+a candidate; an item that is there but not in that form (a bare "When ..." line, an
+avoid-only object, a list entry that is no constraint, JSON nested past `_MAX_JSON_DEPTH`)
+is unusable, and counted as a rejected "incomplete" candidate. An output without one
+candidate gets one repair request (an explicit "no constraints", such as `[]` or "NONE", is
+an answer: status "empty"); if the repair has none either, the result is "malformed" and
+logged. No output, however long or deeply nested, raises. Each candidate is screened; a
+rejected one is counted by reason (`REJECT_REASONS`), so candidates = kept + rejected:
 
-* incomplete: a part (when / enforce / avoid) is missing or empty;
+* incomplete: a part (when / enforce / avoid) is missing or empty, or the item is unusable;
 * too_short: a part under 3 letters, or under 4 words in all; too_long: over 400 characters;
 * template: the prompt's format placeholders, or its example copied back whole or in part
   (a "when", "enforce" or "avoid" part word for word the example's);
@@ -76,6 +82,9 @@ _TOOL_CHARS = 400
 _TASK_SHARE = 0.3
 _MIN_TASK_CHARS = 300
 _REPAIR_ECHO_CHARS = 300
+# Constraints sit at most three levels deep ({"constraints": [{...}]}); deeper JSON is no
+# constraint list, and reading it by recursion could overflow the stack.
+_MAX_JSON_DEPTH = 8
 _MAX_CONSTRAINT_CHARS = 400
 _TRIVIAL_NUMBERS = frozenset({"0", "1", "2"})
 # Two constraints sharing this share of their distinct words say the same thing: small
@@ -97,8 +106,9 @@ def prompts() -> dict[str, Any]:
 class DistillResult:
     """What one distillation produced: the kept constraints, and why the others went.
 
-    `candidates` counts the constraints parsed (kept or rejected); `retries` the repair
-    requests sent; `raw_outputs` holds every model output, in order, for the log.
+    `candidates` counts the items of the last output read (kept or rejected, unusable ones
+    included: candidates = kept + the sum of `rejected`); `retries` the repair requests sent;
+    `raw_outputs` holds every model output, in order, for the log.
     """
 
     task_id: str
@@ -188,13 +198,16 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Parsed:
-    """What the parser read: the candidates, and whether the output said "no constraints"."""
+    """What the parser read: the candidates, whether the output said "no constraints", and
+    the items that were there but not in the constraint form (`unusable`, their text)."""
 
     candidates: tuple[Candidate, ...]
     explicit_empty: bool = False
+    unusable: tuple[str, ...] = ()
 
     @property
     def readable(self) -> bool:
+        """Whether the output answered: at least one candidate, or an explicit "none"."""
         return bool(self.candidates) or self.explicit_empty
 
 
@@ -264,6 +277,31 @@ def _parse_sentence(block: str) -> Candidate | None:
     return _candidate(m.group("when"), m.group("enforce"), m.group("avoid"))
 
 
+def _clip_item(text: str) -> str:
+    return _clip_head(" ".join(text.split()), 200)
+
+
+@dataclass
+class _Items:
+    """Candidates and unusable items, as one reading collects them."""
+
+    found: list[Candidate] = field(default_factory=list)
+    unusable: list[str] = field(default_factory=list)
+
+    def add_text(self, text: str, *, whole_is_item: bool) -> None:
+        """The items of free text: constraints, and "When ..." blocks that are not one (or,
+        with `whole_is_item`, the whole text when nothing in it is a constraint)."""
+        before = (len(self.found), len(self.unusable))
+        for block in _blocks(text):
+            c = _parse_sentence(block)
+            if c is not None:
+                self.found.append(c)
+            elif re.match(r"^\W*(?:when|whenever)\b", block, re.IGNORECASE):
+                self.unusable.append(_clip_item(block))
+        if whole_is_item and (len(self.found), len(self.unusable)) == before:
+            self.unusable.append(_clip_item(text))
+
+
 def _blocks(text: str) -> list[str]:
     """Split free text into items: one per bullet / number / "When" line; other lines
     continue the item before them."""
@@ -286,8 +324,11 @@ def _blocks(text: str) -> list[str]:
     return items
 
 
-def _from_json_value(value: Any) -> list[Candidate] | None:
-    """Candidates from decoded JSON, or None when the value has no recognisable shape."""
+def _from_json_value(value: Any, items: _Items, depth: int = 0) -> bool:
+    """Collect the items of decoded JSON into `items`; False (nothing collected) when the
+    value has no recognisable shape. Never recurses past `_MAX_JSON_DEPTH`."""
+    if depth > _MAX_JSON_DEPTH:
+        return False
     if isinstance(value, dict):
         lower = {str(k).lower(): v for k, v in value.items()}
         if any(k in lower for k in _KEYS["when"]) or any(k in lower for k in _KEYS["enforce"]):
@@ -295,24 +336,45 @@ def _from_json_value(value: Any) -> list[Candidate] | None:
                 part: next((lower[k] for k in keys if k in lower), "")
                 for part, keys in _KEYS.items()
             }
-            return [_candidate(parts["when"], parts["enforce"], parts["avoid"])]
+            items.found.append(_candidate(parts["when"], parts["enforce"], parts["avoid"]))
+            return True
         for k in ("constraint", "text", "rule"):
             if isinstance(lower.get(k), str):
                 found = _parse_sentence(lower[k])
-                return [found] if found else []
+                if found is not None:
+                    items.found.append(found)
+                else:
+                    items.unusable.append(_clip_item(lower[k]))
+                return True
         lists = [v for v in value.values() if isinstance(v, list)]
         if len(lists) == 1:
-            return _from_json_value(lists[0])
-        return None
+            return _from_json_value(lists[0], items, depth + 1)
+        return False
     if isinstance(value, list):
-        out: list[Candidate] = []
         for item in value:
             if isinstance(item, str):
-                out.extend(c for c in map(_parse_sentence, _blocks(item)) if c is not None)
-            else:
-                out.extend(_from_json_value(item) or [])
-        return out
-    return None
+                items.add_text(item, whole_is_item=True)
+            elif not _from_json_value(item, items, depth + 1):
+                items.unusable.append(_clip_item(_json_text(item)))
+        return True
+    return False
+
+
+def _json_text(value: Any) -> str:
+    """Decoded JSON as text again, for the log (an over-deep value as a short marker)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)[:200]
+    except (ValueError, RecursionError):
+        return "(deeply nested JSON)"
+
+
+def _loads(text: str) -> Any:
+    """`json.loads`, raising ValueError for input it cannot read, over-deep nesting included
+    (the decoder recurses once per level)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _try_json(text: str) -> Parsed | None:
@@ -324,35 +386,43 @@ def _try_json(text: str) -> Parsed | None:
     for span in spans:
         for attempt in (span, re.sub(r",\s*([\]}])", r"\1", span)):
             try:
-                value = json.loads(attempt)
+                value = _loads(attempt)
             except ValueError:
                 continue
-            found = _from_json_value(value)
-            if found is None:
+            items = _Items()
+            if not _from_json_value(value, items):
                 continue
-            empty = not found and (value == [] or isinstance(value, dict))
-            return Parsed(tuple(found), explicit_empty=empty)
+            empty = not items.found and not items.unusable
+            empty = empty and (value == [] or isinstance(value, dict))
+            return Parsed(tuple(items.found), explicit_empty=empty, unusable=tuple(items.unusable))
     loose = [_candidate(*m.group("when", "enforce", "avoid")) for m in _LOOSE_JSON.finditer(text)]
     return Parsed(tuple(loose)) if loose else None
 
 
 def parse_constraints(text: str) -> Parsed:
     """Read constraints from a model's output: JSON, or "When ..., enforce ...; avoid ..."
-    lines (numbered, bulleted, or "When: / Enforce: / Avoid:" labelled), fences or not."""
+    lines (numbered, bulleted, or "When: / Enforce: / Avoid:" labelled), fences or not.
+
+    Any text is read without raising; items that are there but not constraints are
+    returned as `unusable`."""
     body = _FENCE_LINE.sub("", text).strip()
     if not body:
         return Parsed(())
     if _EMPTY_REPLY.match(body):
         return Parsed((), explicit_empty=True)
-    if body[0] in "[{":
-        parsed = _try_json(body)
-        if parsed is not None and parsed.readable:
-            return parsed
-    found = [c for c in map(_parse_sentence, _blocks(body)) if c is not None]
-    if found:
-        return Parsed(tuple(found))
-    parsed = _try_json(body)
-    return parsed if parsed is not None else Parsed(())
+    first = _try_json(body) if body[0] in "[{" else None
+    if first is not None and first.readable:
+        return first
+    lines = _Items()
+    lines.add_text(body, whole_is_item=False)
+    if lines.found:
+        return Parsed(tuple(lines.found), unusable=tuple(lines.unusable))
+    parsed = first if body[0] in "[{" else _try_json(body)
+    if parsed is not None and parsed.readable:
+        return parsed
+    # Nothing readable: report the unusable items of whichever reading saw some.
+    unusable = parsed.unusable if parsed is not None and parsed.unusable else lines.unusable
+    return Parsed((), unusable=tuple(unusable))
 
 
 # --------------------------------------------------------------------------- screening
@@ -681,6 +751,11 @@ class Distiller:
             parsed = parse_constraints(raws[1])
         kept: tuple[Constraint, ...] = ()
         rejected: dict[str, int] = {}
+        if parsed.unusable:
+            # Items that are there but not constraints: counted, never dropped unseen.
+            rejected["incomplete"] = len(parsed.unusable)
+            for item in parsed.unusable:
+                log.debug("unusable item (incomplete): %s", item)
         status: DistillStatus
         if not parsed.readable:
             status = "malformed"
@@ -697,7 +772,8 @@ class Distiller:
             log.info("distiller %s: no constraints for task %s", self.name, task.id)
         else:
             ctx = ScreenContext.build(task, pair.trajectories(), self.copy_ngram)
-            kept, rejected = screen(parsed.candidates, ctx, self.max_constraints)
+            kept, screened = screen(parsed.candidates, ctx, self.max_constraints)
+            rejected = dict(Counter(rejected) + Counter(screened))
             status = "ok" if kept else "all_rejected"
             if rejected:
                 log.info(
@@ -713,7 +789,7 @@ class Distiller:
             status=status,
             constraints=kept,
             rejected=rejected,
-            candidates=len(parsed.candidates),
+            candidates=len(parsed.candidates) + len(parsed.unusable),
             retries=retries,
             raw_outputs=tuple(raws),
         )

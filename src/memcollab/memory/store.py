@@ -43,10 +43,11 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -193,16 +194,33 @@ class MemoryStore(ABC):
                 count += 1
         return count
 
-    def import_jsonl(self, path: str | Path) -> tuple[int, int]:
-        """Add the records of a JSONL export in one transaction; returns (added, skipped).
+    def import_jsonl(self, path: str | Path, on_conflict: OnConflict = "error") -> ImportCounts:
+        """Add the records of a JSONL export, all or nothing, in one transaction.
 
-        Records whose id is already stored are skipped (so importing twice adds nothing).
+        A record whose id is already stored with the same content (compared as records, so
+        JSON key order does not matter) is counted `present` and skipped, so importing twice
+        adds nothing. An id stored with different content, or given twice in the file with
+        different content, is a conflict: with `on_conflict="error"` (the default) the
+        import is refused with MemoryConflictError naming the first conflicting id and the
+        count, and nothing is written; "skip" keeps the stored (or earlier) version and
+        counts it in `conflicts_skipped`; "replace" writes the file's version (the last one,
+        for an id given twice), counts it in `replaced`, and bumps `version()`.
         The whole file is checked before anything is added: a bad line raises
         MemoryFormatError naming the file and line, and nothing is imported.
         """
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(
+                f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}"
+            )
         records = read_jsonl(path)
-        added = self.add_many(records)
-        return added, len(records) - added
+        return self._import_records(records, on_conflict, str(path))
+
+    @abstractmethod
+    def _import_records(
+        self, records: Sequence[MemoryRecord], on_conflict: OnConflict, source: str
+    ) -> ImportCounts:
+        """Store `records` as `import_jsonl` says, in one transaction (`source` names the
+        file in errors)."""
 
     def __enter__(self) -> MemoryStore:
         return self
@@ -217,6 +235,37 @@ class MemoryStore(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r})"
+
+
+OnConflict = Literal["error", "skip", "replace"]
+"""What `import_jsonl` does with a record whose id is stored with different content."""
+ON_CONFLICT: tuple[OnConflict, ...] = typing.get_args(OnConflict)
+
+
+@dataclass(frozen=True)
+class ImportCounts:
+    """What an import did, per record of the file: `added` (new ids), `present` (already
+    stored with the same content, skipped), `conflicts_skipped` (stored with different
+    content, stored version kept) and `replaced` (stored with different content, replaced)."""
+
+    added: int = 0
+    present: int = 0
+    conflicts_skipped: int = 0
+    replaced: int = 0
+
+
+class MemoryConflictError(UserError):
+    """An import whose records have ids already stored with different content."""
+
+
+def _conflict_error(source: str, conflicts: Sequence[str]) -> MemoryConflictError:
+    n = len(conflicts)
+    return MemoryConflictError(
+        f"{source}: record {conflicts[0]!r} is already stored with different content "
+        f"({n} conflicting record{'s' if n != 1 else ''} in all); nothing was imported",
+        "keep the stored versions with on_conflict='skip', or overwrite them with "
+        "on_conflict='replace'; on the command line: --on-conflict skip|replace",
+    )
 
 
 def read_jsonl(path: str | Path) -> list[MemoryRecord]:
@@ -241,6 +290,11 @@ def read_jsonl(path: str | Path) -> list[MemoryRecord]:
         except json.JSONDecodeError as exc:
             raise MemoryFormatError(
                 f"{where}: not valid JSON ({exc.msg} at column {exc.colno})",
+                "each line must be one memory record as written by export_jsonl",
+            ) from None
+        except RecursionError:
+            raise MemoryFormatError(
+                f"{where}: not valid JSON (nested too deeply)",
                 "each line must be one memory record as written by export_jsonl",
             ) from None
         if not isinstance(obj, dict):
@@ -465,6 +519,77 @@ class _SQLMemory(MemoryStore):
                     self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
                 )
         return added
+
+    def _import_records(
+        self, records: Sequence[MemoryRecord], on_conflict: OnConflict, source: str
+    ) -> ImportCounts:
+        rows = [_row(record) for record in records]
+        added = present = 0
+        conflicts: list[str] = []
+        new: dict[str, tuple[Any, ...]] = {}  # ids not stored before: the row to insert
+        changed: dict[str, tuple[Any, ...]] = {}  # stored ids: the row replacing theirs
+        with self._write() as cur:
+            # Read inside the write transaction, so what is compared is what is replaced.
+            current = self._stored_json(cur, sorted({r.id for r in records}))
+            for record, row in zip(records, rows, strict=True):
+                blob, canonical = current.get(record.id), record.model_dump_json()
+                if blob is None:
+                    added += 1
+                elif blob == canonical:
+                    present += 1
+                    continue
+                else:
+                    conflicts.append(record.id)
+                    if on_conflict != "replace":
+                        continue
+                current[record.id] = canonical
+                (new if blob is None or record.id in new else changed)[record.id] = row
+            if conflicts and on_conflict == "error":
+                raise _conflict_error(source, conflicts)
+            if new:
+                cur.executemany(
+                    self._sql(
+                        f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({_marks(14)}) "
+                        "ON CONFLICT (id) DO NOTHING"
+                    ),
+                    list(new.values()),
+                )
+                if cur.rowcount != len(new):  # another process added one of them meanwhile
+                    raise MemoryConflictError(
+                        f"{source}: the memory at {self.location} changed during the import; "
+                        "nothing was imported",
+                        "run the import again",
+                    )
+            if changed:
+                columns = _RECORD_COLUMNS.split(", ")[1:]
+                cur.executemany(
+                    self._sql(
+                        f"UPDATE memory_records SET {', '.join(f'{c} = ?' for c in columns)} "
+                        "WHERE id = ?"
+                    ),
+                    [row[1:] + row[:1] for row in changed.values()],
+                )
+            if new or changed:
+                cur.execute(
+                    self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
+                )
+        skipped = 0 if on_conflict == "replace" else len(conflicts)
+        return ImportCounts(added, present, skipped, len(conflicts) - skipped)
+
+    def _stored_json(self, cur: Any, ids: Sequence[str]) -> dict[str, str]:
+        """id -> the stored record as canonical JSON, for those of `ids` that are stored."""
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            cur.execute(
+                self._sql(
+                    f"SELECT id, json FROM memory_records WHERE id IN ({_marks(len(chunk))})"
+                ),
+                chunk,
+            )
+            for rid, blob in cur.fetchall():
+                found[rid] = MemoryRecord.model_validate_json(blob).model_dump_json()
+        return found
 
     def get(self, record_id: str) -> MemoryRecord:
         rows = self._query("SELECT json FROM memory_records WHERE id = ?", (record_id,))
