@@ -192,3 +192,17 @@ def test_placebo_draws_as_many_constraints_from_other_categories() -> None:
         for s in range(20)
     }
     assert len(draws) > 1
+
+
+def test_placebo_draw_does_not_depend_on_when_records_were_created() -> None:
+    """Two builds of one memory store its records at other times (so in another order);
+    the placebo must draw the same records from both."""
+    placebo = make_condition("placebo")
+    task = Task(id="test/1", domain="math", prompt="solve 2x + 1 = 5")
+    first = _placebo_context(seed=7)
+    rebuilt = _placebo_context(seed=7)
+    rebuilt.records_ = [
+        r.model_copy(update={"created_at": 100.0 - i}) for i, r in enumerate(rebuilt.records_)
+    ][::-1]
+    drawn = placebo.guide(task, "small", FLEET, first)
+    assert placebo.guide(task, "small", FLEET, rebuilt) == drawn

@@ -125,3 +125,15 @@ def test_equal_scores_are_ordered_by_record_id_not_by_build_time(tmp_path: Path)
         got = Retriever(s, p=3).retrieve(q("right triangle area"), L("Geometry", "triangles"))
         results.append(got.record_ids)
     assert results[0] == results[1] == ("r0", "r1", "r2")
+
+
+def test_random_draw_does_not_depend_on_creation_order(tmp_path: Path) -> None:
+    records = [rec(i, "Geometry", "triangles", f"task {i} about shapes") for i in range(1, 9)]
+    a = SQLiteMemory(tmp_path / "a.sqlite")
+    a.add_many(records)
+    b = SQLiteMemory(tmp_path / "b.sqlite")
+    b.add_many([r.model_copy(update={"created_at": 100.0 - r.created_at}) for r in records])
+    task = q("a new task")
+    got_a = Retriever(a, p=3, mode="random", seed=5).retrieve(task)
+    got_b = Retriever(b, p=3, mode="random", seed=5).retrieve(task)
+    assert got_a.record_ids == got_b.record_ids and len(got_a.record_ids) == 3

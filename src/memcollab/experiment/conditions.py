@@ -274,11 +274,16 @@ class Placebo(MemCollab):
         wanted = len(real.guidance)
         label = ctx.label(model, task)
         own_hash = task_hash(task.prompt)
-        pool = [
-            r
-            for r in ctx.records(namespace, task.domain)
-            if r.category != label.category and r.task_hash != own_hash
-        ]
+        # Drawn from the pool in record-id order: the stored order follows creation times,
+        # which differ between two builds of the same memory, and the draw must not.
+        pool = sorted(
+            (
+                r
+                for r in ctx.records(namespace, task.domain)
+                if r.category != label.category and r.task_hash != own_hash
+            ),
+            key=lambda r: r.id,
+        )
         rng = random.Random(f"{ctx.seed}:{self.name}:{model}:{task.id}")
         rng.shuffle(pool)
         guidance: list[Guidance] = []

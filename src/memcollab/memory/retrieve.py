@@ -276,7 +276,8 @@ def _no_memory(
 def _random_draw(
     retriever: Retriever, task: Task, label: LabelLike | None, model: str | None
 ) -> Retrieved:
-    pool = retriever.pool(task, model)
+    # In record-id order: a draw must not depend on when the records were created.
+    pool = sorted(retriever.pool(task, model), key=lambda r: r.id)
     rng = random.Random(f"{retriever.seed}:{task.id}")
     chosen = rng.sample(pool, min(retriever.p, len(pool)))
     return retriever.result([Hit(r, 0.0, "domain") for r in chosen], "domain")
