@@ -103,15 +103,20 @@ def main() -> int:
         store = TrajectoryStore.in_dir(run / "eval")
         run_jobs(jobs, store, workers=config.workers)
     eval_diffs = []
+    by_condition: dict[str, list[int]] = {}
     for t in store:
+        tally = by_condition.setdefault(t.condition, [0, 0])
+        tally[0] += 1
         row = expected[(t.task_id, t.model, t.condition)]
         note = t.retrieval or {}
         got = {"correct": t.correct, "turns": t.turns, "record_ids": note.get("record_ids", [])}
         want = {k: row[k] for k in ("correct", "turns")} | {"record_ids": row["record_ids"]}
         if got != want:
+            tally[1] += 1
             eval_diffs.append({"cell": [t.task_id, t.model, t.condition], "got": got, "want": want})
     report["eval_cells_replayed"] = len(store)
     report["eval_correct_replayed"] = sum(t.correct for t in store)
+    report["eval_cells_and_differences_by_condition"] = by_condition
     report["eval_differences"] = eval_diffs[:20]
     report["eval_difference_count"] = len(eval_diffs)
     print(json.dumps(report, indent=2))

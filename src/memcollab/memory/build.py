@@ -111,17 +111,17 @@ def build_memory(
     }
     try:
         for future in as_completed(futures):
-            pair, task, rid = futures[future]
+            pair, task, new_id = futures[future]
             result, label = future.result()
             stats.add(result)
-            if rid is None:
+            if new_id is None:
                 _emit(on_event, pair.task_id, "exists")
                 continue
             if label is None:
                 summary.pairs_without_constraints += 1
                 _emit(on_event, pair.task_id, result.status)
                 continue
-            memory.add(_record(rid, namespace, task, pair, result, label, distiller.name))
+            memory.add(_record(new_id, namespace, task, pair, result, label, distiller.name))
             summary.records_added += 1
             _emit(on_event, pair.task_id, "added")
     except BaseException:

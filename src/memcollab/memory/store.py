@@ -7,16 +7,19 @@ One interface, `MemoryStore`, with two backends that behave identically:
 * `PostgresMemory` (`pip install 'memcollab[postgres]'`): psycopg 3, one connection per
   thread, for memories shared between machines.
 
-`open_memory(location)` picks the backend from a path or URL.
+`open_memory(location)` picks the backend from a path or URL through a registry of URL
+schemes (`register_backend`): the SQL both backends share is in store_sql.py, each
+backend in its own file (store_sqlite.py, store_postgres.py), so a new backend is one file.
 
 Semantics shared by both backends:
 
 * A record's `id` is its identity (`record.record_id` makes it deterministic from the pair
   and the distiller). Adding a record whose id is already stored changes nothing and
-  reports it as not added; the first stored version wins.
+  reports it as not added; an import decides conflicts explicitly (`on_conflict`).
 * `records()` is ordered by (created_at, id), byte-wise on the id, in both backends.
-* `version()` is a counter bumped in the same transaction as every add that stores at least
-  one new record; retrieval compares it to invalidate its per-bucket indexes.
+* `version()` is a counter bumped in the same transaction as every change that retrieval
+  must see (new or replaced records, flags); retrieval compares it to invalidate its
+  per-bucket indexes.
 * Usage counters (times retrieved; per model, times a record helped or harmed) live beside
   the records and are not part of the JSONL export: they are measurements of one
   deployment, while the export is the portable memory itself.
@@ -34,15 +37,9 @@ schema version). Schema 2 added the flag tables; opening a schema-1 store adds t
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import threading
-import time
 import typing
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -57,12 +54,7 @@ from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
 
 SCHEMA_VERSION = 2
 """The layout of the store's tables; a store written by a newer layout is refused."""
-
-_DOMAINS: tuple[str, ...] = typing.get_args(MemoryRecord.model_fields["domain"].annotation)
-_BUSY_TIMEOUT_MS = 60_000
-_PG_CONNECT_TIMEOUT_S = 10
-_PG_SCHEMA_LOCK = 0x6D656D636F6C6C  # pg_advisory_xact_lock key serialising schema creation
-_UPGRADE = "upgrade memcollab: pip install -U memcollab"
+UPGRADE_HINT = "upgrade memcollab: pip install -U memcollab"
 
 
 class MemoryNotFoundError(UserError):
@@ -258,7 +250,7 @@ class MemoryConflictError(UserError):
     """An import whose records have ids already stored with different content."""
 
 
-def _conflict_error(source: str, conflicts: Sequence[str]) -> MemoryConflictError:
+def conflict_error(source: str, conflicts: Sequence[str]) -> MemoryConflictError:
     n = len(conflicts)
     return MemoryConflictError(
         f"{source}: record {conflicts[0]!r} is already stored with different content "
@@ -307,7 +299,7 @@ def read_jsonl(path: str | Path) -> list[MemoryRecord]:
             raise MemoryFormatError(
                 f"{where}: record format {found} was written by a newer memcollab "
                 f"(this one reads formats up to {MEMORY_FORMAT_VERSION})",
-                _UPGRADE,
+                UPGRADE_HINT,
             )
         try:
             records.append(MemoryRecord.model_validate_json(line))
@@ -367,7 +359,9 @@ def open_memory(location: str | Path, *, create: bool = True) -> MemoryStore:
     text = str(location).strip()
     scheme, sep, _ = text.partition("://")
     if isinstance(location, Path) or not sep:
-        return _open_sqlite(text, create)
+        from memcollab.memory.store_sqlite import open_sqlite_path
+
+        return open_sqlite_path(text, create)
     opener = _backend(scheme)
     if opener is None:
         known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
@@ -378,730 +372,26 @@ def open_memory(location: str | Path, *, create: bool = True) -> MemoryStore:
     return opener(text, create)
 
 
-def _open_sqlite(path: str, create: bool) -> MemoryStore:
-    if not create and path not in ("", ":memory:") and not Path(path).is_file():
-        raise MemoryConnectionError(
-            f"no memory at {path}",
-            "check the path (commands that only read a memory never create one)",
-        )
-    return SQLiteMemory(path)
-
-
-@register_backend("sqlite")
-def _open_sqlite_url(url: str, create: bool) -> MemoryStore:
-    rest = url[len("sqlite://") :]
-    if not rest.startswith("/") or len(rest) == 1:
-        raise MemoryConnectionError(
-            f"cannot read the SQLite URL {url!r}",
-            "write sqlite:///relative/path.sqlite or sqlite:////absolute/path.sqlite",
-        )
-    return _open_sqlite(rest[1:], create)
-
-
-@register_backend("postgresql", "postgres")
-def _open_postgres(url: str, create: bool) -> MemoryStore:
-    # A PostgreSQL memory is a database that exists; its tables are created on first use.
-    return PostgresMemory(url)
-
-
-# --------------------------------------------------------------------------- shared SQL
-
-_RECORD_COLUMNS = (
-    "id, namespace, domain, category, subcategory, task_hash, model_pos, model_neg, "
-    "pair_type, distiller, n_constraints, json, created_at, format_version"
-)
-
-
-def _row(record: MemoryRecord) -> tuple[Any, ...]:
-    if record.format_version > MEMORY_FORMAT_VERSION:
-        raise MemoryFormatError(
-            f"record {record.id} has format {record.format_version}, newer than "
-            f"{MEMORY_FORMAT_VERSION}",
-            _UPGRADE,
-        )
-    return (
-        record.id,
-        record.namespace,
-        record.domain,
-        record.category,
-        record.subcategory,
-        record.task_hash,
-        record.model_pos,
-        record.model_neg,
-        record.pair_type,
-        record.distiller,
-        len(record.constraints),
-        record.model_dump_json(),
-        record.created_at,
-        record.format_version,
-    )
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-class _SQLMemory(MemoryStore):
-    """Everything but connections and transactions, in SQL both backends accept.
-
-    Statements are written with `?` placeholders; `_sql` adapts them to the driver.
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[Any] = []
-        self._inherited: list[Any] = []  # connections of a parent process: never touched
-        self._pid = os.getpid()
-        self._closed = False
-
-    # -- backend hooks
-    @abstractmethod
-    def _connect(self) -> Any:
-        """A new connection in autocommit mode."""
-
-    @abstractmethod
-    def _write(self) -> AbstractContextManager[Any]:
-        """A write transaction; yields a DB-API cursor."""
-
-    def _sql(self, statement: str) -> str:
-        return statement
-
-    # -- connections
-    def _conn(self) -> Any:
-        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
-            with self._lock:
-                self._inherited.extend(self._conns)
-                self._conns = []
-                self._local = threading.local()
-                self._pid = os.getpid()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._closed:
-                raise MemoryConnectionError(f"the memory at {self.location} is closed")
-            conn = self._connect()
-            with self._lock:
-                self._conns.append(conn)
-            self._local.conn = conn
-        return conn
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._conns = self._conns, []
-            self._closed = True
-            self._local = threading.local()
-        for conn in conns:
-            conn.close()
-
-    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._conn().execute(self._sql(statement), tuple(params)).fetchall())
-
-    # -- records
-    def add(self, record: MemoryRecord) -> bool:
-        return self.add_many([record]) == 1
-
-    def add_many(self, records: Iterable[MemoryRecord]) -> int:
-        rows = [_row(record) for record in records]
-        if not rows:
-            return 0
-        insert = self._sql(
-            f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({_marks(14)}) "
-            "ON CONFLICT (id) DO NOTHING"
-        )
-        with self._write() as cur:
-            if len(rows) == 1:
-                cur.execute(insert, rows[0])
-            else:
-                cur.executemany(insert, rows)
-            added = max(cur.rowcount, 0)
-            if added:
-                cur.execute(
-                    self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
-                )
-        return added
-
-    def _import_records(
-        self, records: Sequence[MemoryRecord], on_conflict: OnConflict, source: str
-    ) -> ImportCounts:
-        rows = [_row(record) for record in records]
-        added = present = 0
-        conflicts: list[str] = []
-        new: dict[str, tuple[Any, ...]] = {}  # ids not stored before: the row to insert
-        changed: dict[str, tuple[Any, ...]] = {}  # stored ids: the row replacing theirs
-        with self._write() as cur:
-            # Read inside the write transaction, so what is compared is what is replaced.
-            current = self._stored_json(cur, sorted({r.id for r in records}))
-            for record, row in zip(records, rows, strict=True):
-                blob, canonical = current.get(record.id), record.model_dump_json()
-                if blob is None:
-                    added += 1
-                elif blob == canonical:
-                    present += 1
-                    continue
-                else:
-                    conflicts.append(record.id)
-                    if on_conflict != "replace":
-                        continue
-                current[record.id] = canonical
-                (new if blob is None or record.id in new else changed)[record.id] = row
-            if conflicts and on_conflict == "error":
-                raise _conflict_error(source, conflicts)
-            if new:
-                cur.executemany(
-                    self._sql(
-                        f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({_marks(14)}) "
-                        "ON CONFLICT (id) DO NOTHING"
-                    ),
-                    list(new.values()),
-                )
-                if cur.rowcount != len(new):  # another process added one of them meanwhile
-                    raise MemoryConflictError(
-                        f"{source}: the memory at {self.location} changed during the import; "
-                        "nothing was imported",
-                        "run the import again",
-                    )
-            if changed:
-                columns = _RECORD_COLUMNS.split(", ")[1:]
-                cur.executemany(
-                    self._sql(
-                        f"UPDATE memory_records SET {', '.join(f'{c} = ?' for c in columns)} "
-                        "WHERE id = ?"
-                    ),
-                    [row[1:] + row[:1] for row in changed.values()],
-                )
-            if new or changed:
-                cur.execute(
-                    self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
-                )
-        skipped = 0 if on_conflict == "replace" else len(conflicts)
-        return ImportCounts(added, present, skipped, len(conflicts) - skipped)
-
-    def _stored_json(self, cur: Any, ids: Sequence[str]) -> dict[str, str]:
-        """id -> the stored record as canonical JSON, for those of `ids` that are stored."""
-        found: dict[str, str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            cur.execute(
-                self._sql(
-                    f"SELECT id, json FROM memory_records WHERE id IN ({_marks(len(chunk))})"
-                ),
-                chunk,
-            )
-            for rid, blob in cur.fetchall():
-                found[rid] = MemoryRecord.model_validate_json(blob).model_dump_json()
-        return found
-
-    def get(self, record_id: str) -> MemoryRecord:
-        rows = self._query("SELECT json FROM memory_records WHERE id = ?", (record_id,))
-        if not rows:
-            raise MemoryNotFoundError(
-                f"the memory at {self.location} holds no record with id {record_id!r}",
-                "check the id; `memcollab memory list` shows the ids of a namespace",
-            )
-        return MemoryRecord.model_validate_json(rows[0][0])
-
-    @staticmethod
-    def _where(
-        namespace: str,
-        domain: str | None,
-        category: str | None = None,
-        subcategory: str | None = None,
-    ) -> tuple[str, list[Any]]:
-        clauses, params = ["namespace = ?"], [namespace]
-        if domain is not None:
-            clauses.append("domain = ?")
-            params.append(domain)
-        elif category is not None or subcategory is not None:
-            # Keeps the bucket index usable below the domain column.
-            clauses.append(f"domain IN ({_marks(len(_DOMAINS))})")
-            params.extend(_DOMAINS)
-        if category is not None:
-            clauses.append("category = ?")
-            params.append(category)
-        if subcategory is not None:
-            clauses.append("subcategory = ?")
-            params.append(subcategory)
-        return " AND ".join(clauses), params
-
-    def records(
-        self,
-        namespace: str = "default",
-        domain: str | None = None,
-        category: str | None = None,
-        subcategory: str | None = None,
-        *,
-        include_flagged: bool = False,
-    ) -> list[MemoryRecord]:
-        where, params = self._where(namespace, domain, category, subcategory)
-        if not include_flagged:
-            where += " AND id NOT IN (SELECT record_id FROM memory_flags)"
-        rows = self._query(
-            f"SELECT json FROM memory_records WHERE {where} ORDER BY created_at, id", params
-        )
-        return [MemoryRecord.model_validate_json(blob) for (blob,) in rows]
-
-    def buckets(
-        self, namespace: str = "default", domain: str | None = None
-    ) -> dict[tuple[str, str, str], int]:
-        where, params = self._where(namespace, domain)
-        rows = self._query(
-            f"SELECT domain, category, subcategory, COUNT(*) FROM memory_records WHERE {where} "
-            "GROUP BY domain, category, subcategory",
-            params,
-        )
-        return {(d, c, s): int(n) for d, c, s, n in sorted(rows)}
-
-    # -- usage
-    def _require(self, cur: Any, record_ids: Iterable[str]) -> None:
-        wanted = sorted(set(record_ids))
-        cur.execute(
-            self._sql(f"SELECT id FROM memory_records WHERE id IN ({_marks(len(wanted))})"),
-            wanted,
-        )
-        missing = set(wanted) - {row[0] for row in cur.fetchall()}
-        if missing:
-            shown = ", ".join(repr(m) for m in sorted(missing)[:5])
-            raise MemoryNotFoundError(
-                f"the memory at {self.location} holds no record with id {shown}",
-                "count usage only of records retrieved from this store",
-            )
-
-    def count_retrieved(self, record_ids: Iterable[str]) -> None:
-        counts = Counter(record_ids)
-        if not counts:
-            return
-        with self._write() as cur:
-            self._require(cur, counts)
-            cur.executemany(
-                self._sql(
-                    "INSERT INTO memory_retrievals (record_id, retrieved) VALUES (?, ?) "
-                    "ON CONFLICT (record_id) DO UPDATE "
-                    "SET retrieved = memory_retrievals.retrieved + excluded.retrieved"
-                ),
-                sorted(counts.items()),
-            )
-
-    def record_usage(self, record_id: str, model: str, helped: bool) -> None:
-        with self._write() as cur:
-            self._require(cur, [record_id])
-            cur.execute(
-                self._sql(
-                    "INSERT INTO memory_usage (record_id, model, helped, harmed) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (record_id, model) DO UPDATE SET "
-                    "helped = memory_usage.helped + excluded.helped, "
-                    "harmed = memory_usage.harmed + excluded.harmed"
-                ),
-                (record_id, model, int(helped), int(not helped)),
-            )
-
-    def usage(self, record_id: str) -> dict[str, Any]:
-        self.get(record_id)
-        retrieved = self._query(
-            "SELECT retrieved FROM memory_retrievals WHERE record_id = ?", (record_id,)
-        )
-        models = self._query(
-            "SELECT model, helped, harmed FROM memory_usage WHERE record_id = ?", (record_id,)
-        )
-        return {
-            "retrieved": int(retrieved[0][0]) if retrieved else 0,
-            "models": {m: {"helped": int(h), "harmed": int(x)} for m, h, x in sorted(models)},
-        }
-
-    # -- flags
-    def _flag_event(self, record_id: str, action: str, reason: str, actor: str) -> bool:
-        if not reason.strip():
-            raise MemoryFlagError(f"{action} of {record_id!r} needs a reason")
-        now = time.time()
-        with self._write() as cur:
-            self._require(cur, [record_id])
-            if action == "flag":
-                cur.execute(
-                    self._sql(
-                        "INSERT INTO memory_flags (record_id, reason, actor, at) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING"
-                    ),
-                    (record_id, reason, actor, now),
-                )
-            else:
-                cur.execute(self._sql("DELETE FROM memory_flags WHERE record_id = ?"), (record_id,))
-            if cur.rowcount < 1:
-                return False
-            cur.execute(
-                self._sql(
-                    "INSERT INTO memory_flag_history (record_id, action, reason, actor, at) "
-                    "VALUES (?, ?, ?, ?, ?)"
-                ),
-                (record_id, action, reason, actor, now),
-            )
-            cur.execute(self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'"))
-        return True
-
-    def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
-        return self._flag_event(record_id, "flag", reason, actor)
-
-    def unflag(self, record_id: str, reason: str, actor: str = "") -> bool:
-        return self._flag_event(record_id, "unflag", reason, actor)
-
-    def flagged(self, namespace: str | None = None) -> dict[str, str]:
-        statement = "SELECT f.record_id, f.reason FROM memory_flags f"
-        params: tuple[Any, ...] = ()
-        if namespace is not None:
-            statement += " JOIN memory_records r ON r.id = f.record_id WHERE r.namespace = ?"
-            params = (namespace,)
-        return dict(sorted(self._query(statement, params)))
-
-    def flag_history(self, record_id: str) -> list[dict[str, Any]]:
-        self.get(record_id)
-        rows = self._query(
-            "SELECT action, reason, actor, at FROM memory_flag_history WHERE record_id = ? "
-            "ORDER BY at, seq",
-            (record_id,),
-        )
-        return [{"action": a, "reason": r, "actor": w, "at": float(t)} for a, r, w, t in rows]
-
-    def namespaces(self) -> dict[str, int]:
-        rows = self._query("SELECT namespace, COUNT(*) FROM memory_records GROUP BY namespace")
-        return {ns: int(n) for ns, n in sorted(rows)}
-
-    # -- summaries
-    def stats(self, namespace: str = "default") -> dict[str, Any]:
-        def grouped(columns: str) -> list[tuple[Any, ...]]:
-            rows = self._query(
-                f"SELECT {columns}, COUNT(*), SUM(n_constraints) FROM memory_records "
-                f"WHERE namespace = ? GROUP BY {columns}",
-                (namespace,),
-            )
-            return sorted(rows, key=lambda r: tuple("" if v is None else str(v) for v in r))
-
-        buckets = grouped("domain, category, subcategory")
-        return {
-            "namespace": namespace,
-            "records": sum(int(r[3]) for r in buckets),
-            "constraints": sum(int(r[4]) for r in buckets),
-            "buckets": [
-                {
-                    "domain": d,
-                    "category": c,
-                    "subcategory": s,
-                    "records": int(n),
-                    "constraints": int(k),
-                }
-                for d, c, s, n, k in buckets
-            ],
-            "pairs": [
-                {"model_pos": p, "model_neg": q, "records": int(n), "constraints": int(k)}
-                for p, q, n, k in grouped("model_pos, model_neg")
-            ],
-            "pair_types": {
-                t: {"records": int(n), "constraints": int(k)} for t, n, k in grouped("pair_type")
-            },
-            "distillers": {
-                d: {"records": int(n), "constraints": int(k)} for d, n, k in grouped("distiller")
-            },
-        }
-
-    def version(self) -> int:
-        return int(self._query("SELECT value FROM memory_meta WHERE key = 'version'")[0][0])
-
-    def _check_schema_version(self) -> None:
-        found = int(self._query("SELECT value FROM memory_meta WHERE key = 'schema_version'")[0][0])
-        if found > SCHEMA_VERSION:
-            raise MemoryFormatError(
-                f"the memory at {self.location} has schema {found}, written by a newer "
-                f"memcollab (this one reads up to {SCHEMA_VERSION})",
-                _UPGRADE,
-            )
-
-
-def _schema(text_type: str, real_type: str, int_type: str, serial: str) -> list[str]:
-    return [
-        f"""CREATE TABLE IF NOT EXISTS memory_records (
-            id {text_type} PRIMARY KEY,
-            namespace {text_type} NOT NULL,
-            domain {text_type} NOT NULL,
-            category {text_type} NOT NULL,
-            subcategory {text_type} NOT NULL,
-            task_hash TEXT NOT NULL,
-            model_pos {text_type},
-            model_neg {text_type},
-            pair_type {text_type} NOT NULL,
-            distiller {text_type} NOT NULL,
-            n_constraints INTEGER NOT NULL,
-            json TEXT NOT NULL,
-            created_at {real_type} NOT NULL,
-            format_version INTEGER NOT NULL
-        )""",
-        "CREATE INDEX IF NOT EXISTS memory_records_bucket ON memory_records "
-        "(namespace, domain, category, subcategory, created_at, id)",
-        "CREATE INDEX IF NOT EXISTS memory_records_task ON memory_records (namespace, task_hash)",
-        f"""CREATE TABLE IF NOT EXISTS memory_retrievals (
-            record_id {text_type} PRIMARY KEY,
-            retrieved {int_type} NOT NULL
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS memory_usage (
-            record_id {text_type} NOT NULL,
-            model {text_type} NOT NULL,
-            helped {int_type} NOT NULL,
-            harmed {int_type} NOT NULL,
-            PRIMARY KEY (record_id, model)
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS memory_flags (
-            record_id {text_type} PRIMARY KEY,
-            reason TEXT NOT NULL,
-            actor TEXT NOT NULL,
-            at {real_type} NOT NULL
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS memory_flag_history (
-            seq {serial},
-            record_id {text_type} NOT NULL,
-            action {text_type} NOT NULL,
-            reason TEXT NOT NULL,
-            actor TEXT NOT NULL,
-            at {real_type} NOT NULL
-        )""",
-        "CREATE INDEX IF NOT EXISTS memory_flag_history_record ON memory_flag_history "
-        "(record_id, at)",
-        f"""CREATE TABLE IF NOT EXISTS memory_meta (
-            key TEXT PRIMARY KEY,
-            value {int_type} NOT NULL
-        )""",
-        "INSERT INTO memory_meta (key, value) VALUES ('version', 0) ON CONFLICT (key) DO NOTHING",
-        f"INSERT INTO memory_meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION}) "
-        "ON CONFLICT (key) DO NOTHING",
-        # Schema 1 -> 2 added the flag tables above (created by the same statements); a
-        # version-1 memcollab would serve flagged records, so it must refuse this store.
-        f"UPDATE memory_meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version' "
-        f"AND value < {SCHEMA_VERSION}",
-    ]
-
-
-# --------------------------------------------------------------------------- SQLite
-
-
-class SQLiteMemory(_SQLMemory):
-    """The memory in one SQLite file (WAL, busy timeout, a connection per thread)."""
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self.location = str(self.path)
-        if str(path) in ("", ":memory:"):
-            raise MemoryConnectionError(
-                f"SQLiteMemory needs a file, not {str(path)!r}",
-                "give a path, e.g. a file under a temporary folder",
-            )
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MemoryConnectionError(
-                f"cannot create the folder of the memory {self.path}: {exc.strerror}",
-                "choose a writable location",
-            ) from None
-        self._init_schema()
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=_BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
-            raise MemoryConnectionError(
-                f"cannot open the SQLite memory {self.path}: {exc}",
-                "check that the path is a writable file or a new name in a writable folder",
-            ) from None
-        return conn
-
-    def _init_schema(self) -> None:
-        # Switching to WAL takes a brief exclusive lock for which SQLite does not call its
-        # busy handler, so processes racing on a brand-new file retry here.
-        for attempt in range(60):
-            try:
-                conn = self._conn()
-                conn.execute("PRAGMA journal_mode=WAL")
-                with self._write() as cur:
-                    for statement in _schema(
-                        "TEXT", "REAL", "INTEGER", "INTEGER PRIMARY KEY AUTOINCREMENT"
-                    ):
-                        cur.execute(statement)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 59:
-                    raise MemoryConnectionError(
-                        f"cannot open the SQLite memory {self.path}: {exc}"
-                    ) from None
-                time.sleep(0.02 * (attempt + 1))
-            except sqlite3.DatabaseError as exc:
-                raise MemoryConnectionError(
-                    f"cannot open the SQLite memory {self.path}: {exc}",
-                    "is it a memcollab memory file?",
-                ) from None
-        self._check_schema_version()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
-        conn = self._conn()
-        # IMMEDIATE takes the write lock up front (waiting through busy_timeout) instead of
-        # failing when a read transaction must be upgraded.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn.cursor()
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def _iter_json(self, namespace: str | None) -> Iterator[str]:
-        if namespace is None:
-            cur = self._conn().execute("SELECT json FROM memory_records ORDER BY created_at, id")
-        else:
-            cur = self._conn().execute(
-                "SELECT json FROM memory_records WHERE namespace = ? ORDER BY created_at, id",
-                (namespace,),
-            )
-        for (blob,) in cur:
-            yield blob
-
-
-# --------------------------------------------------------------------------- PostgreSQL
-
-
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise UserError(
-            "a PostgreSQL memory needs psycopg, which is not installed",
-            "pip install 'memcollab[postgres]'",
-        ) from None
-    return psycopg
-
-
-def _pg_failure(url: str, exc: Exception) -> MemoryConnectionError:
-    """One line: where, why, and what to do, from a psycopg connection error."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        info = conninfo_to_dict(url)
-    except psycopg.Error:
-        info = {}
-    host = str(info.get("host") or "localhost")
-    port = str(info.get("port") or "5432")
-    dbname = str(info.get("dbname") or info.get("user") or "")
-    user = str(info.get("user") or "")
-    first = (str(exc).strip().splitlines() or ["unknown error"])[0]
-    reason = first.rsplit(" failed: ", 1)[-1]
-    for prefix in ("connection failed: ", "connection is bad: "):
-        reason = reason.removeprefix(prefix)
-    reason = " ".join(reason.replace("FATAL:", "").split())
-    low = reason.lower()
-    if "refused" in low or "no such file" in low or "timeout" in low or "timed out" in low:
-        fix = "is PostgreSQL running there? start it, or fix the host and port in the URL"
-    elif "password" in low:
-        fix = "check the user name and password in the URL"
-    elif "database" in low and "does not exist" in low:
-        fix = f"create the database (createdb -O {user or 'USER'} {dbname}) or fix the URL"
-    elif "role" in low and "does not exist" in low:
-        fix = "create that role in PostgreSQL or fix the user name in the URL"
-    elif "resolve host" in low:
-        fix = "fix the host name in the URL"
-    else:
-        fix = "check the URL: postgresql://user:password@host:port/dbname"
-    return MemoryConnectionError(
-        f"cannot connect to PostgreSQL at {host}:{port}/{dbname}: {reason}", fix
-    )
-
-
-def _redact(url: str) -> str:
-    """The URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, _, hostpart = rest.partition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}@{hostpart}"
-
-
-class PostgresMemory(_SQLMemory):
-    """The memory in PostgreSQL (psycopg 3; a connection per thread, autocommit reads).
-
-    `schema`, when given, is created if needed and used as the search path, so several
-    memories (or test runs) can share one database.
-    """
-
-    def __init__(self, url: str, schema: str | None = None) -> None:
-        super().__init__()
-        self._pg = _psycopg()
-        self.url = url
-        self.schema = schema
-        self.location = _redact(url) + (f" (schema {schema})" if schema else "")
-        try:
-            self._init_schema()
-        except BaseException:
-            self.close()
-            raise
-
-    def _connect(self) -> Any:
-        from psycopg import sql
-        from psycopg.conninfo import conninfo_to_dict
-
-        pg = self._pg
-        try:
-            options = conninfo_to_dict(self.url)
-        except pg.Error as exc:
-            raise MemoryConnectionError(
-                f"cannot read the PostgreSQL URL {_redact(self.url)!r}: {exc}",
-                "write postgresql://user:password@host:port/dbname",
-            ) from None
-        extra = {} if "connect_timeout" in options else {"connect_timeout": _PG_CONNECT_TIMEOUT_S}
-        try:
-            conn = pg.connect(self.url, autocommit=True, **extra)
-        except pg.Error as exc:
-            raise _pg_failure(self.url, exc) from None
-        if self.schema:
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-        return conn
-
-    def _init_schema(self) -> None:
-        from psycopg import sql
-
-        with self._write() as cur:
-            # CREATE ... IF NOT EXISTS is not safe against a concurrent CREATE; serialise.
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
-            if self.schema:
-                cur.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                )
-            for statement in _schema(
-                'TEXT COLLATE "C"', "DOUBLE PRECISION", "BIGINT", "BIGSERIAL PRIMARY KEY"
-            ):
-                cur.execute(statement)
-        self._check_schema_version()
-
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s")
-
-    @contextmanager
-    def _write(self) -> Iterator[Any]:
-        conn = self._conn()
-        with conn.transaction(), conn.cursor() as cur:
-            yield cur
-
-    def _iter_json(self, namespace: str | None) -> Iterator[str]:
-        conn = self._conn()
-        with conn.cursor() as cur:
-            if namespace is None:
-                rows = cur.stream("SELECT json FROM memory_records ORDER BY created_at, id")
-            else:
-                rows = cur.stream(
-                    "SELECT json FROM memory_records WHERE namespace = %s ORDER BY created_at, id",
-                    (namespace,),
-                )
-            for (blob,) in rows:
-                yield blob
+# The built-in backends register their URL schemes when imported; imported last because
+# they build on the interface above. Their classes are re-exported here.
+from memcollab.memory.store_postgres import PostgresMemory  # noqa: E402
+from memcollab.memory.store_sqlite import SQLiteMemory  # noqa: E402
+
+__all__ = [
+    "BACKENDS",
+    "ON_CONFLICT",
+    "SCHEMA_VERSION",
+    "ImportCounts",
+    "MemoryConflictError",
+    "MemoryConnectionError",
+    "MemoryFlagError",
+    "MemoryFormatError",
+    "MemoryNotFoundError",
+    "MemoryStore",
+    "OnConflict",
+    "PostgresMemory",
+    "SQLiteMemory",
+    "open_memory",
+    "read_jsonl",
+    "register_backend",
+]

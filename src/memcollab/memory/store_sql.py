@@ -1,0 +1,502 @@
+"""The SQL both memory backends share: records, flags, usage, stats, schema.
+
+Statements are written with `?` placeholders; a backend adapts them to its driver
+(`_sql`) and supplies connections and write transactions.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import typing
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
+from memcollab.memory.store import (
+    SCHEMA_VERSION,
+    UPGRADE_HINT,
+    ImportCounts,
+    MemoryConflictError,
+    MemoryConnectionError,
+    MemoryFlagError,
+    MemoryFormatError,
+    MemoryNotFoundError,
+    MemoryStore,
+    OnConflict,
+    conflict_error,
+)
+
+_DOMAINS: tuple[str, ...] = typing.get_args(MemoryRecord.model_fields["domain"].annotation)
+
+_RECORD_COLUMNS = (
+    "id, namespace, domain, category, subcategory, task_hash, model_pos, model_neg, "
+    "pair_type, distiller, n_constraints, json, created_at, format_version"
+)
+
+
+def _row(record: MemoryRecord) -> tuple[Any, ...]:
+    if record.format_version > MEMORY_FORMAT_VERSION:
+        raise MemoryFormatError(
+            f"record {record.id} has format {record.format_version}, newer than "
+            f"{MEMORY_FORMAT_VERSION}",
+            UPGRADE_HINT,
+        )
+    return (
+        record.id,
+        record.namespace,
+        record.domain,
+        record.category,
+        record.subcategory,
+        record.task_hash,
+        record.model_pos,
+        record.model_neg,
+        record.pair_type,
+        record.distiller,
+        len(record.constraints),
+        record.model_dump_json(),
+        record.created_at,
+        record.format_version,
+    )
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class _SQLMemory(MemoryStore):
+    """Everything but connections and transactions, in SQL both backends accept.
+
+    Statements are written with `?` placeholders; `_sql` adapts them to the driver.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []
+        self._inherited: list[Any] = []  # connections of a parent process: never touched
+        self._pid = os.getpid()
+        self._closed = False
+
+    # -- backend hooks
+    @abstractmethod
+    def _connect(self) -> Any:
+        """A new connection in autocommit mode."""
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Any]:
+        """A write transaction; yields a DB-API cursor."""
+
+    def _sql(self, statement: str) -> str:
+        return statement
+
+    # -- connections
+    def _conn(self) -> Any:
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+            with self._lock:
+                self._inherited.extend(self._conns)
+                self._conns = []
+                self._local = threading.local()
+                self._pid = os.getpid()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise MemoryConnectionError(f"the memory at {self.location} is closed")
+            conn = self._connect()
+            with self._lock:
+                self._conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._closed = True
+            self._local = threading.local()
+        for conn in conns:
+            conn.close()
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._conn().execute(self._sql(statement), tuple(params)).fetchall())
+
+    # -- records
+    def add(self, record: MemoryRecord) -> bool:
+        return self.add_many([record]) == 1
+
+    def add_many(self, records: Iterable[MemoryRecord]) -> int:
+        rows = [_row(record) for record in records]
+        if not rows:
+            return 0
+        insert = self._sql(
+            f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({_marks(14)}) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+        with self._write() as cur:
+            if len(rows) == 1:
+                cur.execute(insert, rows[0])
+            else:
+                cur.executemany(insert, rows)
+            added = max(cur.rowcount, 0)
+            if added:
+                cur.execute(
+                    self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
+                )
+        return added
+
+    def _import_records(
+        self, records: Sequence[MemoryRecord], on_conflict: OnConflict, source: str
+    ) -> ImportCounts:
+        rows = [_row(record) for record in records]
+        added = present = 0
+        conflicts: list[str] = []
+        new: dict[str, tuple[Any, ...]] = {}  # ids not stored before: the row to insert
+        changed: dict[str, tuple[Any, ...]] = {}  # stored ids: the row replacing theirs
+        with self._write() as cur:
+            # Read inside the write transaction, so what is compared is what is replaced.
+            current = self._stored_json(cur, sorted({r.id for r in records}))
+            for record, row in zip(records, rows, strict=True):
+                blob, canonical = current.get(record.id), record.model_dump_json()
+                if blob is None:
+                    added += 1
+                elif blob == canonical:
+                    present += 1
+                    continue
+                else:
+                    conflicts.append(record.id)
+                    if on_conflict != "replace":
+                        continue
+                current[record.id] = canonical
+                (new if blob is None or record.id in new else changed)[record.id] = row
+            if conflicts and on_conflict == "error":
+                raise conflict_error(source, conflicts)
+            if new:
+                cur.executemany(
+                    self._sql(
+                        f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({_marks(14)}) "
+                        "ON CONFLICT (id) DO NOTHING"
+                    ),
+                    list(new.values()),
+                )
+                if cur.rowcount != len(new):  # another process added one of them meanwhile
+                    raise MemoryConflictError(
+                        f"{source}: the memory at {self.location} changed during the import; "
+                        "nothing was imported",
+                        "run the import again",
+                    )
+            if changed:
+                columns = _RECORD_COLUMNS.split(", ")[1:]
+                cur.executemany(
+                    self._sql(
+                        f"UPDATE memory_records SET {', '.join(f'{c} = ?' for c in columns)} "
+                        "WHERE id = ?"
+                    ),
+                    [row[1:] + row[:1] for row in changed.values()],
+                )
+            if new or changed:
+                cur.execute(
+                    self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
+                )
+        skipped = 0 if on_conflict == "replace" else len(conflicts)
+        return ImportCounts(added, present, skipped, len(conflicts) - skipped)
+
+    def _stored_json(self, cur: Any, ids: Sequence[str]) -> dict[str, str]:
+        """id -> the stored record as canonical JSON, for those of `ids` that are stored."""
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            cur.execute(
+                self._sql(
+                    f"SELECT id, json FROM memory_records WHERE id IN ({_marks(len(chunk))})"
+                ),
+                chunk,
+            )
+            for rid, blob in cur.fetchall():
+                found[rid] = MemoryRecord.model_validate_json(blob).model_dump_json()
+        return found
+
+    def get(self, record_id: str) -> MemoryRecord:
+        rows = self._query("SELECT json FROM memory_records WHERE id = ?", (record_id,))
+        if not rows:
+            raise MemoryNotFoundError(
+                f"the memory at {self.location} holds no record with id {record_id!r}",
+                "check the id; `memcollab memory list` shows the ids of a namespace",
+            )
+        return MemoryRecord.model_validate_json(rows[0][0])
+
+    @staticmethod
+    def _where(
+        namespace: str,
+        domain: str | None,
+        category: str | None = None,
+        subcategory: str | None = None,
+    ) -> tuple[str, list[Any]]:
+        clauses, params = ["namespace = ?"], [namespace]
+        if domain is not None:
+            clauses.append("domain = ?")
+            params.append(domain)
+        elif category is not None or subcategory is not None:
+            # Keeps the bucket index usable below the domain column.
+            clauses.append(f"domain IN ({_marks(len(_DOMAINS))})")
+            params.extend(_DOMAINS)
+        if category is not None:
+            clauses.append("category = ?")
+            params.append(category)
+        if subcategory is not None:
+            clauses.append("subcategory = ?")
+            params.append(subcategory)
+        return " AND ".join(clauses), params
+
+    def records(
+        self,
+        namespace: str = "default",
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+        *,
+        include_flagged: bool = False,
+    ) -> list[MemoryRecord]:
+        where, params = self._where(namespace, domain, category, subcategory)
+        if not include_flagged:
+            where += " AND id NOT IN (SELECT record_id FROM memory_flags)"
+        rows = self._query(
+            f"SELECT json FROM memory_records WHERE {where} ORDER BY created_at, id", params
+        )
+        return [MemoryRecord.model_validate_json(blob) for (blob,) in rows]
+
+    def buckets(
+        self, namespace: str = "default", domain: str | None = None
+    ) -> dict[tuple[str, str, str], int]:
+        where, params = self._where(namespace, domain)
+        rows = self._query(
+            f"SELECT domain, category, subcategory, COUNT(*) FROM memory_records WHERE {where} "
+            "GROUP BY domain, category, subcategory",
+            params,
+        )
+        return {(d, c, s): int(n) for d, c, s, n in sorted(rows)}
+
+    # -- usage
+    def _require(self, cur: Any, record_ids: Iterable[str]) -> None:
+        wanted = sorted(set(record_ids))
+        cur.execute(
+            self._sql(f"SELECT id FROM memory_records WHERE id IN ({_marks(len(wanted))})"),
+            wanted,
+        )
+        missing = set(wanted) - {row[0] for row in cur.fetchall()}
+        if missing:
+            shown = ", ".join(repr(m) for m in sorted(missing)[:5])
+            raise MemoryNotFoundError(
+                f"the memory at {self.location} holds no record with id {shown}",
+                "count usage only of records retrieved from this store",
+            )
+
+    def count_retrieved(self, record_ids: Iterable[str]) -> None:
+        counts = Counter(record_ids)
+        if not counts:
+            return
+        with self._write() as cur:
+            self._require(cur, counts)
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO memory_retrievals (record_id, retrieved) VALUES (?, ?) "
+                    "ON CONFLICT (record_id) DO UPDATE "
+                    "SET retrieved = memory_retrievals.retrieved + excluded.retrieved"
+                ),
+                sorted(counts.items()),
+            )
+
+    def record_usage(self, record_id: str, model: str, helped: bool) -> None:
+        with self._write() as cur:
+            self._require(cur, [record_id])
+            cur.execute(
+                self._sql(
+                    "INSERT INTO memory_usage (record_id, model, helped, harmed) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (record_id, model) DO UPDATE SET "
+                    "helped = memory_usage.helped + excluded.helped, "
+                    "harmed = memory_usage.harmed + excluded.harmed"
+                ),
+                (record_id, model, int(helped), int(not helped)),
+            )
+
+    def usage(self, record_id: str) -> dict[str, Any]:
+        self.get(record_id)
+        retrieved = self._query(
+            "SELECT retrieved FROM memory_retrievals WHERE record_id = ?", (record_id,)
+        )
+        models = self._query(
+            "SELECT model, helped, harmed FROM memory_usage WHERE record_id = ?", (record_id,)
+        )
+        return {
+            "retrieved": int(retrieved[0][0]) if retrieved else 0,
+            "models": {m: {"helped": int(h), "harmed": int(x)} for m, h, x in sorted(models)},
+        }
+
+    # -- flags
+    def _flag_event(self, record_id: str, action: str, reason: str, actor: str) -> bool:
+        if not reason.strip():
+            raise MemoryFlagError(f"{action} of {record_id!r} needs a reason")
+        now = time.time()
+        with self._write() as cur:
+            self._require(cur, [record_id])
+            if action == "flag":
+                cur.execute(
+                    self._sql(
+                        "INSERT INTO memory_flags (record_id, reason, actor, at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING"
+                    ),
+                    (record_id, reason, actor, now),
+                )
+            else:
+                cur.execute(self._sql("DELETE FROM memory_flags WHERE record_id = ?"), (record_id,))
+            if cur.rowcount < 1:
+                return False
+            cur.execute(
+                self._sql(
+                    "INSERT INTO memory_flag_history (record_id, action, reason, actor, at) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
+                (record_id, action, reason, actor, now),
+            )
+            cur.execute(self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'"))
+        return True
+
+    def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
+        return self._flag_event(record_id, "flag", reason, actor)
+
+    def unflag(self, record_id: str, reason: str, actor: str = "") -> bool:
+        return self._flag_event(record_id, "unflag", reason, actor)
+
+    def flagged(self, namespace: str | None = None) -> dict[str, str]:
+        statement = "SELECT f.record_id, f.reason FROM memory_flags f"
+        params: tuple[Any, ...] = ()
+        if namespace is not None:
+            statement += " JOIN memory_records r ON r.id = f.record_id WHERE r.namespace = ?"
+            params = (namespace,)
+        return dict(sorted(self._query(statement, params)))
+
+    def flag_history(self, record_id: str) -> list[dict[str, Any]]:
+        self.get(record_id)
+        rows = self._query(
+            "SELECT action, reason, actor, at FROM memory_flag_history WHERE record_id = ? "
+            "ORDER BY at, seq",
+            (record_id,),
+        )
+        return [{"action": a, "reason": r, "actor": w, "at": float(t)} for a, r, w, t in rows]
+
+    def namespaces(self) -> dict[str, int]:
+        rows = self._query("SELECT namespace, COUNT(*) FROM memory_records GROUP BY namespace")
+        return {ns: int(n) for ns, n in sorted(rows)}
+
+    # -- summaries
+    def stats(self, namespace: str = "default") -> dict[str, Any]:
+        def grouped(columns: str) -> list[tuple[Any, ...]]:
+            rows = self._query(
+                f"SELECT {columns}, COUNT(*), SUM(n_constraints) FROM memory_records "
+                f"WHERE namespace = ? GROUP BY {columns}",
+                (namespace,),
+            )
+            return sorted(rows, key=lambda r: tuple("" if v is None else str(v) for v in r))
+
+        buckets = grouped("domain, category, subcategory")
+        return {
+            "namespace": namespace,
+            "records": sum(int(r[3]) for r in buckets),
+            "constraints": sum(int(r[4]) for r in buckets),
+            "buckets": [
+                {
+                    "domain": d,
+                    "category": c,
+                    "subcategory": s,
+                    "records": int(n),
+                    "constraints": int(k),
+                }
+                for d, c, s, n, k in buckets
+            ],
+            "pairs": [
+                {"model_pos": p, "model_neg": q, "records": int(n), "constraints": int(k)}
+                for p, q, n, k in grouped("model_pos, model_neg")
+            ],
+            "pair_types": {
+                t: {"records": int(n), "constraints": int(k)} for t, n, k in grouped("pair_type")
+            },
+            "distillers": {
+                d: {"records": int(n), "constraints": int(k)} for d, n, k in grouped("distiller")
+            },
+        }
+
+    def version(self) -> int:
+        return int(self._query("SELECT value FROM memory_meta WHERE key = 'version'")[0][0])
+
+    def _check_schema_version(self) -> None:
+        found = int(self._query("SELECT value FROM memory_meta WHERE key = 'schema_version'")[0][0])
+        if found > SCHEMA_VERSION:
+            raise MemoryFormatError(
+                f"the memory at {self.location} has schema {found}, written by a newer "
+                f"memcollab (this one reads up to {SCHEMA_VERSION})",
+                UPGRADE_HINT,
+            )
+
+
+def _schema(text_type: str, real_type: str, int_type: str, serial: str) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS memory_records (
+            id {text_type} PRIMARY KEY,
+            namespace {text_type} NOT NULL,
+            domain {text_type} NOT NULL,
+            category {text_type} NOT NULL,
+            subcategory {text_type} NOT NULL,
+            task_hash TEXT NOT NULL,
+            model_pos {text_type},
+            model_neg {text_type},
+            pair_type {text_type} NOT NULL,
+            distiller {text_type} NOT NULL,
+            n_constraints INTEGER NOT NULL,
+            json TEXT NOT NULL,
+            created_at {real_type} NOT NULL,
+            format_version INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS memory_records_bucket ON memory_records "
+        "(namespace, domain, category, subcategory, created_at, id)",
+        "CREATE INDEX IF NOT EXISTS memory_records_task ON memory_records (namespace, task_hash)",
+        f"""CREATE TABLE IF NOT EXISTS memory_retrievals (
+            record_id {text_type} PRIMARY KEY,
+            retrieved {int_type} NOT NULL
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS memory_usage (
+            record_id {text_type} NOT NULL,
+            model {text_type} NOT NULL,
+            helped {int_type} NOT NULL,
+            harmed {int_type} NOT NULL,
+            PRIMARY KEY (record_id, model)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS memory_flags (
+            record_id {text_type} PRIMARY KEY,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at {real_type} NOT NULL
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS memory_flag_history (
+            seq {serial},
+            record_id {text_type} NOT NULL,
+            action {text_type} NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at {real_type} NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS memory_flag_history_record ON memory_flag_history "
+        "(record_id, at)",
+        f"""CREATE TABLE IF NOT EXISTS memory_meta (
+            key TEXT PRIMARY KEY,
+            value {int_type} NOT NULL
+        )""",
+        "INSERT INTO memory_meta (key, value) VALUES ('version', 0) ON CONFLICT (key) DO NOTHING",
+        f"INSERT INTO memory_meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION}) "
+        "ON CONFLICT (key) DO NOTHING",
+        # Schema 1 -> 2 added the flag tables above (created by the same statements); a
+        # version-1 memcollab would serve flagged records, so it must refuse this store.
+        f"UPDATE memory_meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version' "
+        f"AND value < {SCHEMA_VERSION}",
+    ]

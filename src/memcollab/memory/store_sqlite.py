@@ -1,0 +1,126 @@
+"""The memory in one SQLite file (the default backend): WAL, busy timeout, a connection
+per thread, so several threads and processes can read and write one file at once."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from memcollab.memory.store import MemoryConnectionError, MemoryStore, register_backend
+from memcollab.memory.store_sql import _schema, _SQLMemory
+
+_BUSY_TIMEOUT_MS = 60_000
+
+
+class SQLiteMemory(_SQLMemory):
+    """The memory in one SQLite file (WAL, busy timeout, a connection per thread)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.location = str(self.path)
+        if str(path) in ("", ":memory:"):
+            raise MemoryConnectionError(
+                f"SQLiteMemory needs a file, not {str(path)!r}",
+                "give a path, e.g. a file under a temporary folder",
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MemoryConnectionError(
+                f"cannot create the folder of the memory {self.path}: {exc.strerror}",
+                "choose a writable location",
+            ) from None
+        self._init_schema()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise MemoryConnectionError(
+                f"cannot open the SQLite memory {self.path}: {exc}",
+                "check that the path is a writable file or a new name in a writable folder",
+            ) from None
+        return conn
+
+    def _init_schema(self) -> None:
+        # Switching to WAL takes a brief exclusive lock for which SQLite does not call its
+        # busy handler, so processes racing on a brand-new file retry here.
+        for attempt in range(60):
+            try:
+                conn = self._conn()
+                conn.execute("PRAGMA journal_mode=WAL")
+                with self._write() as cur:
+                    for statement in _schema(
+                        "TEXT", "REAL", "INTEGER", "INTEGER PRIMARY KEY AUTOINCREMENT"
+                    ):
+                        cur.execute(statement)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 59:
+                    raise MemoryConnectionError(
+                        f"cannot open the SQLite memory {self.path}: {exc}"
+                    ) from None
+                time.sleep(0.02 * (attempt + 1))
+            except sqlite3.DatabaseError as exc:
+                raise MemoryConnectionError(
+                    f"cannot open the SQLite memory {self.path}: {exc}",
+                    "is it a memcollab memory file?",
+                ) from None
+        self._check_schema_version()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        conn = self._conn()
+        # IMMEDIATE takes the write lock up front (waiting through busy_timeout) instead of
+        # failing when a read transaction must be upgraded.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn.cursor()
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _iter_json(self, namespace: str | None) -> Iterator[str]:
+        if namespace is None:
+            cur = self._conn().execute("SELECT json FROM memory_records ORDER BY created_at, id")
+        else:
+            cur = self._conn().execute(
+                "SELECT json FROM memory_records WHERE namespace = ? ORDER BY created_at, id",
+                (namespace,),
+            )
+        for (blob,) in cur:
+            yield blob
+
+
+def open_sqlite_path(path: str, create: bool) -> MemoryStore:
+    """The SQLite memory at a file path; with `create=False` a missing file is refused."""
+    if not create and path not in ("", ":memory:") and not Path(path).is_file():
+        raise MemoryConnectionError(
+            f"no memory at {path}",
+            "check the path (commands that only read a memory never create one)",
+        )
+    return SQLiteMemory(path)
+
+
+@register_backend("sqlite")
+def _open_sqlite_url(url: str, create: bool) -> MemoryStore:
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or len(rest) == 1:
+        raise MemoryConnectionError(
+            f"cannot read the SQLite URL {url!r}",
+            "write sqlite:///relative/path.sqlite or sqlite:////absolute/path.sqlite",
+        )
+    return open_sqlite_path(rest[1:], create)
