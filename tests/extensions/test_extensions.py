@@ -6,14 +6,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from memcollab.experiment.config import parse_experiment
 from memcollab.experiment.runner import Experiment
 from memcollab.llm.cache import Gateway
 from memcollab.llm.fleet import Fleet
 from memcollab.memory import Memory
+from memcollab.memory.store import MemoryConflictError, MemoryNotFoundError
 from memcollab.tasks.task import Task
 from tests.experiment.scripted import experiment_dict, fleet_dict
-from tests.extensions import condition_reversed, strategy_newest  # noqa: F401 - registers
+from tests.extensions import (  # noqa: F401 - importing registers them
+    backend_dict,
+    condition_reversed,
+    strategy_newest,
+)
+from tests.memory.test_api import Label, _record
 
 
 def test_a_new_condition_and_a_new_strategy_run_in_an_experiment(tmp_path: Path) -> None:
@@ -35,3 +43,27 @@ def test_a_new_condition_and_a_new_strategy_run_in_an_experiment(tmp_path: Path)
         task = Task(id="q", domain="math", prompt="Add three and one.")
         found = memory.search(task, namespace="memcollab.by.right", strategy="newest", p=1)
         assert found.record_ids == (latest.id,)
+
+
+def test_a_new_storage_backend_serves_the_whole_memory_api(tmp_path: Path) -> None:
+    with pytest.raises(MemoryNotFoundError, match="no memory at dict://scenario"):
+        Memory.open("dict://scenario", create=False)
+    with Memory.open("dict://scenario") as memory:
+        assert memory.add(_record(1, text="area of a right triangle with legs"))
+        assert memory.add(_record(2, text="perimeter of an isosceles triangle"))
+        task = Task(id="q", domain="math", prompt="the perimeter of a right triangle")
+        found = memory.search(task, label=Label("Geometry", "triangles"), p=2)
+        assert found.record_ids == ("r2", "r1") and found.level == "subcategory"
+        assert memory.flag("r2", "test")
+        found = memory.search(task, label=Label("Geometry", "triangles"), p=2)
+        assert found.record_ids == ("r1",)  # the retriever saw the version change
+        assert memory.export(tmp_path / "m.jsonl") == 2
+    with Memory.open(tmp_path / "copy.sqlite") as copy:
+        assert copy.import_(tmp_path / "m.jsonl").added == 2
+    changed = _record(1, text="changed text")
+    (tmp_path / "bad.jsonl").write_text(changed.model_dump_json() + "\n")
+    with Memory.open("dict://scenario", create=False) as memory:
+        with pytest.raises(MemoryConflictError):
+            memory.import_(tmp_path / "bad.jsonl")
+        assert memory.import_(tmp_path / "bad.jsonl", on_conflict="replace").replaced == 1
+        assert memory.get("r1").task_text == "changed text 1"
