@@ -1,10 +1,13 @@
 """The solve loop on the scripted model: turns, tools, visible checks, memory, records."""
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 from memcollab.agent import MEMORY_CLOSE, MEMORY_OPEN, Agent, Guidance, python_blocks
 from memcollab.llm.base import ChatRequest
 from memcollab.llm.cache import Gateway
 from memcollab.llm.scripted import ScriptedModel
-from memcollab.tasks.sandbox import SandboxLimits
+from memcollab.tasks.sandbox import CodeRunner, ExecResult, SandboxLimits, TestVerdict
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
@@ -109,3 +112,45 @@ def test_context_overflow_ends_the_trajectory_as_an_error() -> None:
 def test_python_blocks() -> None:
     text = "a\n```python\nx = 1\n```\nb\n```\ny = 2\n```\n```python\nz = 3"
     assert python_blocks(text) == ["x = 1\n", "y = 2\n", "z = 3"]
+
+
+@dataclass
+class RecordingRunner:
+    """A CodeRunner that runs nothing: it records its calls and answers with canned results."""
+
+    calls: list[tuple[object, ...]] = field(default_factory=list)
+
+    def run_code(self, code: str, limits: SandboxLimits = LIMITS) -> ExecResult:
+        self.calls.append(("run_code", code, limits))
+        return ExecResult("ok", "from the fake runner\n", "", 0.01)
+
+    def run_tests(
+        self,
+        candidate: str,
+        tests: Sequence[str],
+        setup_code: str = "",
+        limits: SandboxLimits = LIMITS,
+    ) -> TestVerdict:
+        self.calls.append(("run_tests", candidate, tuple(tests), setup_code, limits))
+        return TestVerdict("failed", 0, len(tests), "fake failing line", "fake error", 0.01)
+
+
+def test_a_custom_code_runner_replaces_the_sandbox() -> None:
+    runner = RecordingRunner()
+    runner_view: CodeRunner = runner  # the fake satisfies the protocol (checked by mypy)
+    model = ScriptedModel(["```python\nprint(6 * 7)\n```", "\\boxed{42}"], name="scripted")
+    solver = Agent(Gateway(None).bind(model), limits=LIMITS, runner=runner_view)
+    t = solver.solve(MATH)
+    assert runner.calls == [("run_code", "print(6 * 7)\n", LIMITS)]
+    assert t.steps[0].tool is not None and t.steps[0].tool.output == "from the fake runner"
+    assert "from the fake runner" in model.requests[1].messages[-1].content
+
+    code_model = ScriptedModel(["```python\ndef add(a, b):\n    return a + b\n```"] * 2)
+    solver = Agent(Gateway(None).bind(code_model), max_turns=2, limits=LIMITS, runner=runner)
+    t = solver.solve(CODE)
+    candidate = "def add(a, b):\n    return a + b\n"
+    visible = ("assert add(1, 2) == 3",)
+    assert runner.calls[1:] == [("run_tests", candidate, visible, "", LIMITS)] * 2
+    assert "fake failing line" in code_model.requests[1].messages[-1].content
+    # The fake's "failed" kept the loop going; the hidden tests still ran in the real sandbox.
+    assert (t.turns, t.finish, t.correct) == (2, "max_turns", True)

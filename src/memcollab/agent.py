@@ -28,7 +28,7 @@ from memcollab.llm.fleet import Fleet
 from memcollab.memory.guidance import Guidance
 from memcollab.tasks.checkers import answer_style, check
 from memcollab.tasks.math_check import extract_answer
-from memcollab.tasks.sandbox import SandboxLimits, run_code, run_tests
+from memcollab.tasks.sandbox import CodeRunner, LocalSandbox, SandboxLimits
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Step, ToolRun, Trajectory
 
@@ -70,6 +70,7 @@ class Agent:
     max_turns: int = 5
     decoding: Decoding = field(default_factory=Decoding)
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+    runner: CodeRunner = field(default_factory=LocalSandbox)
 
     def first_messages(self, task: Task, guidance: Sequence[Guidance] = ()) -> list[Message]:
         """System and user messages that open the conversation."""
@@ -168,7 +169,7 @@ class Agent:
                 return None, "", True, reply
             if not blocks:
                 return None, p["no_answer"], False, None
-            result = run_code(blocks[-1], self.limits)
+            result = self.runner.run_code(blocks[-1], self.limits)
             output = result.stdout + (f"\n{result.stderr}" if result.stderr else "")
             if result.status == "timeout":
                 output += f"\n(stopped: time limit of {self.limits.wall_s:g}s)"
@@ -185,7 +186,9 @@ class Agent:
         candidate = blocks[-1]
         if not task.visible_tests:
             return None, "", True, candidate
-        verdict = run_tests(candidate, list(task.visible_tests), task.setup_code, self.limits)
+        verdict = self.runner.run_tests(
+            candidate, list(task.visible_tests), task.setup_code, self.limits
+        )
         details = _clip(
             "\n".join(
                 x

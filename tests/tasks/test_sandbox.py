@@ -46,7 +46,7 @@ def test_run_code_error_has_traceback_with_the_snippet_line(backend: BackendName
     assert 'File "<snippet>", line 3' in result.stderr
     assert "y = x / 0" in result.stderr
     assert result.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
-    assert "sandbox.py" not in result.stderr  # the harness's frames are not shown
+    assert "sandbox_harness.py" not in result.stderr  # the harness's frames are not shown
 
 
 def test_run_code_syntax_error(backend: BackendName) -> None:
@@ -321,3 +321,28 @@ def test_humaneval_canonical_passes_and_wrong_fails(
     assert not verdict.passed
     assert verdict.status in ("failed", "error")
     assert verdict.error
+
+
+# --- module layout -------------------------------------------------------------------------
+
+
+def test_harness_modules_import_only_the_standard_library() -> None:
+    import ast
+    import sys
+    from pathlib import Path
+
+    from memcollab.tasks import sandbox_harness, sandbox_launch
+
+    folder = Path(sandbox_harness.__file__).parent
+    for name in ("sandbox_harness.py", "sandbox_judge.py"):
+        tree = ast.parse((folder / name).read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{name}: relative import"
+                imported.add((node.module or "").split(".")[0])
+        assert imported, name
+        assert imported <= set(sys.stdlib_module_names) | {"__future__"}, (name, imported)
+    assert str((folder / "sandbox_harness.py").resolve()) == sandbox_launch._HARNESS_FILE

@@ -23,11 +23,11 @@ from memcollab.tasks.sandbox import (
     BackendName,
     SandboxLimits,
     TestVerdict,
-    _parse_record,
     isolation_report,
     run_code,
     run_tests,
 )
+from memcollab.tasks.sandbox_launch import parse_record
 
 FAST = SandboxLimits(wall_s=0.6, cpu_s=1)
 # A well-formed "all passed" record for TESTS, as a forger would write it.
@@ -487,8 +487,8 @@ def test_atexit_forgery(backend: BackendName) -> None:
 def test_a_forged_record_would_be_well_formed() -> None:
     # The forgeries below fail only for want of the nonce, not for their shape.
     nonce = "ab" * 16
-    assert _parse_record(f"{nonce} {RECORD}\n".encode(), nonce, 2) is not None
-    assert _parse_record(f"{'0' * 32} {RECORD}\n".encode(), nonce, 2) is None
+    assert parse_record(f"{nonce} {RECORD}\n".encode(), nonce, 2) is not None
+    assert parse_record(f"{'0' * 32} {RECORD}\n".encode(), nonce, 2) is None
 
 
 def test_fake_success_markers_and_records(backend: BackendName) -> None:
