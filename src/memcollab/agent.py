@@ -1,53 +1,40 @@
 """The solve loop: a model plus a prompt policy solves a task in turns.
 
-Each turn is one model call. Math: a reply with a final answer (`\\boxed{}`; for GSM8K also
-`#### N` / `The answer is N`) ends the loop; a reply with a ```python block gets the block
-run in the sandbox and its output sent back; anything else gets a nudge. Code: the last
-```python block of a reply is the candidate; it runs against the task's visible checks
-(HumanEval docstring examples, the first MBPP assert) and a pass ends the loop, a failure is
-fed back. The loop also ends at `max_turns`. Hidden tests judge only the final answer.
+Each turn is one model call; the task's domain (`memcollab.domains`) says what a reply
+does. Math: a reply with a final answer (`\\boxed{}`; for GSM8K also `#### N` / `The
+answer is N`) ends the loop; a reply with a ```python block gets the block run in the
+sandbox and its output sent back; anything else gets a nudge. Code: the last ```python
+block of a reply is the candidate; it runs against the task's visible checks (HumanEval
+docstring examples, the first MBPP assert) and a pass ends the loop, a failure is fed
+back. The loop also ends at `max_turns`. Code runs through a `CodeRunner` (default: the
+local sandbox). Hidden tests judge only the final answer.
 Memory guidance, when given, enters the system prompt as one delimited block, and the
 trajectory records which memory records were given.
 """
 
 from __future__ import annotations
 
-import re
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib.resources import files
 from typing import Any
 
+from memcollab.domains import agent_prompts, get_domain, python_blocks
 from memcollab.errors import ContextOverflowError
 from memcollab.llm.base import ChatRequest, Decoding, Message
 from memcollab.llm.cache import Gateway, ModelClient
 from memcollab.llm.fleet import Fleet
 from memcollab.memory.guidance import Guidance
-from memcollab.tasks.checkers import answer_style, check
-from memcollab.tasks.math_check import extract_answer
 from memcollab.tasks.sandbox import CodeRunner, LocalSandbox, SandboxLimits
 from memcollab.tasks.task import Task
-from memcollab.trajectory import Step, ToolRun, Trajectory
+from memcollab.trajectory import Step, Trajectory
+
+__all__ = ["MEMORY_CLOSE", "MEMORY_OPEN", "Agent", "Guidance", "fleet_agent", "memory_block"]
+__all__ += ["prompts", "python_blocks"]
 
 MEMORY_OPEN = "<memory>"
 MEMORY_CLOSE = "</memory>"
-_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_TOOL_OUTPUT_CHARS = 2000
-
-
-@lru_cache(maxsize=1)
-def prompts() -> dict[str, Any]:
-    """The loop's prompt templates (package data prompts/agent.toml)."""
-    raw = files("memcollab").joinpath("prompts/agent.toml").read_text(encoding="utf-8")
-    return tomllib.loads(raw)
-
-
-def python_blocks(text: str) -> list[str]:
-    """The fenced code blocks of a reply (an unclosed last block counts: output was cut)."""
-    return [block for block in _FENCE.findall(text) if block.strip()]
+prompts = agent_prompts  # the loop's prompt templates (kept under its old name)
 
 
 def memory_block(guidance: Sequence[Guidance]) -> str:
@@ -56,10 +43,6 @@ def memory_block(guidance: Sequence[Guidance]) -> str:
     lines += [f"{i}. {g.text}" for i, g in enumerate(guidance, start=1)]
     lines.append(MEMORY_CLOSE)
     return "\n".join(lines)
-
-
-def _clip(text: str, limit: int = _TOOL_OUTPUT_CHARS) -> str:
-    return text if len(text) <= limit else "...\n" + text[-limit:]
 
 
 @dataclass
@@ -74,16 +57,11 @@ class Agent:
 
     def first_messages(self, task: Task, guidance: Sequence[Guidance] = ()) -> list[Message]:
         """System and user messages that open the conversation."""
-        p = prompts()[task.domain]
-        system_text = p["system"]
+        domain = get_domain(task.domain)
+        system_text = domain.system_prompt(task)
         if guidance:
             system_text = f"{system_text}\n\n{memory_block(guidance)}"
-        if task.domain == "math":
-            user_text = p["user"].format(prompt=task.prompt)
-        elif task.prompt.lstrip().startswith(("def ", "from ", "import ")):
-            user_text = p["user_function"].format(prompt=task.prompt)
-        else:
-            user_text = p["user_text"].format(prompt=task.prompt)
+        user_text = domain.user_message(task)
         return [
             Message(role="system", content=system_text),
             Message(role="user", content=user_text),
@@ -99,6 +77,7 @@ class Agent:
     ) -> Trajectory:
         """Run the loop on `task` and judge the final answer."""
         started = time.perf_counter()
+        domain = get_domain(task.domain)
         messages = self.first_messages(task, guidance)
         steps: list[Step] = []
         final: str | None = None
@@ -115,9 +94,10 @@ class Agent:
                 break
             reply = completion.text
             messages.append(Message(role="assistant", content=reply))
-            tool, feedback, done, answer = self._react(task, reply)
-            if answer is not None:
-                final = answer
+            reaction = domain.react(task, reply, self.runner, self.limits)
+            tool, feedback, done = reaction.tool, reaction.feedback, reaction.done
+            if reaction.answer is not None:
+                final = reaction.answer
             steps.append(
                 Step(
                     turn=turn,
@@ -136,9 +116,8 @@ class Agent:
                 break
             if turn < self.max_turns:
                 messages.append(Message(role="user", content=feedback))
-        if task.domain == "math" and final is None and steps:
-            final = steps[-1].reply if extract_answer(steps[-1].reply, answer_style(task)) else None
-        result = check(task, final, self.limits)
+        final = domain.final_answer(task, steps, final)
+        result = domain.check(task, final, self.limits)
         return Trajectory(
             task_id=task.id,
             domain=task.domain,
@@ -159,54 +138,6 @@ class Agent:
             completion_tokens=sum(s.completion_tokens for s in steps),
             wall_s=round(time.perf_counter() - started, 3),
         )
-
-    def _react(self, task: Task, reply: str) -> tuple[ToolRun | None, str, bool, str | None]:
-        """What the loop does with a reply: (tool run, feedback, done, final answer)."""
-        p = prompts()[task.domain]
-        blocks = python_blocks(reply)
-        if task.domain == "math":
-            if extract_answer(reply, answer_style(task)) is not None:
-                return None, "", True, reply
-            if not blocks:
-                return None, p["no_answer"], False, None
-            result = self.runner.run_code(blocks[-1], self.limits)
-            output = result.stdout + (f"\n{result.stderr}" if result.stderr else "")
-            if result.status == "timeout":
-                output += f"\n(stopped: time limit of {self.limits.wall_s:g}s)"
-            tool = ToolRun(
-                kind="python",
-                code=blocks[-1],
-                status=result.status,
-                output=_clip(output.strip()),
-                duration_s=round(result.duration_s, 3),
-            )
-            return tool, p["tool_output"].format(output=tool.output or "(no output)"), False, None
-        if not blocks:
-            return None, p["no_code"], False, None
-        candidate = blocks[-1]
-        if not task.visible_tests:
-            return None, "", True, candidate
-        verdict = self.runner.run_tests(
-            candidate, list(task.visible_tests), task.setup_code, self.limits
-        )
-        details = _clip(
-            "\n".join(
-                x
-                for x in (verdict.failed_test and f"Test: {verdict.failed_test}", verdict.error)
-                if x
-            )
-            or verdict.status
-        )
-        tool = ToolRun(
-            kind="visible_tests",
-            code=candidate,
-            status=verdict.status,
-            output=details,
-            duration_s=round(verdict.duration_s, 3),
-        )
-        if verdict.passed:
-            return tool, "", True, candidate
-        return tool, p["test_failed"].format(details=details), False, candidate
 
 
 def fleet_agent(

@@ -168,5 +168,6 @@ def load_tasks_or_fail(specs: list[str], data_dir: Path | None, seed: int) -> li
 
 def check_domain(domain: str) -> None:
     """Refuse a domain no benchmark kind has."""
-    if domain not in ("math", "code"):
-        raise UserError(f"unknown domain {domain!r}", "use --domain math or --domain code")
+    from memcollab.domains import get_domain
+
+    get_domain(domain)

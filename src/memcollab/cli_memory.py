@@ -46,8 +46,9 @@ def _taxonomies(items: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or []:
         domain, sep, path = item.partition("=")
-        if not sep or domain not in ("math", "code") or not path:
+        if not sep or not path:
             raise UserError(f"bad --taxonomy {item!r}", "write --taxonomy math=FILE or code=FILE")
+        check_domain(domain)
         out[domain] = path
     return out
 

@@ -48,7 +48,7 @@ class Trajectory(_Record):
     """One agent's attempt at one task."""
 
     task_id: str
-    domain: Literal["math", "code"]
+    domain: str  # a registered domain (memcollab.domains)
     model: str
     condition: str = "vanilla"
     memory_ids: tuple[str, ...] = ()

@@ -67,3 +67,70 @@ def test_a_new_storage_backend_serves_the_whole_memory_api(tmp_path: Path) -> No
             memory.import_(tmp_path / "bad.jsonl")
         assert memory.import_(tmp_path / "bad.jsonl", on_conflict="replace").replaced == 1
         assert memory.get("r1").task_text == "changed text 1"
+
+
+def _choice_rules(answer: str, with_memory: str | None = None) -> dict[str, str]:
+    rules = {
+        "reusable reasoning rules": (
+            "1. When two options look alike, enforce checking each against the question;"
+            " avoid picking the first plausible option."
+        ),
+        "Which topic fits it best?": "physics",
+        "Which category": "Science",
+    }
+    if with_memory is not None:
+        rules["<memory>"] = with_memory
+    rules[""] = answer
+    return rules
+
+
+def test_a_benchmark_of_a_new_kind_runs_through_memory_and_an_experiment(
+    tmp_path: Path,
+) -> None:
+    from tests.extensions import domain_choice  # noqa: F401 - registers domain and loader
+
+    data = tmp_path / "data" / "choice"
+    data.mkdir(parents=True)
+    for split, n in (("train", 3), ("test", 2)):
+        rows = [
+            {"id": f"{split}{i}", "question": f"Which force is meant, {split} {i}?"}
+            | {"options": ["gravity", "friction", "tension"], "answer": "B"}
+            for i in range(n)
+        ]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fleet = {
+        "models": {
+            "right": {"provider": "scripted", "strength": 2, "rules": _choice_rules("Answer: B")},
+            "wrong": {
+                "provider": "scripted",
+                "strength": 1,
+                "rules": _choice_rules("It is (C).", "With the rule: Answer: B"),
+            },
+        }
+    }
+    config = parse_experiment(
+        {
+            "name": "choice",
+            "out": str(tmp_path / "out"),
+            "data_dir": str(tmp_path / "data"),
+            "agent": {"max_turns": 2},
+            "train": {"tasks": ["choice:train"]},
+            "eval": {"choice": "choice:test"},
+            "conditions": ["vanilla", "memcollab"],
+        }
+    )
+    experiment = Experiment(config, Gateway(None), Fleet.from_dict(fleet))
+    experiment.run(lambda event: None)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    verdict = {(r["task_id"], r["model"], r["condition"]): r["correct"] for r in rows}
+    assert len(verdict) == 2 * 2 * 2
+    for task in ("choice/test0", "choice/test1"):
+        assert verdict[(task, "right", "vanilla")] and verdict[(task, "right", "memcollab")]
+        assert not verdict[(task, "wrong", "vanilla")]  # it answers C, and is nudged twice
+        assert verdict[(task, "wrong", "memcollab")]  # the memory block turns it right
+    with Memory.open(tmp_path / "out" / "memory.sqlite") as memory:
+        records = memory.list("memcollab.by.right")
+        assert len(records) == 3
+        assert {(r.domain, r.category, r.subcategory) for r in records} == {
+            ("choice", "Science", "physics")
+        }

@@ -373,7 +373,9 @@ class DomainClassifier:
     def __init__(
         self, client: ModelClient, taxonomies: dict[str, Taxonomy | str] | None = None
     ) -> None:
-        chosen = {"math": "math", "code": "code", **(taxonomies or {})}
+        from memcollab.domains import DOMAINS
+
+        chosen = {name: d.taxonomy for name, d in DOMAINS.items()} | dict(taxonomies or {})
         self.by_domain = {domain: Classifier(client, tax) for domain, tax in chosen.items()}
 
     def classify(self, task: Task) -> Label:

@@ -52,6 +52,7 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Any, Literal
 
+from memcollab.domains import get_domain
 from memcollab.llm.base import ChatRequest, Decoding, Message
 from memcollab.llm.cache import ModelClient
 from memcollab.memory.pairs import Pair
@@ -476,7 +477,7 @@ class ScreenContext:
     ) -> ScreenContext:
         """Collect the numbers, identifiers, names and n-grams of a task and trajectories."""
         texts = [task.prompt]
-        code = [task.prompt] if task.domain == "code" else []
+        code = [task.prompt] if get_domain(task.domain).prompt_is_code else []
         for t in trajectories:
             for step in t.steps:
                 texts.append(step.reply)

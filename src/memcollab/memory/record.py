@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from memcollab.tasks.task import known_domain
 
 MEMORY_FORMAT_VERSION = 1
 
@@ -37,7 +39,7 @@ class MemoryRecord(_Record):
 
     id: str
     namespace: str = "default"
-    domain: Literal["math", "code"]
+    domain: str  # a registered domain (memcollab.domains)
     category: str
     subcategory: str
     task_text: str
@@ -48,6 +50,12 @@ class MemoryRecord(_Record):
     model_neg: str | None = None
     pair_type: PairType
     distiller: str
+
+    @field_validator("domain")
+    @classmethod
+    def _known_domain(cls, value: str) -> str:
+        return known_domain(value)
+
     created_at: float
     format_version: int = MEMORY_FORMAT_VERSION
 

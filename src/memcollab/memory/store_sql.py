@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-import typing
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from memcollab.domains import DOMAINS
 from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
 from memcollab.memory.store import (
     SCHEMA_VERSION,
@@ -30,8 +30,6 @@ from memcollab.memory.store import (
     OnConflict,
     conflict_error,
 )
-
-_DOMAINS: tuple[str, ...] = typing.get_args(MemoryRecord.model_fields["domain"].annotation)
 
 _RECORD_COLUMNS = (
     "id, namespace, domain, category, subcategory, task_hash, model_pos, model_neg, "
@@ -240,8 +238,9 @@ class _SQLMemory(MemoryStore):
             params.append(domain)
         elif category is not None or subcategory is not None:
             # Keeps the bucket index usable below the domain column.
-            clauses.append(f"domain IN ({_marks(len(_DOMAINS))})")
-            params.extend(_DOMAINS)
+            domains = sorted(DOMAINS)
+            clauses.append(f"domain IN ({_marks(len(domains))})")
+            params.extend(domains)
         if category is not None:
             clauses.append("category = ?")
             params.append(category)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from memcollab.errors import UserError
 from memcollab.tasks.task import Domain
@@ -245,9 +245,12 @@ def taxonomy_from_dict(data: dict[str, Any], source: str = "<dict>") -> Taxonomy
         raise _fail(source, "a taxonomy must be a table")
     _unknown_keys(source, "top level", data, _TOP_KEYS)
     domain = _text(source, "top level", data.get("domain"), "domain")
-    domains = get_args(Domain)
-    if domain not in domains:
-        raise _fail(source, f"unknown domain {domain!r}", f"use one of: {', '.join(domains)}")
+    from memcollab.domains import DOMAINS
+
+    if domain not in DOMAINS:
+        raise _fail(
+            source, f"unknown domain {domain!r}", f"use one of: {', '.join(sorted(DOMAINS))}"
+        )
     name = _text(source, "top level", data.get("name"), "name", required=False)
     if not name:
         name = Path(source).stem if source.endswith(".toml") else domain

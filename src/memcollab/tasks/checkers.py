@@ -1,12 +1,12 @@
-"""Judge a final answer against a task: math by answer equivalence, code by hidden tests."""
+"""Judge a final answer against a task by its domain's rules (math: answer equivalence,
+code: hidden tests); `CheckResult` and the math answer style live here."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from memcollab.tasks.math_check import check_math
-from memcollab.tasks.sandbox import SandboxLimits, run_tests
+from memcollab.tasks.sandbox import SandboxLimits
 from memcollab.tasks.task import Task
 
 
@@ -24,23 +24,8 @@ def answer_style(task: Task) -> Literal["math", "gsm8k"]:
 
 
 def check(task: Task, final: str | None, limits: SandboxLimits | None = None) -> CheckResult:
-    """Judge `final` (math: the model's final reply; code: the candidate program)."""
-    if final is None:
-        return CheckResult(False, {"reason": "no_answer"})
-    if task.domain == "math":
-        if task.answer is None:  # a user's free-form task: nothing to check against
-            return CheckResult(False, {"reason": "no_reference"})
-        verdict = check_math(final, task.answer, style=answer_style(task))
-        return CheckResult(verdict.correct, asdict(verdict))
-    if not task.tests:
-        return CheckResult(False, {"reason": "no_tests"})
-    result = run_tests(final, list(task.tests), task.setup_code, limits or SandboxLimits())
-    details = {
-        "status": result.status,
-        "passed_tests": result.passed_tests,
-        "total_tests": result.total_tests,
-        "failed_test": result.failed_test,
-        "error": result.error,
-        "duration_s": round(result.duration_s, 3),
-    }
-    return CheckResult(bool(result.passed), cast(dict[str, Any], details))
+    """Judge `final` (math: the model's final reply; code: the candidate program) by the
+    rules of the task's domain (`memcollab.domains`)."""
+    from memcollab.domains import get_domain  # the domains build on this module
+
+    return get_domain(task.domain).check(task, final, limits or SandboxLimits())

@@ -476,6 +476,17 @@ LOADERS: dict[str, Loader] = {
 }
 
 
+def register_loader(name: str) -> Callable[[Loader], Loader]:
+    """Register a dataset loader: specs `NAME:split[...]` then load through it. A loader
+    takes the data directory (or None) and the split (or None) and returns the tasks."""
+
+    def wrap(loader: Loader) -> Loader:
+        LOADERS[name] = loader
+        return loader
+
+    return wrap
+
+
 def load_tasks(spec: str, data: str | Path | None = None, seed: int = 0) -> list[Task]:
     """The tasks a spec names, sliced or sampled deterministically."""
     parsed = parse_spec(spec, seed)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from pydantic import BaseModel, ConfigDict
+Domain = str
+"""The name of a registered domain (`memcollab.domains`): built in, "math" and "code"."""
 
-Domain = Literal["math", "code"]
+
+def known_domain(name: str) -> str:
+    """`name` if a domain is registered under it; else a ValueError naming the known ones
+    (pydantic turns it into a validation error of the field)."""
+    from memcollab.domains import DOMAINS  # registers the built-in domains
+
+    if name not in DOMAINS:
+        raise ValueError(f"unknown domain {name!r} (registered: {', '.join(sorted(DOMAINS))})")
+    return name
 
 
 class Task(BaseModel):
@@ -30,3 +39,8 @@ class Task(BaseModel):
     entry_point: str | None = None
     setup_code: str = ""
     metadata: dict[str, str | int] = {}
+
+    @field_validator("domain")
+    @classmethod
+    def _known_domain(cls, value: str) -> str:
+        return known_domain(value)
