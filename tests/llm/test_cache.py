@@ -130,8 +130,8 @@ def test_concurrent_processes_share_one_cache_file(tmp_path: Path) -> None:
     procs = [ctx.Process(target=_writer, args=(path, w, 150)) for w in range(4)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(120)
+    for p in procs:  # generous: spawned processes import memcollab first, slow when loaded
+        p.join(300)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert len(CallCache(path)) == 4 * 150 + 1
 

@@ -1,5 +1,6 @@
 """Live tests: Gemma 3 270M really loaded through llama.cpp (run in CI)."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from memcollab.llm.base import ChatRequest, Completion, Decoding, user
 from memcollab.llm.cache import CallCache, Gateway
 from memcollab.llm.llamacpp import LlamaCppModel
 from memcollab.llm.openai_compat import OpenAIModel
+from tests.conftest import live_requirement
 from tests.support.openai_stub import OpenAIStubServer
 
 pytestmark = pytest.mark.live
@@ -83,6 +85,8 @@ def test_served_over_http_and_queried_with_the_openai_provider(gemma: LlamaCppMo
 
 
 def test_missing_and_invalid_gguf(tmp_path: Path) -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        live_requirement("llama-cpp-python is not installed (pip install 'memcollab[local]')")
     with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
         LlamaCppModel("x", tmp_path / "nope.gguf").complete(_ask("hi"))
     junk = tmp_path / "junk.gguf"

@@ -17,6 +17,7 @@ Memory is built from the training tasks only; evaluation tasks are never collect
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -473,7 +474,7 @@ class Experiment:
                     # The cache answers stored pairs again for free, so the distillation
                     # counts cover every pair however the run was split into parts.
                     recount_existing=self.gateway.cache is not None,
-                    on_event=lambda e, ns=ns: emit(_build_event(e, ns)),
+                    on_event=functools.partial(_emit_build_event, emit, ns),
                 )
                 added += summary.records_added
                 summaries[ns] = {
@@ -521,9 +522,13 @@ class Experiment:
         return computed
 
 
-def _build_event(event: BuildEvent, namespace: str) -> ProgressEvent:
-    return ProgressEvent(
-        "memory", skipped=event.status == "exists", detail=f"{namespace}: {event.status}"
+def _emit_build_event(
+    emit: Callable[[ProgressEvent], None], namespace: str, event: BuildEvent
+) -> None:
+    emit(
+        ProgressEvent(
+            "memory", skipped=event.status == "exists", detail=f"{namespace}: {event.status}"
+        )
     )
 
 

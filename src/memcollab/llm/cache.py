@@ -11,6 +11,7 @@ tokens and time per model, and bounds how many calls share one resource.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -248,7 +249,7 @@ class Gateway:
     def stats(self) -> dict[str, ModelStats]:
         """A snapshot of the counters, per model name."""
         with self._lock:
-            return {name: ModelStats(**s.as_dict()) for name, s in self._stats.items()}
+            return {name: dataclasses.replace(s) for name, s in self._stats.items()}
 
     def _limit(self, model: Model) -> threading.BoundedSemaphore:
         key, limit = model.concurrency()

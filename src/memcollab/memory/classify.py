@@ -27,7 +27,7 @@ import asyncio
 import re
 import threading
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib.resources import files
@@ -371,7 +371,7 @@ class DomainClassifier:
     """One `Classifier` per domain, all asking the same model: files any task by its domain."""
 
     def __init__(
-        self, client: ModelClient, taxonomies: dict[str, Taxonomy | str] | None = None
+        self, client: ModelClient, taxonomies: Mapping[str, Taxonomy | str] | None = None
     ) -> None:
         from memcollab.domains import DOMAINS
 

@@ -4,15 +4,13 @@ per thread, so several threads and processes can read and write one file at once
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from memcollab.memory.store import MemoryConnectionError, MemoryStore, register_backend
 from memcollab.memory.store_sql import _schema, _SQLMemory
-
-_BUSY_TIMEOUT_MS = 60_000
+from memcollab.sqlite_local import connect, create_with_wal
 
 
 class SQLiteMemory(_SQLMemory):
@@ -38,45 +36,32 @@ class SQLiteMemory(_SQLMemory):
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=_BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            return connect(self.path)
         except sqlite3.Error as exc:
             raise MemoryConnectionError(
                 f"cannot open the SQLite memory {self.path}: {exc}",
                 "check that the path is a writable file or a new name in a writable folder",
             ) from None
-        return conn
 
     def _init_schema(self) -> None:
-        # Switching to WAL takes a brief exclusive lock for which SQLite does not call its
-        # busy handler, so processes racing on a brand-new file retry here.
-        for attempt in range(60):
-            try:
-                conn = self._conn()
-                conn.execute("PRAGMA journal_mode=WAL")
-                with self._write() as cur:
-                    for statement in _schema(
-                        "TEXT", "REAL", "INTEGER", "INTEGER PRIMARY KEY AUTOINCREMENT"
-                    ):
-                        cur.execute(statement)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 59:
-                    raise MemoryConnectionError(
-                        f"cannot open the SQLite memory {self.path}: {exc}"
-                    ) from None
-                time.sleep(0.02 * (attempt + 1))
-            except sqlite3.DatabaseError as exc:
-                raise MemoryConnectionError(
-                    f"cannot open the SQLite memory {self.path}: {exc}",
-                    "is it a memcollab memory file?",
-                ) from None
+        def create(conn: sqlite3.Connection) -> None:
+            with self._write() as cur:
+                for statement in _schema(
+                    "TEXT", "REAL", "INTEGER", "INTEGER PRIMARY KEY AUTOINCREMENT"
+                ):
+                    cur.execute(statement)
+
+        try:
+            create_with_wal(self._conn, create)
+        except sqlite3.OperationalError as exc:
+            raise MemoryConnectionError(
+                f"cannot open the SQLite memory {self.path}: {exc}"
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            raise MemoryConnectionError(
+                f"cannot open the SQLite memory {self.path}: {exc}",
+                "is it a memcollab memory file?",
+            ) from None
         self._check_schema_version()
 
     @contextmanager

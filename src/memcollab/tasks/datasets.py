@@ -66,12 +66,20 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"cannot read {path}: {exc}") from None
 
 
-def _field(path: Path, number: int, row: dict[str, Any], name: str, kind: type = str) -> Any:
+def _field(
+    path: Path,
+    number: int,
+    row: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...] = str,
+) -> Any:
     value = row.get(name)
     if value is None:
         raise DataError(f"{path}:{number}: missing field {name!r}")
     if not isinstance(value, kind):
-        raise DataError(f"{path}:{number}: field {name!r} should be {kind.__name__}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        wanted = " or ".join(k.__name__ for k in kinds)
+        raise DataError(f"{path}:{number}: field {name!r} should be {wanted}")
     return value
 
 
