@@ -568,6 +568,177 @@ def test_forged_equality_from_library_objects(backend: BackendName) -> None:
     assert judge(backend, int_sub, ["assert abs(f(1) - 2) < 1e-9"]).status == "error"
 
 
+# Comparison methods written in Python by a library (trusted: their code comes from installed
+# files) that read an attribute the candidate controls, which claims to equal every int.
+INTS_EQUAL = (
+    "class _IntsEqual:\n"
+    "    def __eq__(self, other):\n"
+    "        return isinstance(other, int)\n"
+    "    __hash__ = object.__hash__\n"
+)
+ALWAYS_EQUAL = (
+    "class _Same:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+)
+# name: (candidate, tests that a value judged on its own merits fails)
+FORGED_STATE = {
+    # Fraction.__eq__ borrowed by an int subclass: compares `self._numerator` with the int.
+    "fraction_eq_on_int": (
+        INTS_EQUAL + "import fractions\n"
+        "class _Num(int):\n"
+        "    __eq__ = fractions.Fraction.__eq__\n"
+        "    _numerator = _IntsEqual()\n"
+        "    _denominator = 1\n"
+        "def f(x):\n"
+        "    return _Num(0)\n",
+        TESTS,
+    ),
+    # UserString.__eq__ borrowed by an unrelated class: compares `self.data`.
+    "userstring_eq_on_own_class": (
+        INTS_EQUAL + "import collections\n"
+        "class _Str:\n"
+        "    __eq__ = collections.UserString.__eq__\n"
+        "    __hash__ = object.__hash__\n"
+        "    def __init__(self):\n"
+        "        self.data = _IntsEqual()\n"
+        "def f(x):\n"
+        "    return _Str()\n",
+        TESTS,
+    ),
+    # The same methods, inherited, on objects whose state the candidate replaced.
+    "fraction_with_forged_numerator": (
+        INTS_EQUAL + "import fractions\n"
+        "def f(x):\n"
+        "    value = fractions.Fraction(0)\n"
+        "    value._numerator = _IntsEqual()\n"
+        "    return value\n",
+        TESTS,
+    ),
+    "userstring_with_forged_data": (
+        INTS_EQUAL + "import collections\n"
+        "class _Str(collections.UserString):\n"
+        "    pass\n"
+        "def f(x):\n"
+        "    value = _Str('')\n"
+        "    value.data = _IntsEqual()\n"
+        "    return value\n",
+        TESTS,
+    ),
+    "userstring_subclass_data_property": (
+        INTS_EQUAL + "import collections\n"
+        "class _Str(collections.UserString):\n"
+        "    data = property(lambda self: _IntsEqual(), lambda self, value: None)\n"
+        "def f(x):\n"
+        "    return _Str('')\n",
+        TESTS,
+    ),
+    "dataclass_eq_with_forged_field": (
+        INTS_EQUAL + "import dataclasses\n"
+        "@dataclasses.dataclass\n"
+        "class P:\n"
+        "    v: object\n"
+        "def f(x):\n"
+        "    return P(_IntsEqual())\n",
+        ["assert f(1) == P(2)", "assert f(2) == P(3)"],
+    ),
+    "counter_subclass_getitem": (
+        INTS_EQUAL + "import collections\n"
+        "class _Count(collections.Counter):\n"
+        "    def __getitem__(self, key):\n"
+        "        return _IntsEqual()\n"
+        "def f(x):\n"
+        "    return _Count('z')\n",
+        ["assert f(1) == collections.Counter(a=2)", "assert f(2) == collections.Counter(a=3)"],
+    ),
+    # A comparison slot holding an object that poses as a property, or a descriptor.
+    "object_posing_as_property": (
+        "class _Fake:\n"
+        "    __class__ = property\n"
+        "    fget = fset = fdel = None\n"
+        "    def __call__(self, other):\n"
+        "        return isinstance(other, int)\n"
+        "class _Num:\n"
+        "    __eq__ = _Fake()\n"
+        "    __hash__ = object.__hash__\n"
+        "def f(x):\n"
+        "    return _Num()\n",
+        TESTS,
+    ),
+    "descriptor_as_eq": (
+        "class _Get:\n"
+        "    def __get__(self, obj, owner=None):\n"
+        "        return lambda other: isinstance(other, int)\n"
+        "class _Num:\n"
+        "    __eq__ = _Get()\n"
+        "    __hash__ = object.__hash__\n"
+        "def f(x):\n"
+        "    return _Num()\n",
+        TESTS,
+    ),
+    # Always-equal objects inside containers whose comparison compares what they hold.
+    "inside_a_deque": (
+        ALWAYS_EQUAL + "import collections\ndef f(x):\n    return collections.deque([_Same()])\n",
+        ["assert f(1) == collections.deque([2])", "assert f(2) == collections.deque([3])"],
+    ),
+    "inside_a_namespace": (
+        ALWAYS_EQUAL + "import types\ndef f(x):\n    return types.SimpleNamespace(v=_Same())\n",
+        ["assert f(1) == types.SimpleNamespace(v=2)", "assert f(2) == types.SimpleNamespace(v=3)"],
+    ),
+}
+
+
+def humaneval_form(tests: list[str]) -> list[str]:
+    """The asserts as one HumanEval-style `check(candidate)` program."""
+    body = "".join("    " + t.replace("f(", "candidate(", 1) + "\n" for t in tests)
+    return [f"def check(candidate):\n{body}\ncheck(f)\n"]
+
+
+@pytest.mark.parametrize("form", ["asserts", "humaneval"])
+@pytest.mark.parametrize("attack", sorted(FORGED_STATE))
+def test_comparison_reading_forged_state(backend: BackendName, attack: str, form: str) -> None:
+    candidate, tests = FORGED_STATE[attack]
+    verdict = judge(backend, candidate, tests if form == "asserts" else humaneval_form(tests))
+    assert_cheat_rejected(verdict)
+    assert verdict.status == "error" and "_Cheat" in (verdict.error or ""), verdict
+
+
+def test_honest_library_values_still_pass(backend: BackendName) -> None:
+    candidate = (
+        "import collections, dataclasses, fractions, types\n"
+        "class Money(fractions.Fraction):\n"
+        "    pass\n"
+        "@dataclasses.dataclass\n"
+        "class Point:\n"
+        "    x: int\n"
+        "    y: int\n"
+        "def half(x):\n"
+        "    return fractions.Fraction(x, 2)\n"
+        "def cents(x):\n"
+        "    return Money(x, 100)\n"
+        "def shout(s):\n"
+        "    return collections.UserString(s.upper())\n"
+        "def count(s):\n"
+        "    return collections.Counter(s)\n"
+        "def point(x):\n"
+        "    return Point(x, x + 1)\n"
+        "def queue(x):\n"
+        "    return collections.deque([x, types.SimpleNamespace(v=x)])\n"
+    )
+    tests = [
+        "from fractions import Fraction\nassert half(1) == Fraction(1, 2) and half(1) == 0.5",
+        "assert half(4) == 2 and half(3) != 1 and half(1) < 1",
+        "assert cents(50) == 0.5 and cents(100) == 1",
+        "assert shout('ab') == 'AB' and shout('ab') != 'ab'",
+        "assert count('aab') == {'a': 2, 'b': 1} and count('ab') == collections.Counter('ba')",
+        "assert point(1) == Point(1, 2) and point(1) != Point(2, 1)",
+        "assert queue(1) == collections.deque([1, types.SimpleNamespace(v=1)])",
+        "def check(candidate):\n    assert candidate(3) == 1.5\n\ncheck(half)\n",
+    ]
+    verdict = judge(backend, candidate, tests)
+    assert verdict.passed, verdict.error
+    wrong = candidate.replace("Fraction(x, 2)", "Fraction(x, 3)")
+    assert judge(backend, wrong, tests).status == "failed"
+
+
 def test_monkeypatching_library_and_builtins_used_by_tests(backend: BackendName) -> None:
     isclose = "import math\nmath.isclose = lambda *a, **k: True\n" + WRONG
     verdict = judge(backend, isclose, ["import math\nassert math.isclose(f(1), 2)"])

@@ -46,10 +46,16 @@ The parent accepts exactly one record with that nonce, from a harness that repor
 setup, exited with status 0 and accounted for every test. The tests run in a copy of the
 candidate's globals with the real builtins. They are compiled before the candidate runs,
 with every comparison operand, and every call result, name and asserted value inside an
-`assert`, passed through a guard that rejects values whose type overrides comparison,
-truth, membership, `__class__` or arithmetic dunders with code not from the interpreter's
-installed files, libraries or the tests (the "always equal" object, a `str` subclass with a
-forged `__eq__`), and values equal to a fresh private object (`unittest.mock.ANY`). After
+`assert`, passed through a guard (`sandbox_judge.py`) that rejects values whose type
+overrides comparison, truth, membership, `__class__` or arithmetic dunders with code not
+from the interpreter's installed files, libraries or the tests (the "always equal" object,
+a `str` subclass with a forged `__eq__`), or with library code that none of its own classes
+defines (`__eq__ = fractions.Fraction.__eq__` on an int subclass), and values equal to a
+fresh private object (`unittest.mock.ANY`). A comparison a library wrote in Python
+(Fraction, UserString, Counter, a dataclass's `__eq__`) reads the object's state and may
+call its class's attributes: the guard judges that state in turn, and every attribute of
+the value's classes must be library code. It also looks inside deques, namespaces and
+mapping views. After
 the candidate and after every test the harness restores the builtins and fails the run if
 any were replaced, if a loaded module holds a function the candidate compiled
 (`math.isclose = lambda *a, **k: True`, also through exec or eval, seen by an audit hook),
@@ -57,14 +63,18 @@ or if the candidate rebinds a builtin the tests use. So `sys.exit(0)` or `os._ex
 before the asserts, printed success markers, `SystemExit` in a test, a replaced
 `AssertionError`, `print` or `sys.stdout`, atexit handlers, deleting or redefining test
 functions and always-equal objects are all judged not passed. The price: a candidate whose
-own classes define comparison or arithmetic dunders (a dataclass with `eq`) and whose
-instances reach a test's comparison is judged "error".
+own classes define comparison or arithmetic dunders, or add methods of their own to a
+class whose comparison a library wrote in Python (a dataclass with `eq`, a subclass of
+Fraction or UserString), and whose instances reach a test's comparison is judged "error".
 
 Not protected
 -------------
 Code that deliberately attacks the harness inside its own process (walking frames or `gc`
 to the nonce and forging a record, ctypes writes into the interpreter, code objects built
-with a forged file name) can fake a verdict: the tests must run in the candidate's process.
+with a forged file name, functions built from a library's code objects with forged
+globals, its own classes planted into a library module) can fake a verdict: the tests must
+run in the candidate's process. Values inside containers the guard does not open (numpy
+object arrays) are not judged.
 Memory is bounded per process (memory_mb x max_processes), not per run. The rest of the
 system stays readable (read-only). Without root and without namespaces (bubblewrap
 unusable), writes to world-writable directories, reads of the user's own files and signals
