@@ -54,6 +54,7 @@ class LocalSQLite:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+
         def create(conn: sqlite3.Connection) -> None:
             conn.executescript(schema)
 

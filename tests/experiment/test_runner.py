@@ -236,6 +236,7 @@ def test_evaluation_tasks_must_not_be_training_tasks(tmp_path: Path) -> None:
         ({"conditions": ["vanilla", "vanilla"]}, "listed twice"),
         ({"eval": {}}, "names no benchmark"),
         ({"agent": {"max_turns": 0}}, "agent.max_turns"),
+        ({"memory": {"distiller": "right"}}, "[memory] distiller is not read"),
     ],
 )
 def test_bad_experiment_files_get_one_clear_error(

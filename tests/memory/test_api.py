@@ -129,6 +129,13 @@ def test_search_returns_scored_hits_with_their_back_off_level(tmp_path: Path) ->
         assert memory.retriever(p=2) is memory.retriever(p=2)
         assert other.record_ids == ("r2",)
         assert (memory.usage("r1")["retrieved"], memory.usage("r2")["retrieved"]) == (1, 2)
+        memory.record_outcome("r2", "a", helped=True)
+        memory.record_outcome("r2", "a", helped=False)
+        memory.record_outcome("r2", "b", helped=False)
+        assert memory.usage("r2")["models"] == {
+            "a": {"helped": 1, "harmed": 1},
+            "b": {"helped": 0, "harmed": 1},
+        }
 
 
 def test_add_validates_a_mapping(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -179,12 +178,6 @@ def test_long_task_text_is_cut_in_the_prompt() -> None:
     clf.classify("x" * 200)
     assert "x" * 50 + " ..." in _prompt(model.requests[0])
     assert "x" * 51 not in _prompt(model.requests[0])
-
-
-def test_aclassify() -> None:
-    clf, _ = classifier(responder("5", "4"))
-    label = asyncio.run(clf.aclassify(MOD_TASK))
-    assert label.category == "Number Theory"
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ tasks = ["gsm8k:train[~100@1]", "math:train[~100@1]", "mbpp:train[~100@1]"]
 
 [memory]
 k = 3                              # constraints per distilled pair
-distiller = "strongest"            # or a fleet model name
+# (the distiller is a condition's field: [condition.memcollab] distiller = "MODEL")
 prompt_chars = 9000                # size bound of a distillation request
 reply_tokens = 400                 # the distiller's reply budget
 
@@ -38,7 +38,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from memcollab.errors import UserError
 
@@ -62,10 +62,23 @@ class TrainSettings(_Section):
 
 class MemorySettings(_Section):
     k: int = Field(default=3, ge=1)
+    # Never read: each condition names its distiller ([condition.NAME] distiller = ...).
+    # Accepted only as "strongest" (what conditions default to) so older files still load
+    # and no file can believe it chose another distiller here.
     distiller: str = "strongest"
     prompt_chars: int = Field(default=9000, ge=1000)
     reply_tokens: int = Field(default=400, ge=16)  # the distiller's reply budget
     tie_break: bool = False
+
+    @field_validator("distiller")
+    @classmethod
+    def _only_the_default(cls, value: str) -> str:
+        if value != "strongest":
+            raise ValueError(
+                "[memory] distiller is not read; set the distiller of a condition instead:"
+                ' [condition.memcollab] distiller = "MODEL"'
+            )
+        return value
 
 
 class ExperimentConfig(_Section):

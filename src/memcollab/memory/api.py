@@ -212,6 +212,10 @@ class Memory:
         """Every flag and unflag of a record, oldest first."""
         return self.store.flag_history(record_id)
 
+    def record_outcome(self, record_id: str, model: str, helped: bool) -> None:
+        """Count that the record, given to `model`, helped (True) or harmed (False) it."""
+        self.store.record_usage(record_id, model, helped)
+
     def usage(self, record_id: str) -> dict[str, Any]:
         """How often a record was retrieved, and per model how often it helped or harmed."""
         return self.store.usage(record_id)

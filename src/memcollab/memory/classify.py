@@ -23,7 +23,6 @@ call at all. Works with chat and base models alike: the client renders the promp
 
 from __future__ import annotations
 
-import asyncio
 import re
 import threading
 import tomllib
@@ -238,10 +237,6 @@ class Classifier:
             if label.source == "fallback":
                 self.stats.fallbacks += 1
         return label
-
-    async def aclassify(self, task: str | Task) -> Label:
-        """`classify` without blocking the event loop."""
-        return await asyncio.to_thread(self.classify, task)
 
     def classify_many(self, tasks: Sequence[str | Task]) -> list[Label]:
         """Labels of several tasks, in order."""

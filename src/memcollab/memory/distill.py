@@ -40,7 +40,6 @@ rejected one is counted by reason (`REJECT_REASONS`), so candidates = kept + rej
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -794,10 +793,6 @@ class Distiller:
             retries=retries,
             raw_outputs=tuple(raws),
         )
-
-    async def adistill(self, task: Task, pair: Pair) -> DistillResult:
-        """`distill` without blocking the event loop."""
-        return await asyncio.to_thread(self.distill, task, pair)
 
     def _repair_messages(self, task: Task, pair: Pair, bad: str) -> list[Message]:
         repair = prompts()["repair"].format(k=self.max_constraints)
