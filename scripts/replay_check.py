@@ -10,8 +10,9 @@
    (memories/NS.jsonl): the same record ids, and per record the same bucket and
    constraints.
 3. Evaluation: runs the first --eval-jobs evaluation jobs of the plan (task-major: every
-   condition and model of a task together) again from scratch, replay-only, and compares
-   each verdict, turn count and retrieved record ids with the committed results.jsonl.
+   condition and model of a task together; --skip-condition leaves a condition out) again
+   from scratch, replay-only, and compares each verdict, turn count and retrieved record
+   ids with the committed results.jsonl.
 
 Prints one JSON summary and exits 1 on any difference. The library does the work; this
 script only wires it (it uses the runner's evaluation context, a private helper).
@@ -52,6 +53,12 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/memcollab-replay"))
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--eval-jobs", type=int, default=300)
+    parser.add_argument(
+        "--skip-condition",
+        action="append",
+        default=[],
+        help="Leave this condition's cells out of the evaluation replay (repeatable).",
+    )
     args = parser.parse_args()
     results = ROOT / "benchmarks" / "results" / args.name
     args.work.mkdir(parents=True, exist_ok=True)
@@ -89,6 +96,7 @@ def main() -> int:
             )
         report.setdefault("memories", {})[export.stem] = len(rebuilt)
     report["memory_differences"] = memory_diffs
+    print(json.dumps(report, indent=2), file=sys.stderr, flush=True)  # in case eval stops
 
     expected = {}
     for line in (results / "results.jsonl").read_text().splitlines():
@@ -100,6 +108,8 @@ def main() -> int:
             for m in experiment.eval_models
         }
         jobs = experiment.eval_jobs(_Context(memory, classifiers, config.seed))[: args.eval_jobs]
+        jobs = [job for job in jobs if job.condition not in args.skip_condition]
+        report["eval_conditions_skipped"] = args.skip_condition
         store = TrajectoryStore.in_dir(run / "eval")
         run_jobs(jobs, store, workers=config.workers)
     eval_diffs = []
