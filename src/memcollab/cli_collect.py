@@ -11,6 +11,7 @@ from rich.table import Table
 from memcollab.agent import fleet_agent
 from memcollab.cli_common import (
     CacheOption,
+    DataDirOption,
     FleetOption,
     NoCacheOption,
     check_domain,
@@ -66,12 +67,7 @@ def collect_command(
         list[str] | None,
         typer.Option("--model", "-m", help="Only these fleet models (repeatable)."),
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir", envvar="MEMCOLLAB_DATA_DIR", help="Folder holding gsm8k/, math/, mbpp/."
-        ),
-    ] = None,
+    data_dir: DataDirOption = None,
     max_turns: Annotated[int, typer.Option(min=1, help="Model calls per task at most.")] = 5,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per reply.")] = None,
     workers: Annotated[

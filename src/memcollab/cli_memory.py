@@ -22,6 +22,7 @@ from rich.table import Table
 from memcollab.agent import fleet_agent
 from memcollab.cli_common import (
     CacheOption,
+    DataDirOption,
     FleetOption,
     NoCacheOption,
     check_domain,
@@ -156,12 +157,7 @@ def solve_command(
             " its answer is then checked.",
         ),
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir", envvar="MEMCOLLAB_DATA_DIR", help="Folder holding gsm8k/, math/, mbpp/."
-        ),
-    ] = None,
+    data_dir: DataDirOption = None,
     memory: Annotated[
         str | None,
         typer.Option("--memory", help="Memory to retrieve from (none: solve without memory)."),
