@@ -196,3 +196,15 @@ def test_memory_import_conflicts(tmp_path: Path) -> None:
     assert "imported 0 records, skipped 3 already present" in again.stdout
     bad = run_cli("memory", "import", memory, str(source), "--on-conflict", "merge")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_version_and_help_speak_to_users() -> None:
+    from memcollab import __version__
+
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"memcollab {__version__}"
+    helped = run_cli("--help")
+    assert "shared memory for LLM agents" in helped.stdout
+    assert "Thin: parse" not in helped.stdout
+    for group in ("models", "collect", "distill", "solve", "memory", "experiment", "demo"):
+        assert group in helped.stdout
