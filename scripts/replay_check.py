@@ -30,11 +30,29 @@ from typing import Any
 from memcollab.collect import TrajectoryStore, run_jobs
 from memcollab.experiment.config import load_experiment
 from memcollab.experiment.runner import Experiment, _Context
-from memcollab.llm.cache import CallCache, Gateway
+from memcollab.llm.base import ChatRequest, Completion, Model
+from memcollab.llm.cache import CacheMissError, CallCache, Gateway
 from memcollab.memory import DomainClassifier, Memory, MemoryRecord
 from memcollab.trajectory_archive import import_archive
 
 ROOT = Path(__file__).resolve().parent.parent
+MISS = "<<no recorded answer: replay miss>>"
+
+
+class MissRecordingGateway(Gateway):
+    """Replay-only, but a call the cache lacks gets a marked empty answer (and is kept in
+    `misses`) instead of stopping the replay, so every cell is compared."""
+
+    def __init__(self, cache: CallCache) -> None:
+        super().__init__(cache, replay_only=True)
+        self.misses: list[tuple[str, ChatRequest]] = []
+
+    def complete(self, model: Model, request: ChatRequest) -> Completion:
+        try:
+            return super().complete(model, request)
+        except CacheMissError:
+            self.misses.append((model.name, request))
+            return Completion(text=MISS, finish_reason="stop", model=model.name)
 
 
 def _records(path: Path) -> dict[str, MemoryRecord]:
@@ -72,6 +90,7 @@ def main() -> int:
     config = load_experiment(results / "experiment.toml", args.data_dir)
     config = config.model_copy(update={"out": run})
     experiment = Experiment(config, Gateway(cache, replay_only=True))
+    evaluation = MissRecordingGateway(cache)
     train = TrajectoryStore.in_dir(run / "train")
     for part in sorted(glob.glob(str(results / "trajectories" / "train" / "*.jsonl.gz"))):
         import_archive(train, part)
@@ -103,8 +122,10 @@ def main() -> int:
         row = json.loads(line)
         expected[(row["task_id"], row["model"], row["condition"])] = row
     with Memory.open(experiment.memory_path()) as memory:
+        experiment.gateway = evaluation  # agents bind to it when made (on first use, below)
+        experiment._agents.clear()
         classifiers = {
-            m: DomainClassifier(experiment.gateway.bind(experiment.fleet.model(m)))
+            m: DomainClassifier(evaluation.bind(experiment.fleet.model(m)))
             for m in experiment.eval_models
         }
         jobs = experiment.eval_jobs(_Context(memory, classifiers, config.seed))[: args.eval_jobs]
@@ -119,8 +140,11 @@ def main() -> int:
         tally[0] += 1
         row = expected[(t.task_id, t.model, t.condition)]
         note = t.retrieval or {}
+        missed = any(MISS in step.reply for step in t.steps)
         got = {"correct": t.correct, "turns": t.turns, "record_ids": note.get("record_ids", [])}
         want = {k: row[k] for k in ("correct", "turns")} | {"record_ids": row["record_ids"]}
+        if missed:
+            got["replay_miss"] = True
         if got != want:
             tally[1] += 1
             eval_diffs.append({"cell": [t.task_id, t.model, t.condition], "got": got, "want": want})
@@ -129,6 +153,11 @@ def main() -> int:
     report["eval_cells_and_differences_by_condition"] = by_condition
     report["eval_differences"] = eval_diffs[:20]
     report["eval_difference_count"] = len(eval_diffs)
+    report["replay_misses"] = len(evaluation.misses)
+    report["first_misses"] = [
+        {"model": name, "last_message": request.messages[-1].content[-600:]}
+        for name, request in evaluation.misses[:3]
+    ]
     print(json.dumps(report, indent=2))
     return 1 if memory_diffs or eval_diffs else 0
 
