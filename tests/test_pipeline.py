@@ -147,6 +147,15 @@ def test_bad_inputs_give_one_line(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("memory", "show", str(tmp_path / "m.sqlite"), "nope"), "nope")
 
 
+def test_unknown_pairing_is_one_line(tmp_path: Path) -> None:
+    fleet, runs = _setup(tmp_path)
+    result = run_cli(
+        "distill", "--runs", str(runs), "--memory", str(tmp_path / "m.sqlite"),
+        "--fleet", fleet, "--pairing", "nearest", "--no-cache",
+    )  # fmt: skip
+    assert_one_line_error(result, "unknown pairing 'nearest'")
+
+
 def test_unreachable_postgres_is_one_line() -> None:
     pytest.importorskip("psycopg", reason="the postgres extra is not installed")
     assert_one_line_error(

@@ -71,6 +71,18 @@ def distill_command(
     tie_break: Annotated[
         bool, typer.Option("--tie-break", help="Pair all-right / all-wrong tasks too (counted).")
     ] = False,
+    pairing_rule: Annotated[
+        str,
+        typer.Option(
+            "--pairing",
+            help="contrastive (the paper: best success vs worst failure) or near_miss (best"
+            " success vs the strongest failure; models under --floor give no failure).",
+        ),
+    ] = "contrastive",
+    floor: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.99, help="near_miss: a model's training accuracy floor."),
+    ] = 0.05,
     taxonomy: TaxonomyOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
@@ -96,7 +108,9 @@ def distill_command(
     gateway = make_gateway(cache, no_cache)
     client = gateway.bind(loaded.model(name))
     classifier = DomainClassifier(client, _taxonomies(taxonomy))
-    pairing = PairingRule("contrastive", tie_break=tie_break)
+    if pairing_rule not in ("contrastive", "near_miss"):
+        raise UserError(f"unknown pairing {pairing_rule!r}", "use contrastive or near_miss")
+    pairing = PairingRule(pairing_rule, tie_break=tie_break, floor=floor)
     pairs = Memory.pairs(trajectories, pairing, strengths)
     console.print(
         f"{len(trajectories)} trajectories of {len(models)} models on {len(tasks)}"
@@ -129,7 +143,8 @@ def distill_command(
     table.add_column("what")
     table.add_column("count", justify="right")
     counts = summary.pairing
-    for key in ("tasks", "pairs", "mixed", "all_right", "all_wrong", "tie_breaks_used"):
+    keys = ["tasks", "pairs", "mixed", "all_right", "all_wrong", "tie_breaks_used"]
+    for key in keys + ["below_floor", "excluded_negatives"] * (pairing_rule == "near_miss"):
         table.add_row(key.replace("_", " "), str(counts.get(key, 0)))
     for key, value in summary.distill.items():
         if isinstance(value, dict):

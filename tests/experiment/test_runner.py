@@ -506,3 +506,30 @@ def test_parts_tell_model_calls_from_calls_replayed_from_the_cache(tmp_path: Pat
         rf"train: 8 new in [0-9.]+ min; 0 model calls, {calls} replayed",
         describe_phase("train", replay["phases"]["train"]),
     )
+
+
+def test_near_miss_memory_excludes_models_under_the_floor(tmp_path: Path) -> None:
+    raw = experiment_dict(tmp_path, ["vanilla", "nm", "nm0"])
+    raw["condition"] = {
+        "nm": {"kind": "memcollab", "pairing": "near_miss"},
+        "nm0": {"kind": "memcollab", "pairing": "near_miss", "floor": 0.0},
+    }
+    experiment = Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
+    assert set(experiment.recipes) == {
+        "memcollab-near-miss.by.right",
+        "memcollab-near-miss.floor0.by.right",
+    }
+    experiment.run(lambda event: None, phases=["train", "memory"])
+    summary = json.loads((tmp_path / "out" / "build_summary.json").read_text())
+    # `wrong` answers no training task right: under the 5% floor it gives no tau-
+    floor = summary["memcollab-near-miss.by.right"]["pairing"]
+    assert floor["pairs"] == 0 and floor["below_floor"] == 4 and floor["excluded_negatives"] == 1
+    open_floor = summary["memcollab-near-miss.floor0.by.right"]
+    assert open_floor["pairing"]["pairs"] == 4 and open_floor["records_added"] == 4
+    with SQLiteMemory(tmp_path / "out" / "memory.sqlite") as memory:
+        pair_types = memory.stats("memcollab-near-miss.floor0.by.right")["pair_types"]
+    assert pair_types == {"near_miss": {"records": 4, "constraints": 4}}
+    with pytest.raises(UserError, match="pairing must be"):
+        bad = experiment_dict(tmp_path, ["vanilla", "x"])
+        bad["condition"] = {"x": {"kind": "memcollab", "pairing": "nearest"}}
+        Experiment(parse_experiment(bad), Gateway(None), Fleet.from_dict(fleet_dict()))

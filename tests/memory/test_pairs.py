@@ -222,3 +222,35 @@ def test_self_contrast_pairs() -> None:
     assert (result.single_model, result.ignored) == (1, 1)
     with pytest.raises(ValueError, match="repeated"):
         self_contrast_pairs([traj("t", "mid", True), traj("t", "mid", False)], "mid")
+
+
+def test_near_miss_pairs_the_best_success_with_the_strongest_failure() -> None:
+    from memcollab.memory.pairs import PairingRule, near_miss_pairs, pair_by_rule
+
+    # small answers 1 of 25 tasks right (4% < the 5% floor); mid and big do better
+    trajectories = []
+    for i in range(25):
+        trajectories += [
+            traj(f"t{i}", "big", i < 20),
+            traj(f"t{i}", "mid", i < 5),
+            traj(f"t{i}", "small", i == 0),
+        ]
+    result = near_miss_pairs(trajectories, STRENGTHS)
+    by_task = {p.task_id: p for p in result.pairs}
+    # t5..t19: big right, mid and small wrong -> tau- is mid (the strongest failure)
+    assert all(
+        (by_task[f"t{i}"].model_pos, by_task[f"t{i}"].model_neg) == ("big", "mid")
+        for i in range(5, 20)
+    )
+    # t1..t4: big and mid right, only small wrong: small is under the floor -> no pair
+    assert result.below_floor == 4 and not any(f"t{i}" in by_task for i in range(1, 5))
+    assert result.excluded == ("math:small",)
+    assert result.mixed == 19 and len(result.pairs) == 15
+    assert result.by_type == {"near_miss": 15}
+    assert result.summary()["below_floor"] == 4
+    # the paper's rule pairs against the weakest failure instead
+    paper = make_pairs(trajectories, STRENGTHS)
+    assert {p.model_neg for p in paper.pairs} == {"small"}
+    # floor 0 keeps the weak model as a possible tau-
+    none_excluded = pair_by_rule(trajectories, PairingRule("near_miss", floor=0.0), STRENGTHS)
+    assert none_excluded.below_floor == 0 and len(none_excluded.pairs) == 19

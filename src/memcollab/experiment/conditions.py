@@ -44,11 +44,15 @@ class MemoryRecipe:
     model: str | None = None  # own / self-contrast: whose trajectories
     samples: int = 0  # self-contrast: sampled trajectories per training task
     temperature: float = 0.0
+    floor: float = 0.05  # near_miss: accuracy under which a model gives no tau-
 
     @property
     def namespace(self) -> str:
         if self.pairing == "contrastive":
             return f"memcollab.by.{self.distiller}"
+        if self.pairing == "near_miss":
+            floor = "" if self.floor == 0.05 else f".floor{self.floor:g}"
+            return f"memcollab-near-miss{floor}.by.{self.distiller}"
         kind = "own" if self.pairing == "own" else "self-contrast"
         return f"{kind}.{self.model}.by.{self.distiller}"
 
@@ -257,10 +261,21 @@ class MemCollab(_Retrieving):
     distilled by `distiller` (default the strongest model), with task-aware retrieval."""
 
     distiller: str = "strongest"
+    pairing: str = "contrastive"  # or near_miss (best success vs the strongest failure)
+    floor: float = 0.05  # near_miss: models under this training accuracy give no tau-
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pairing not in ("contrastive", "near_miss"):
+            raise ExperimentConfigError(
+                f"condition {self.name}: pairing must be contrastive or near_miss"
+            )
+        if not 0 <= self.floor < 1:
+            raise ExperimentConfigError(f"condition {self.name}: floor must be in [0, 1)")
 
     def recipe(self, model: str, fleet: FleetView) -> MemoryRecipe:
         by = resolve_model(self.distiller, fleet, model, what=f"condition {self.name}")
-        return MemoryRecipe("contrastive", by)
+        return MemoryRecipe(self.pairing, by, floor=self.floor)
 
 
 @register_condition("placebo")

@@ -423,6 +423,7 @@ class Experiment:
             model=recipe.model,
             samples=recipe.samples,
             tie_break=self.config.memory.tie_break,
+            floor=recipe.floor,
         )
 
     def _strengths(self) -> dict[str, int]:

@@ -69,6 +69,9 @@ class PairingResult:
     `single_model` tasks had one trajectory only (no contrast possible, never paired by
     `make_pairs`); `tie_breaks_used` counts the all-right/all-wrong tasks paired anyway;
     `ignored` counts trajectories not considered (other sample indices, other models).
+    Near-miss pairing also counts `below_floor` (mixed tasks left unpaired because every
+    failing model was under the accuracy floor) and names the `excluded` (domain, model)
+    pairs under the floor.
     """
 
     pairs: tuple[Pair, ...] = ()
@@ -80,6 +83,9 @@ class PairingResult:
     tie_breaks_used: int = 0
     ignored: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+    below_floor: int = 0
+    excluded: tuple[str, ...] = ()
+    rule: str = ""
 
     def summary(self) -> dict[str, int]:
         """The counts as a flat dict (for logs and summary files)."""
@@ -94,6 +100,9 @@ class PairingResult:
             "ignored": self.ignored,
         }
         counts.update({f"type_{k}": v for k, v in sorted(self.by_type.items())})
+        if self.rule == "near_miss":
+            counts["below_floor"] = self.below_floor
+            counts["excluded_negatives"] = len(self.excluded)
         return counts
 
 
@@ -260,13 +269,16 @@ class PairingRule:
     """Which pairs a memory is built from: a registered rule and its settings.
 
     `model`: whose trajectories (own, self_contrast); `samples`: sampled trajectories per
-    task (self_contrast); `tie_break`: also pair all-right / all-wrong tasks (contrastive).
+    task (self_contrast); `tie_break`: also pair all-right / all-wrong tasks (contrastive);
+    `floor`: a model whose training accuracy in a domain is under it gives no tau- there
+    (near_miss).
     """
 
     name: str = "contrastive"
     model: str | None = None
     samples: int = 0
     tie_break: bool = False
+    floor: float = 0.05
 
 
 PairingFunction = Callable[[Sequence[Trajectory], PairingRule, Mapping[str, int]], PairingResult]
@@ -336,3 +348,72 @@ def _self_contrast(
         t for t in trajectories if t.condition == SAMPLE_CONDITION and t.sample_index < rule.samples
     ]
     return self_contrast_pairs(samples, _whose(rule))
+
+
+def near_miss_pairs(
+    trajectories: Iterable[Trajectory], strengths: dict[str, int], floor: float = 0.05
+) -> PairingResult:
+    """Near-miss pairs: per task, tau+ = the best success (as `make_pairs`) and tau- = the
+    *strongest* failing model, so the contrast is between two attempts that nearly agree.
+
+    A model whose accuracy over these trajectories in a domain is under `floor` gives no
+    tau- in that domain (its failures are mostly degenerate: a repeated line, an echo); a
+    mixed task whose only failures come from such models is left unpaired and counted in
+    `below_floor`. Uses sample index 0 only; all trajectories share one condition."""
+    items = list(trajectories)
+    _one_condition(items)
+    missing = sorted({t.model for t in items} - strengths.keys())
+    if missing:
+        raise ValueError(f"no strength given for model(s) {missing}")
+    used = [t for t in items if t.sample_index == 0]
+    tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for t in used:
+        tally[(t.domain, t.model)][0] += int(t.correct)
+        tally[(t.domain, t.model)][1] += 1
+    excluded = {key for key, (right, seen) in tally.items() if right < floor * seen}
+    key = _rank_key(strengths)
+    pairs: list[Pair] = []
+    mixed = all_right = all_wrong = single = below = 0
+    groups = _group(used)
+    for task_id, group in groups.items():
+        models = [t.model for t in group]
+        if len(set(models)) != len(models):
+            raise ValueError(f"task {task_id!r} has several sample-0 trajectories of one model")
+        ranked = sorted(group, key=key)
+        right = [t for t in ranked if t.correct]
+        wrong = [t for t in ranked if not t.correct]
+        if len(ranked) < 2:
+            single += 1
+        if not (right and wrong):
+            all_right += int(bool(right))
+            all_wrong += int(not right)
+            continue
+        mixed += 1
+        usable = [t for t in wrong if (t.domain, t.model) not in excluded]
+        if not usable:
+            below += 1
+            continue
+        pos, neg = right[0], usable[0]
+        pairs.append(Pair(task_id, pos, neg, pos.model, neg.model, "near_miss"))
+    return PairingResult(
+        pairs=tuple(pairs),
+        tasks=len(groups),
+        mixed=mixed,
+        all_right=all_right,
+        all_wrong=all_wrong,
+        single_model=single,
+        ignored=len(items) - len(used),
+        by_type=_by_type(pairs),
+        below_floor=below,
+        excluded=tuple(f"{domain}:{model}" for domain, model in sorted(excluded)),
+        rule="near_miss",
+    )
+
+
+@register_pairing("near_miss")
+def _near_miss(
+    trajectories: Sequence[Trajectory], rule: PairingRule, strengths: Mapping[str, int]
+) -> PairingResult:
+    """Best success vs the strongest failure, weak models under the floor excluded."""
+    mine = [t for t in _vanilla(trajectories) if t.model in strengths]
+    return near_miss_pairs(mine, dict(strengths), floor=rule.floor)

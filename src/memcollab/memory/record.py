@@ -11,7 +11,7 @@ from memcollab.tasks.task import known_domain
 
 MEMORY_FORMAT_VERSION = 1
 
-PairType = Literal["mixed", "tie_break", "own_success", "own_failure", "self_contrast"]
+PairType = Literal["mixed", "tie_break", "own_success", "own_failure", "self_contrast", "near_miss"]
 
 
 class _Record(BaseModel):
