@@ -83,6 +83,12 @@ def distill_command(
         float,
         typer.Option(min=0.0, max=0.99, help="near_miss: a model's training accuracy floor."),
     ] = 0.05,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Pairs distilled at once (default: what the distiller serves at once)."
+        ),
+    ] = None,
     taxonomy: TaxonomyOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
@@ -136,6 +142,9 @@ def distill_command(
             pairing=pairing,
             strengths=strengths,
             namespace=namespace,
+            # As many pairs at once as the distiller serves (a local model's batch width),
+            # so its batching engine decodes them together.
+            workers=workers or client.model.concurrency()[1],
             on_event=lambda event: progress.advance(bar),
         )
         total = mem.stats(namespace)["records"]
