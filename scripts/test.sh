@@ -22,4 +22,4 @@ fi
 "$venv/bin/ruff" check src tests benchmarks
 "$venv/bin/ruff" format --check src tests benchmarks
 "$venv/bin/mypy" src
-MEMCOLLAB_REQUIRE_LIVE=1 "$venv/bin/python" -m pytest "$@"
+MEMCOLLAB_REQUIRE_LIVE=1 "$venv/bin/python" -m pytest -rs "$@"  # -rs: why each skip

@@ -95,6 +95,10 @@ def test_collect_distill_export_import_show_solve(tmp_path: Path) -> None:
     copy = tmp_path / "copy.sqlite"
     first = run_cli("memory", "import", str(copy), str(exported))
     assert "imported 3 records, skipped 0" in first.stdout
+    assert (
+        "created the memory" in first.stdout
+        and "namespaces in the file: default (3)" in first.stdout
+    )
     second = run_cli("memory", "import", str(copy), str(exported))
     assert "imported 0 records, skipped 3" in second.stdout
     assert SQLiteMemory(copy).records() == records

@@ -122,6 +122,8 @@ def distill_command(
         f"{len(trajectories)} trajectories of {len(models)} models on {len(tasks)}"
         f" tasks -> {len(pairs.pairs)} pairs; distiller {name}"
     )
+    if _creates(memory):
+        console.print(f"creating the memory {memory}")
     with (
         Memory.open(memory) as mem,
         Progress(
@@ -262,6 +264,11 @@ def memory_export(
     console.print(f"exported {count} records to {out}")
 
 
+def _creates(memory: str) -> bool:
+    """Whether opening `memory` will create a new SQLite file (a URL never does here)."""
+    return "://" not in memory and not Path(memory).exists()
+
+
 @memory_app.command("import")
 def memory_import(
     memory: MemoryArg,
@@ -288,8 +295,18 @@ def memory_import(
         )
     if not source.is_file():
         raise UserError(f"memory file not found: {source}")
+    from collections import Counter
+
+    from memcollab.memory.store import read_jsonl
+
+    created = _creates(memory)
     with Memory.open(memory) as mem:
         counts = mem.import_(source, on_conflict=choice)
+    if created:
+        console.print(f"created the memory {memory}")
+    namespaces = Counter(r.namespace for r in read_jsonl(source))
+    where = ", ".join(f"{ns} ({n})" for ns, n in sorted(namespaces.items()))
+    console.print(f"namespaces in the file: {where or 'none'}", markup=False, highlight=False)
     message = f"imported {counts.added} records, skipped {counts.present} already present"
     if counts.conflicts_skipped:
         message += f", skipped {counts.conflicts_skipped} conflicting (kept the stored version)"

@@ -164,3 +164,10 @@ def test_parse_spec() -> None:
     assert (spec.name, spec.split, spec.sample, spec.seed) == ("gsm8k", "train", 50, 9)
     assert parse_spec("mbpp:test[:100]").stop == 100
     assert load_humaneval(split="train")[0].id == "humaneval/0"
+
+
+@pytest.mark.parametrize("spec", ["gsm8k[:5]", "math[:3]", "mbpp[~4@1]"])
+def test_a_benchmark_with_several_splits_needs_one(spec: str) -> None:
+    name = spec.split("[")[0]
+    with pytest.raises(DataError, match=f"{name} has several splits"):
+        load_tasks(spec, None)

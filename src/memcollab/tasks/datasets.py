@@ -442,15 +442,26 @@ def _need(root: Path | None, relative: str, spec_name: str) -> Path:
 Loader = Callable[[Path | None, str | None], list[Task]]
 
 
+def _need_split(name: str, split: str | None, splits: Sequence[str]) -> str:
+    """A benchmark with several splits is never read without one (a typo must not start a
+    run on the training split)."""
+    if split is None:
+        example = f"{name}:{splits[0]}[:5]"
+        raise DataError(
+            f"{name} has several splits ({', '.join(splits)}): name one", f"e.g. {example}"
+        )
+    return split
+
+
 def _gsm8k(root: Path | None, split: str | None) -> list[Task]:
-    split = split or "train"
+    split = _need_split("gsm8k", split, ("train", "test"))
     if split not in {"train", "test"}:
         raise DataError(f"unknown GSM8K split {split!r}", "use train or test")
     return load_gsm8k(_need(root, f"gsm8k/{split}.jsonl", f"gsm8k:{split}"), split)
 
 
 def _math(root: Path | None, split: str | None) -> list[Task]:
-    split = split or "train"
+    split = _need_split("math", split, ("train", "test"))
     if split == "test":
         return _math500(root, "test")
     if split != "train":
@@ -465,7 +476,7 @@ def _math500(root: Path | None, split: str | None) -> list[Task]:
 
 
 def _mbpp(root: Path | None, split: str | None) -> list[Task]:
-    split = split or "test"
+    split = _need_split("mbpp", split, ("train", "validation", "test", "prompt"))
     if split not in MBPP_SPLITS:  # say so before asking for the data directory
         raise DataError(f"unknown MBPP split {split!r}", f"use one of {', '.join(MBPP_SPLITS)}")
     return load_mbpp(_need(root, "mbpp/mbpp.jsonl", f"mbpp:{split}"), split)
