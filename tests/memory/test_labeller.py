@@ -1,0 +1,245 @@
+"""The trained labeller: fitted on a tiny synthetic set, deterministic, abstaining where it is
+not confident, the same label for records and queries, and reachable from the experiment
+config, the factory and the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from memcollab.memory import Memory
+from memcollab.memory.classify import DomainClassifier
+from memcollab.memory.guidance import UNLABELLED
+from memcollab.memory.labeller import (
+    DescriptionModel,
+    LabellerError,
+    MathModel,
+    TrainedLabeller,
+    make_labeller,
+    words,
+)
+from memcollab.memory.labeller_data import LabellerDataError, Splits, labeller_data
+from memcollab.memory.record import Constraint, MemoryRecord, task_hash
+from memcollab.memory.taxonomy import builtin_taxonomy
+from memcollab.tasks.task import Task
+
+TEMPLATES = {
+    "Geometry": "Find the area of the triangle with sides {a} and {b} inscribed in a circle.",
+    "Number Theory": "What is the remainder when {a} is divided by {b}? Use modular arithmetic.",
+    "Counting & Probability": "How many ways can {a} people choose {b} marbles at random?",
+    "Grade-school word problems": (
+        "Sam buys {a} apples for {b} dollars each at the store. How much money does he spend?"
+    ),
+}
+
+
+def _rows(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        category = list(TEMPLATES)[i % len(TEMPLATES)]
+        texts.append(TEMPLATES[category].format(a=rng.randint(2, 99), b=rng.randint(2, 99)))
+        labels.append(category)
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def model() -> MathModel:
+    return MathModel(*_rows(40))
+
+
+def _labeller(model: MathModel) -> TrainedLabeller:
+    return TrainedLabeller({"math": model, "code": DescriptionModel(builtin_taxonomy("code"))})
+
+
+def _math(text: str, task_id: str = "t") -> Task:
+    return Task(id=task_id, domain="math", prompt=text, answer="1")
+
+
+def test_words_split_identifiers_and_drop_boilerplate() -> None:
+    assert words("Write a python function count_Set_Bits(n): isPrime numbers") == [
+        "count",
+        "set",
+        "bit",
+        "prime",
+    ]
+
+
+def test_trained_on_a_tiny_set_it_labels_deterministically(model: MathModel) -> None:
+    again = MathModel(*_rows(40))
+    text = "Find the area and perimeter of the triangle with sides 3 and 4."
+    assert model.probabilities(text) == again.probabilities(text)
+    label = _labeller(model).classify(_math(text))
+    assert (label.category, label.subcategory) == ("Geometry", "area and perimeter of polygons")
+    assert label.source == "trained" and label.confidence > 0.6
+    assert _labeller(again).classify(_math(text)) == label
+
+
+def test_it_abstains_below_the_threshold_and_counts_it() -> None:
+    unsure = MathModel(*_rows(40), threshold=1.01)  # no probability reaches it
+    labeller = _labeller(unsure)
+    label = labeller.classify(_math("Find the area of the triangle with sides 3 and 4."))
+    assert (label.category, label.subcategory) == (UNLABELLED, UNLABELLED)
+    assert label.abstained and label.source == "abstained" and label.guess == "Geometry"
+    stats = labeller.stats()["math"]
+    assert stats["classifications"] == 1 and stats["category_abstentions"] == 1
+
+
+def test_a_subcategory_below_its_threshold_keeps_the_category(model: MathModel) -> None:
+    labeller = TrainedLabeller({"math": model}, subcategory_threshold=1.01)
+    label = labeller.classify(_math("Find the area of a triangle with sides 3 and 4 in a circle."))
+    assert (label.category, label.subcategory) == ("Geometry", UNLABELLED)
+    assert label.source == "category only" and not label.abstained
+    assert labeller.stats()["math"]["subcategory_abstentions"] == 1
+
+
+def test_code_is_labelled_by_the_nearest_description(model: MathModel) -> None:
+    task = Task(
+        id="c",
+        domain="code",
+        prompt="Write a function to check whether a number is prime.\nassert is_prime(7) == True",
+        tests=("assert is_prime(7)",),
+    )
+    label = _labeller(model).classify(task)
+    assert (label.category, label.subcategory) == (
+        "Arithmetic and number theory",
+        "primes and factorization",
+    )
+
+
+def test_a_domain_without_a_model_abstains_counted(model: MathModel) -> None:
+    labeller = TrainedLabeller({"math": model})
+    task = Task(id="c", domain="code", prompt="def f(): pass", tests=("assert f() is None",))
+    assert labeller.classify(task).abstained
+    assert labeller.stats()["code"]["unsupported"] == 1
+
+
+def test_labels_in_memory_are_bad_input_proof() -> None:
+    with pytest.raises(LabellerDataError, match="not categories"):
+        MathModel(["a b c"] * 6, ["Algebra"] * 3 + ["Cooking"] * 3)
+    with pytest.raises(LabellerDataError, match="at least 2 categories"):
+        MathModel(["area of a circle"] * 5 + ["remainder"], ["Geometry"] * 5 + ["Algebra"])
+
+
+def _record(rid: str, category: str, subcategory: str, text: str) -> MemoryRecord:
+    return MemoryRecord(
+        id=rid,
+        domain="math",
+        category=category,
+        subcategory=subcategory,
+        task_text=text,
+        task_hash=task_hash(text),
+        source_task_id=rid,
+        constraints=(Constraint(when=f"case {rid}", enforce="a check", avoid="an error"),),
+        pair_type="mixed",
+        distiller="d",
+        created_at=0.0,
+    )
+
+
+def test_records_and_queries_share_the_label_and_abstaining_widens_the_search(
+    tmp_path: Path, model: MathModel
+) -> None:
+    labeller = _labeller(model)
+    texts = {
+        "geo": "Find the area of the triangle with sides 5 and 12 in a circle.",
+        "mod": "What is the remainder when 77 is divided by 5? Use modular arithmetic.",
+    }
+    with Memory.open(tmp_path / "m.sqlite") as memory:
+        for rid, text in texts.items():  # records: filed by the labeller at build time
+            label = labeller.classify(_math(text, rid))
+            memory.add(_record(rid, label.category, label.subcategory, text))
+        memory.add(_record("unl", UNLABELLED, UNLABELLED, "triangle circle area sides"))
+        memory.add(_record("geo-unl", "Geometry", UNLABELLED, "triangle circle sides"))
+        query = _math("Find the area of the triangle with sides 6 and 8 in a circle.", "q")
+        for asking_model in ("big", "small"):  # queries: the same labeller, whoever asks
+            found = memory.search(query, model=asking_model, labeller=labeller, p=1)
+            assert found.level == "subcategory" and found.record_ids == ("geo",)
+        record = memory.get("geo")
+        assert (record.category, record.subcategory) == (found.category, found.subcategory)
+
+        # A query whose category abstained is searched over the whole domain: the
+        # unlabelled record is reached there, never as a bucket of its own.
+        abstained = _labeller(MathModel(*_rows(40), threshold=1.01))
+        wide = memory.search(query, labeller=abstained, p=4)
+        assert wide.level == "domain" and set(wide.record_ids) == {"geo", "mod", "unl", "geo-unl"}
+        # A query whose subcategory abstained starts at its category.
+        only_category = memory.search(query, label=_Label("Geometry", UNLABELLED), p=3)
+        assert only_category.level == "category"
+        assert set(only_category.record_ids) == {"geo", "geo-unl"}
+
+
+class _Label:
+    def __init__(self, category: str, subcategory: str) -> None:
+        self.category, self.subcategory = category, subcategory
+
+
+# -- data directory, factory, config and CLI -------------------------------------------------
+MATH_SUBJECTS = ("Geometry", "Number Theory", "Counting & Probability")
+
+
+def write_data_dir(root: Path, math_rows: int = 1400, gsm8k_rows: int = 620) -> Path:
+    """A data directory shaped like the real one, with synthetic train files."""
+    rng = random.Random(1)
+    (root / "math").mkdir(parents=True)
+    (root / "gsm8k").mkdir()
+    with (root / "math" / "train.jsonl").open("w") as fh:
+        for i in range(math_rows):
+            subject = MATH_SUBJECTS[i % 3]
+            text = TEMPLATES[subject].format(a=rng.randint(2, 99), b=rng.randint(2, 99))
+            row = {"problem": text, "type": subject, "level": "Level 1"}
+            fh.write(json.dumps(row | {"solution": "So \\boxed{1}.", "unique_id": f"m{i}"}) + "\n")
+    with (root / "gsm8k" / "train.jsonl").open("w") as fh:
+        for _ in range(gsm8k_rows):
+            text = TEMPLATES["Grade-school word problems"].format(
+                a=rng.randint(2, 99), b=rng.randint(2, 99)
+            )
+            fh.write(json.dumps({"question": text, "answer": "He spends.\n#### 4"}) + "\n")
+    return root
+
+
+def test_the_split_keeps_every_held_out_row_out_of_training(tmp_path: Path) -> None:
+    root = write_data_dir(tmp_path / "data", math_rows=120, gsm8k_rows=60)
+    splits = Splits(dev_tail=20, tune=15, dev=25, gsm8k_rows=30)
+    data = labeller_data(root, splits)
+    assert len(data.tune) == 15 and len(data.dev) == 25 and len(data.math_tail) == 20
+    assert data.counts == {"math_train": 60, "gsm8k_train": 30}
+    held_texts = {t.prompt for t in data.tune + data.dev + data.math_tail + data.gsm8k_tail}
+    assert not held_texts & set(data.texts)
+    assert [t.id for t in data.math_tail] == [f"math/m{i}" for i in range(100, 120)]
+    assert labeller_data(root, splits).dev == data.dev  # seeded
+
+
+def test_factory_and_its_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEMCOLLAB_DATA_DIR", raising=False)
+    with pytest.raises(LabellerError, match="unknown labeller 'gpt'"):
+        make_labeller("gpt")
+    with pytest.raises(LabellerError, match="needs a model client"):
+        make_labeller("llm")
+    with pytest.raises(LabellerError, match="own taxonomies"):
+        make_labeller("trained", data_dir=tmp_path, taxonomies={"math": "x.toml"})
+    with pytest.raises(LabellerDataError, match="needs a data directory"):
+        make_labeller("trained")
+    (tmp_path / "math").mkdir()
+    (tmp_path / "math" / "train.jsonl").write_text("")
+    with pytest.raises(LabellerDataError, match=r"gsm8k/train\.jsonl, which does not exist"):
+        make_labeller("trained", data_dir=tmp_path)
+    from memcollab.llm.cache import Gateway
+    from memcollab.llm.scripted import ScriptedModel
+
+    client = Gateway(None).bind(ScriptedModel(["1"]))
+    assert isinstance(make_labeller(client=client), DomainClassifier)  # the default: llm
+
+
+def test_the_trained_labeller_from_a_data_dir_is_fitted_once(tmp_path: Path) -> None:
+    root = write_data_dir(tmp_path / "data")
+    first = make_labeller("trained", data_dir=root)
+    second = make_labeller("trained", data_dir=root)
+    assert isinstance(first, TrainedLabeller) and first is not second
+    assert first.models is not second.models and first.models["math"] is second.models["math"]
+    text = "Sam buys 3 apples for 2 dollars each at the store. How much money does he spend?"
+    label = first.classify(_math(text))
+    assert label.category == "Grade-school word problems" and label.confidence > 0.9
