@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from memcollab.errors import UserError
+from memcollab.experiment.config import ExperimentConfigError, parse_experiment
+from memcollab.experiment.runner import Experiment
+from memcollab.llm.cache import Gateway
+from memcollab.llm.fleet import Fleet
 from memcollab.memory import Memory
 from memcollab.memory.classify import DomainClassifier
 from memcollab.memory.guidance import UNLABELLED
@@ -25,6 +30,7 @@ from memcollab.memory.labeller_data import LabellerDataError, Splits, labeller_d
 from memcollab.memory.record import Constraint, MemoryRecord, task_hash
 from memcollab.memory.taxonomy import builtin_taxonomy
 from memcollab.tasks.task import Task
+from tests.experiment.scripted import experiment_dict, fleet_dict
 
 TEMPLATES = {
     "Geometry": "Find the area of the triangle with sides {a} and {b} inscribed in a circle.",
@@ -227,7 +233,6 @@ def test_factory_and_its_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (tmp_path / "math" / "train.jsonl").write_text("")
     with pytest.raises(LabellerDataError, match=r"gsm8k/train\.jsonl, which does not exist"):
         make_labeller("trained", data_dir=tmp_path)
-    from memcollab.llm.cache import Gateway
     from memcollab.llm.scripted import ScriptedModel
 
     client = Gateway(None).bind(ScriptedModel(["1"]))
@@ -243,3 +248,68 @@ def test_the_trained_labeller_from_a_data_dir_is_fitted_once(tmp_path: Path) -> 
     text = "Sam buys 3 apples for 2 dollars each at the store. How much money does he spend?"
     label = first.classify(_math(text))
     assert label.category == "Grade-school word problems" and label.confidence > 0.9
+
+
+def _experiment(tmp_path: Path, labeller: str | None, conditions: list[str]) -> Experiment:
+    raw = experiment_dict(tmp_path, conditions)
+    raw["data_dir"] = str(tmp_path / "data")
+    if labeller is not None:
+        raw["memory"] = {"labeller": labeller}
+    return Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict()))
+
+
+def test_config_field_defaults_to_llm_and_leaves_plan_json_as_it_was(tmp_path: Path) -> None:
+    config = parse_experiment(experiment_dict(tmp_path))
+    assert config.memory.labeller == "llm"
+    assert "labeller" not in config.resolved_json()["memory"]
+    raw = experiment_dict(tmp_path) | {"memory": {"labeller": "trained"}}
+    assert parse_experiment(raw).resolved_json()["memory"]["labeller"] == "trained"
+    with pytest.raises(ExperimentConfigError, match="memory.labeller"):
+        parse_experiment(experiment_dict(tmp_path) | {"memory": {"labeller": "gpt"}})
+
+
+def test_an_experiment_with_the_trained_labeller_files_records_and_queries_alike(
+    tmp_path: Path,
+) -> None:
+    write_data_dir(tmp_path / "data")
+    conditions = ["vanilla", "memcollab", "own"]
+    trained = _experiment(tmp_path, "trained", conditions)
+    llm = _experiment(tmp_path, None, conditions)
+    labelled = 6 * 2  # 6 test tasks x 2 models with task-aware retrieval
+    label_calls = 2 * labelled + 2 * 4 * len({r.distiller for r in llm.recipes.values()})
+    assert llm.estimate()["eval"].calls - trained.estimate()["eval"].calls == 2 * labelled
+    assert (
+        llm.estimate()["eval"].calls + llm.estimate()["memory"].calls
+        == trained.estimate()["eval"].calls + trained.estimate()["memory"].calls + label_calls
+    )
+
+    trained.run()
+    out = tmp_path / "out"
+    labeller = make_labeller("trained", data_dir=tmp_path / "data")
+    with Memory.open(out / "memory.sqlite") as memory:
+        records = [r for ns in trained.recipes for r in memory.list(ns)]
+    assert records
+    for record in records:
+        label = labeller.classify(_math(record.task_text))
+        assert (record.category, record.subcategory) == (label.category, label.subcategory)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_task: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for row in rows:
+        if row["condition"] != "vanilla":
+            by_task.setdefault((row["task_id"], row["condition"]), set()).add(
+                (row["category"], row["subcategory"])
+            )
+    assert by_task and all(len(labels) == 1 for labels in by_task.values())  # both models
+    # The synthetic training set knows no "Add two and two": records and queries abstain
+    # alike, and the records are still found, over the whole domain.
+    memcollab = [r for r in rows if r["condition"] == "memcollab"]
+    assert {(r["category"], r["level"]) for r in memcollab} == {(UNLABELLED, "domain")}
+    assert all(r["record_ids"] for r in memcollab)
+    stats = json.loads((out / "eval_classifier_stats.json").read_text())
+    assert list(stats) == ["trained"] and stats["trained"]["math"]["classifications"] > 0
+    summary = json.loads((out / "build_summary.json").read_text())
+    assert all("category_abstentions" in s["classifier"]["math"] for s in summary.values())
+    assert json.loads((out / "plan.json").read_text())["config"]["memory"]["labeller"] == "trained"
+
+    with pytest.raises(UserError, match="labeller differs"):  # never mix two labellers
+        _experiment(tmp_path, None, conditions).run()
