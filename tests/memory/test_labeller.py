@@ -313,3 +313,37 @@ def test_an_experiment_with_the_trained_labeller_files_records_and_queries_alike
 
     with pytest.raises(UserError, match="labeller differs"):  # never mix two labellers
         _experiment(tmp_path, None, conditions).run()
+
+
+def test_cli_labeller_option_reaches_the_labeller(tmp_path: Path) -> None:
+    from tests.test_cli import assert_one_line_error, run_cli
+    from tests.test_pipeline import _setup
+
+    data = write_data_dir(tmp_path / "data")
+    fleet, runs = _setup(tmp_path)
+    memory = tmp_path / "mem.sqlite"
+    common = ["--runs", str(runs), "--memory", str(memory), "--fleet", fleet, "--no-cache"]
+    built = run_cli("distill", *common, "--labeller", "trained", "--data-dir", str(data))
+    assert built.returncode == 0, built.stderr
+    with Memory.open(memory) as opened:
+        records = opened.list()
+    labeller = make_labeller("trained", data_dir=data)
+    assert records and all(
+        r.category == labeller.classify(_math(r.task_text)).category for r in records
+    )
+
+    text = "Sam buys 3 apples for 2 dollars each at the store. How much money does he spend?"
+    solve = ["solve", text, "--model", "right", "--memory", str(memory), "--fleet", fleet]
+    solved = run_cli(*solve, "--labeller", "trained", "--data-dir", str(data), "--no-cache")
+    assert solved.returncode == 0, solved.stderr
+    assert "label Grade-school word problems /" in solved.stdout
+    assert "retrieved at level domain" in solved.stdout  # its records are unlabelled
+
+    assert_one_line_error(run_cli(*solve, "--labeller", "gpt"), "unknown labeller 'gpt'")
+    assert_one_line_error(
+        run_cli(*solve, "--labeller", "trained", "--data-dir", str(tmp_path / "nowhere")),
+        "the trained labeller needs",
+    )
+    assert_one_line_error(
+        run_cli("distill", *common, "--labeller", "gpt"), "unknown labeller 'gpt'"
+    )
