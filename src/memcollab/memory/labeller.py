@@ -51,10 +51,11 @@ if TYPE_CHECKING:
     from memcollab.llm.cache import ModelClient
 
 LABELLER_KINDS = ("llm", "trained")
-# Category thresholds: the grid value (0.30, 0.35, ... 0.90) with the most right minus wrong
-# labels among those kept (an abstention scores 0), on development rows: math on the tune
-# slice (300 MATH train rows), code on the 60 hand-labelled MBPP validation tasks
-# (benchmarks/labeller_accuracy.py recomputes both).
+# Category thresholds: the grid value with the most right minus wrong labels among those
+# kept (an abstention scores 0; ties to the lowest), on development rows: math on the tune
+# slice (300 MATH train rows; grid 0.30, 0.35, ... 0.90), code on the 60 hand-labelled MBPP
+# validation tasks (grid 0.00, 0.05, ... 0.40). benchmarks/labeller_accuracy.py recomputes
+# both choices and reports them beside these values.
 MATH_THRESHOLD = 0.60  # calibrated probability of the top category
 CODE_THRESHOLD = 0.15  # TF-IDF cosine to the nearest category description
 # No gold subcategories exist: below this cosine the task shares no more than an incidental
