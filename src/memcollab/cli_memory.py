@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -35,6 +35,10 @@ from memcollab.errors import UserError
 from memcollab.llm.fleet import Fleet
 from memcollab.tasks.task import Task
 
+if TYPE_CHECKING:
+    from memcollab.llm.cache import ModelClient
+    from memcollab.memory.labeller import CountingLabeller
+
 memory_app = typer.Typer(no_args_is_help=True, help="Inspect and move MemCollab memories.")
 MemoryArg = Annotated[str, typer.Argument(help="Memory: a SQLite path or a postgresql:// URL.")]
 TaxonomyOption = Annotated[
@@ -52,6 +56,26 @@ def _taxonomies(items: list[str] | None) -> dict[str, str]:
         check_domain(domain)
         out[domain] = path
     return out
+
+
+LabellerOption = Annotated[
+    str,
+    typer.Option(
+        "--labeller",
+        help="Who labels tasks: llm (the model picks the taxonomy's options) or trained (a"
+        " classifier trained on --data-dir's train files, the same for every model; no model"
+        " calls).",
+    ),
+]
+
+
+def _labeller(
+    kind: str, client: ModelClient, data_dir: Path | None, taxonomy: list[str] | None
+) -> CountingLabeller:
+    """The labeller `--labeller` names (one clear error for an unknown one)."""
+    from memcollab.memory.labeller import make_labeller
+
+    return make_labeller(kind, client=client, data_dir=data_dir, taxonomies=_taxonomies(taxonomy))
 
 
 MemoryOption = Annotated[
@@ -90,13 +114,17 @@ def distill_command(
         ),
     ] = None,
     taxonomy: TaxonomyOption = None,
+    labeller: LabellerOption = "llm",
+    data_dir: DataDirOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
     """Build memory from collected trajectories: pair, classify, distil (resumable)."""
-    from memcollab.memory import DomainClassifier, Memory, PairingRule
+    from memcollab.memory import Memory, PairingRule
     from memcollab.memory.distill import Distiller
+    from memcollab.memory.labeller import check_labeller_kind
 
+    check_labeller_kind(labeller)
     loaded = Fleet.load(fleet)
     store = TrajectoryStore.open_existing(runs)
     trajectories = [t for t in store if t.condition == "vanilla"]
@@ -113,7 +141,7 @@ def distill_command(
     name = distiller or loaded.strongest()
     gateway = make_gateway(cache, no_cache)
     client = gateway.bind(loaded.model(name))
-    classifier = DomainClassifier(client, _taxonomies(taxonomy))
+    classifier = _labeller(labeller, client, data_dir, taxonomy)
     if pairing_rule not in ("contrastive", "near_miss"):
         raise UserError(f"unknown pairing {pairing_rule!r}", "use contrastive or near_miss")
     pairing = PairingRule(pairing_rule, tie_break=tie_break, floor=floor)
@@ -201,12 +229,15 @@ def solve_command(
         ),
     ] = False,
     taxonomy: TaxonomyOption = None,
+    labeller: LabellerOption = "llm",
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
     """Solve one task, retrieving guidance from memory; show the constraints it used."""
-    from memcollab.memory import DomainClassifier, Memory
+    from memcollab.memory import Memory
+    from memcollab.memory.labeller import check_labeller_kind
 
+    check_labeller_kind(labeller)
     check_domain(domain)
     loaded = Fleet.load(fleet)
     loaded.spec(model)
@@ -221,7 +252,7 @@ def solve_command(
         task = Task(id="cli/solve", domain=domain, prompt=text or "")  # type: ignore[arg-type]
     guidance: tuple = ()
     if memory is not None:
-        label = DomainClassifier(agent.client, _taxonomies(taxonomy)).classify(task)
+        label = _labeller(labeller, agent.client, data_dir, taxonomy).classify(task)
         with Memory.open(memory, create=False) as mem:
             got = mem.search(
                 task,
@@ -234,7 +265,7 @@ def solve_command(
         guidance = got.guidance
         console.print(
             f"[bold]label[/bold] {label.category} / {label.subcategory}"
-            f" ({label.source}); retrieved at level [bold]{got.level}[/bold]:"
+            f" ({getattr(label, 'source', labeller)}); retrieved at level [bold]{got.level}[/bold]:"
             f" {len(got.record_ids)} records, {len(guidance)} constraints"
         )
         for g in guidance:

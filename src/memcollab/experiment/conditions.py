@@ -277,6 +277,14 @@ class MemCollab(_Retrieving):
         by = resolve_model(self.distiller, fleet, model, what=f"condition {self.name}")
         return MemoryRecipe(self.pairing, by, floor=self.floor)
 
+    def describe(self) -> dict[str, Any]:
+        """As the base class; the pairing fields only when not the paper's (so plan files
+        of experiments written before they existed stay the same)."""
+        described = super().describe()
+        if self.pairing == "contrastive":
+            del described["pairing"], described["floor"]
+        return described
+
 
 @register_condition("placebo")
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ k = 3                              # constraints per distilled pair
 # (the distiller is a condition's field: [condition.memcollab] distiller = "MODEL")
 prompt_chars = 9000                # size bound of a distillation request
 reply_tokens = 400                 # the distiller's reply budget
+labeller = "llm"                   # who files records and queries: llm (each model asks
+                                   # itself; default) or trained (one deterministic
+                                   # classifier for all, trained on data_dir's train files)
 
 [eval]                             # benchmark name -> dataset spec
 gsm8k = "gsm8k:test[~50@1]"
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -69,6 +72,8 @@ class MemorySettings(_Section):
     prompt_chars: int = Field(default=9000, ge=1000)
     reply_tokens: int = Field(default=400, ge=16)  # the distiller's reply budget
     tie_break: bool = False
+    # Who labels records and queries (memcollab.memory.labeller.make_labeller).
+    labeller: Literal["llm", "trained"] = "llm"
 
     @field_validator("distiller")
     @classmethod
@@ -100,8 +105,13 @@ class ExperimentConfig(_Section):
     source: str = "inline"
 
     def resolved_json(self) -> dict[str, Any]:
-        """What the run was made of, for plan.json (paths as strings)."""
-        return self.model_dump(mode="json")
+        """What the run was made of, for plan.json (paths as strings). `memory.labeller` is
+        left out at its default ("llm"), so plan.json of a run that does not set it stays
+        as it was before the setting existed."""
+        data = self.model_dump(mode="json")
+        if data["memory"]["labeller"] == "llm":
+            del data["memory"]["labeller"]
+        return data
 
 
 def load_experiment(path: str | Path, data_dir: Path | None = None) -> ExperimentConfig:

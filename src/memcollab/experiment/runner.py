@@ -21,7 +21,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +37,9 @@ from memcollab.llm.cache import Gateway
 from memcollab.llm.fleet import Fleet
 from memcollab.memory.api import Memory
 from memcollab.memory.build import BuildEvent
-from memcollab.memory.classify import DomainClassifier, Label
 from memcollab.memory.distill import Distiller
+from memcollab.memory.guidance import Labeller, LabelLike
+from memcollab.memory.labeller import CountingLabeller, make_labeller
 from memcollab.memory.pairs import SAMPLE_CONDITION, PairingResult, PairingRule
 from memcollab.memory.record import MemoryRecord
 from memcollab.memory.retrieve import Mode, Retriever
@@ -48,7 +49,7 @@ from memcollab.trajectory import Trajectory
 
 Phase = Literal["train", "memory", "eval"]
 PHASES: tuple[Phase, ...] = ("train", "memory", "eval")
-LABEL_CALLS_PER_TASK = 2  # the classifier asks for the category, then the subcategory
+LABEL_CALLS_PER_TASK = 2  # the LLM classifier asks for the category, then the subcategory
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,14 @@ class FleetInfo:
 class _Context:
     """The evaluation context conditions use: labels, retrievers, records (thread-safe)."""
 
-    def __init__(self, memory: Memory, classifiers: dict[str, DomainClassifier], seed: int) -> None:
+    def __init__(self, memory: Memory, classifiers: Mapping[str, Labeller], seed: int) -> None:
         self.memory = memory
         self.classifiers = classifiers
         self.seed = seed
         self._records: dict[tuple[str, str], list[MemoryRecord]] = {}
         self._lock = threading.Lock()
 
-    def label(self, model: str, task: Task) -> Label:
+    def label(self, model: str, task: Task) -> LabelLike:
         return self.classifiers[model].classify(task)
 
     def retriever(self, namespace: str, p: int, mode: Mode, participant_filter: bool) -> Retriever:
@@ -273,7 +274,8 @@ class Experiment:
             if self._condition(j.condition).kind != "vanilla"
             and self._condition(j.condition).describe().get("retrieval") != "global_tfidf"
         }
-        evaluation.calls += LABEL_CALLS_PER_TASK * len(labelled)
+        label_calls = 0 if self.config.memory.labeller == "trained" else LABEL_CALLS_PER_TASK
+        evaluation.calls += label_calls * len(labelled)
         pairs = sum(len(self._pairs(r, stored).pairs) for r in self.recipes.values())
         if not stored:
             pairs, memory_basis = len(self.train_tasks) * len(self.recipes), "upper bound"
@@ -283,7 +285,7 @@ class Experiment:
         else:
             memory_basis = "pairs of the stored trajectories"
         distillers = {r.distiller for r in self.recipes.values()}
-        calls = pairs + LABEL_CALLS_PER_TASK * len(self.train_tasks) * len(distillers)
+        calls = pairs + label_calls * len(self.train_tasks) * len(distillers)
         memory = PhaseEstimate(
             pairs,
             self._records_stored(),
@@ -351,6 +353,7 @@ class Experiment:
         emit = on_event or (lambda event: None)
         if not redo:
             self._check_agent_unchanged()
+        self._check_labeller_unchanged()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
         part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
@@ -392,6 +395,30 @@ class Experiment:
                 f"[agent] differs from the run stored in {self.out}: {before} -> {now}",
                 "restore it, choose a new `out` folder, or pass --redo to recompute everything",
             )
+
+    def _check_labeller_unchanged(self) -> None:
+        """Refuse another [memory] labeller over stored memory or evaluation results: record
+        ids and trajectory keys do not hold the labeller, so the two would mix (even with
+        --redo, which keeps stored records)."""
+        plan = self.out / "plan.json"
+        if not plan.is_file() or not (self._records_stored() or _stored_len(self.out / "eval")):
+            return
+        memory = json.loads(plan.read_text()).get("config", {}).get("memory", {})
+        before = memory.get("labeller", "llm")
+        if before != self.config.memory.labeller:
+            raise UserError(
+                f"[memory] labeller differs from the run stored in {self.out}: {before} ->"
+                f" {self.config.memory.labeller}",
+                "restore it, or choose a new `out` folder",
+            )
+
+    def labeller(self, model: str) -> CountingLabeller:
+        """Who labels for `model` (records: the distiller; queries: the evaluated model):
+        the model's own LLM classifier, or with `labeller = "trained"` the one trained
+        labeller, whoever asks."""
+        if self.config.memory.labeller == "trained":
+            return make_labeller("trained", data_dir=self.config.data_dir)
+        return make_labeller("llm", client=self.gateway.bind(self.fleet.model(model)))
 
     def _stored_count(self, phase: Phase) -> int:
         """How many results of `phase` are stored: trajectories, or memory records."""
@@ -452,11 +479,13 @@ class Experiment:
         emit(ProgressEvent("memory", total=sum(len(p.pairs) for p in pairings.values())))
         summaries: dict[str, Any] = {}
         added = 0
-        classifiers: dict[str, DomainClassifier] = {}
+        classifiers: dict[str, CountingLabeller] = {}
         with Memory.open(self.memory_path()) as memory:
             for ns, recipe in self.recipes.items():
                 client = self.gateway.bind(self.fleet.model(recipe.distiller))
-                classifier = classifiers.setdefault(recipe.distiller, DomainClassifier(client))
+                if recipe.distiller not in classifiers:
+                    classifiers[recipe.distiller] = self.labeller(recipe.distiller)
+                classifier = classifiers[recipe.distiller]
                 distiller = Distiller(
                     client,
                     max_constraints=self.config.memory.k,
@@ -481,7 +510,7 @@ class Experiment:
                 summaries[ns] = {
                     **summary.as_dict(),
                     "records": memory.stats(ns)["records"],
-                    "recipe": recipe.__dict__,
+                    "recipe": _recipe_fields(recipe),
                     "classifier": classifier.stats(),
                 }
                 export = self.out / "memories" / f"{ns}.jsonl"
@@ -500,10 +529,11 @@ class Experiment:
                 "run the memory phase first (or the whole experiment)",
             )
         with Memory.open(self.memory_path()) as memory:
-            classifiers = {
-                m: DomainClassifier(self.gateway.bind(self.fleet.model(m)))
-                for m in self.eval_models
-            }
+            trained = self.config.memory.labeller == "trained"
+            if trained:  # one labeller for every model (and the same as the records')
+                classifiers = dict.fromkeys(self.eval_models, self.labeller(self.eval_models[0]))
+            else:
+                classifiers = {m: self.labeller(m) for m in self.eval_models}
             ctx = _Context(memory, classifiers, self.config.seed)
             jobs = self.eval_jobs(ctx)
             emit(ProgressEvent("eval", total=len(jobs)))
@@ -516,11 +546,22 @@ class Experiment:
                 workers=self.config.workers,
                 on_event=self._progress("eval", emit),
             )
-            (self.out / "eval_classifier_stats.json").write_text(
-                json.dumps({m: c.stats() for m, c in classifiers.items()}, indent=2) + "\n"
+            stats = (
+                {"trained": classifiers[self.eval_models[0]].stats()}
+                if trained
+                else {m: c.stats() for m, c in classifiers.items()}
             )
+            (self.out / "eval_classifier_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         write_results(self.out, self.plan_json(), store)
         return computed
+
+
+def _recipe_fields(recipe: MemoryRecipe) -> dict[str, Any]:
+    """A recipe for build_summary.json (the near-miss floor only where it applies)."""
+    fields = dict(recipe.__dict__)
+    if recipe.pairing != "near_miss":
+        fields.pop("floor")
+    return fields
 
 
 def _emit_build_event(

@@ -11,6 +11,15 @@ from typing import Protocol
 
 from memcollab.tasks.task import Task
 
+UNLABELLED = "unlabelled"
+"""The category and subcategory name of a label that abstained (`memory.labeller`).
+
+A record so labelled is filed under it; a query so labelled is searched by task-aware
+retrieval over its whole domain (category abstained) or its category (subcategory
+abstained). The LLM classifier never returns it (unless a taxonomy of yours has
+a category of that name).
+"""
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -33,8 +42,10 @@ class LabelLike(Protocol):
 class Labeller(Protocol):
     """Anything that files a task under a (category, subcategory) of its domain's taxonomy.
 
-    `memcollab.memory.classify.DomainClassifier` (an LLM picks the options) is the built-in
-    one; the memory build labels records with it and retrieval labels queries with it.
+    Built in: `memcollab.memory.classify.DomainClassifier` (an LLM picks the options; the
+    default) and `memcollab.memory.labeller.TrainedLabeller` (a trained, deterministic
+    classifier that may abstain: `UNLABELLED`); `make_labeller` picks one by name. The
+    memory build labels records with it and retrieval labels queries with it.
     """
 
     def classify(self, task: Task) -> LabelLike: ...

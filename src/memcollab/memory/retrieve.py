@@ -2,8 +2,9 @@
 
 `task_aware` (the paper): keep records of the task's (category, subcategory); when that
 bucket is empty back off to the category, then to the whole domain (ours; the level used is
-reported); rank by TF-IDF cosine between the new task and the stored task texts
-(scikit-learn); take the top p records and return their constraints (at most p x K).
+reported; a label that abstained, `UNLABELLED`, starts at the domain or the category); rank
+by TF-IDF cosine between the new task and the stored task texts (scikit-learn); take the
+top p records and return their constraints (at most p x K).
 Ablations and controls: `global_tfidf` (the same ranking over the whole domain, no
 category filter), `random` (p records drawn at random: a placebo), `none`.
 Optional (the paper's v2): keep only records whose pair the querying model took part in.
@@ -28,7 +29,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from memcollab.errors import UserError
-from memcollab.memory.guidance import Guidance, LabelLike
+from memcollab.memory.guidance import UNLABELLED, Guidance, LabelLike
 from memcollab.memory.record import MemoryRecord, task_hash
 from memcollab.tasks.task import Task
 
@@ -302,6 +303,12 @@ def _task_aware(
         ("category", (task.domain, label.category, None)),
         ("domain", (task.domain, None, None)),
     ]
+    # A labeller that abstained (memory.labeller) widens the search: no category, the
+    # domain; no subcategory, the category. Its records are reached at the domain level.
+    if label.category == UNLABELLED:
+        levels = levels[2:]
+    elif label.subcategory == UNLABELLED:
+        levels = levels[1:]
     for level, bucket in levels:
         hits = retriever.rank(task, bucket, model, level)
         if hits:
