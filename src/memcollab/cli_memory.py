@@ -71,14 +71,26 @@ def distill_command(
     tie_break: Annotated[
         bool, typer.Option("--tie-break", help="Pair all-right / all-wrong tasks too (counted).")
     ] = False,
+    screen: Annotated[
+        str,
+        typer.Option(
+            "--screen",
+            help="v1: the form rules; v2: also the semantic rules (vacuous, vague, ...).",
+        ),
+    ] = "v1",
     taxonomy: TaxonomyOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
     """Build memory from collected trajectories: pair, classify, distil (resumable)."""
     from memcollab.memory import DomainClassifier, Memory, PairingRule
-    from memcollab.memory.distill import Distiller
+    from memcollab.memory.distill import SCREEN_VERSIONS, Distiller
 
+    version = next((v for v in SCREEN_VERSIONS if v == screen), None)
+    if version is None:
+        raise typer.BadParameter(
+            f"{screen!r} is not one of {', '.join(SCREEN_VERSIONS)}", param_hint="--screen"
+        )
     loaded = Fleet.load(fleet)
     store = TrajectoryStore.open_existing(runs)
     trajectories = [t for t in store if t.condition == "vanilla"]
@@ -117,7 +129,7 @@ def distill_command(
         summary = mem.build(
             trajectories,
             tasks,
-            distiller=Distiller(client, max_constraints=max_constraints),
+            distiller=Distiller(client, max_constraints=max_constraints, screen=version),
             labeller=classifier,
             pairing=pairing,
             strengths=strengths,

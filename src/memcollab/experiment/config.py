@@ -21,6 +21,7 @@ k = 3                              # constraints per distilled pair
 # (the distiller is a condition's field: [condition.memcollab] distiller = "MODEL")
 prompt_chars = 9000                # size bound of a distillation request
 reply_tokens = 400                 # the distiller's reply budget
+screen = "v1"                      # "v2": also the semantic screen (memory/semantic.py)
 
 [eval]                             # benchmark name -> dataset spec
 gsm8k = "gsm8k:test[~50@1]"
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -69,6 +70,8 @@ class MemorySettings(_Section):
     prompt_chars: int = Field(default=9000, ge=1000)
     reply_tokens: int = Field(default=400, ge=16)  # the distiller's reply budget
     tie_break: bool = False
+    # "v2" adds the semantic screen to the distiller's (opt-in; memory/semantic.py).
+    screen: Literal["v1", "v2"] = "v1"
 
     @field_validator("distiller")
     @classmethod

@@ -461,6 +461,7 @@ class Experiment:
                     max_constraints=self.config.memory.k,
                     max_prompt_chars=self.config.memory.prompt_chars,
                     decoding=Decoding(temperature=0.0, max_tokens=self.config.memory.reply_tokens),
+                    screen=self.config.memory.screen,
                 )
                 summary = memory.build(
                     trajectories,
