@@ -78,6 +78,12 @@ def distill_command(
             help="v1: the form rules; v2: also the semantic rules (vacuous, vague, ...).",
         ),
     ] = "v1",
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge", help="Merge near-duplicate constraints of a bucket (support counts)."
+        ),
+    ] = False,
     taxonomy: TaxonomyOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
@@ -134,6 +140,7 @@ def distill_command(
             pairing=pairing,
             strengths=strengths,
             namespace=namespace,
+            merge=merge,
             on_event=lambda event: progress.advance(bar),
         )
         total = mem.stats(namespace)["records"]
@@ -149,6 +156,8 @@ def distill_command(
                 table.add_row(f"distill {key}: {reason}", str(count))
         else:
             table.add_row(f"distill {key.replace('_', ' ')}", str(value))
+    for key, value in (summary.merge or {}).items():
+        table.add_row(f"merge: {key.replace('_', ' ')}", str(value))
     table.add_row("records added", str(summary.records_added))
     table.add_row("records already there", str(summary.records_existing))
     table.add_row("records in namespace", str(total))
@@ -284,6 +293,42 @@ def memory_import(
     if counts.replaced:
         message += f", replaced {counts.replaced} conflicting"
     console.print(message)
+
+
+@memory_app.command("merge")
+def memory_merge(
+    memory: MemoryArg,
+    namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
+    into: Annotated[
+        str | None,
+        typer.Option(
+            "--into",
+            help="Copy the namespace into this one first and merge the copy"
+            " (default: merge the namespace in place).",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float,
+        typer.Option(min=0.01, max=1.0, help="Share of words two constraints must share."),
+    ] = 0.6,
+) -> None:
+    """Merge near-duplicate constraints within each bucket: the kept one counts how many
+    pairs produced it (its support). Nothing is merged across buckets or with flagged
+    records; records whose constraints all merged stay stored, with none."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        target = namespace
+        if into is not None and into != namespace:
+            copied = mem.copy_namespace(namespace, into)
+            console.print(f"copied {copied} records of {namespace!r} into {into!r}")
+            target = into
+        summary = mem.merge(target, threshold=threshold)
+    console.print(
+        f"namespace {target!r}: {summary.merged} constraints merged into others;"
+        f" {summary.constraints} constraints in {summary.records} records"
+        f" ({summary.records_emptied} left without constraints), {summary.buckets} buckets"
+    )
 
 
 @memory_app.command("stats")

@@ -163,6 +163,22 @@ def test_memory_screen_setting_reaches_the_distiller(tmp_path: Path, screen: str
         assert kept == {1} and distill["rejected"] == {"vacuous": distill["pairs"]}
 
 
+def test_memory_merge_setting_merges_near_duplicates(tmp_path: Path) -> None:
+    raw = experiment_dict(tmp_path, ["vanilla", "memcollab"])
+    raw["memory"] = {"merge": True}
+    Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict())).run(
+        phases=["train", "memory"]
+    )
+    summary = json.loads((tmp_path / "out" / "build_summary.json").read_text())
+    merge = summary["memcollab.by.right"]["merge"]
+    with SQLiteMemory(tmp_path / "out" / "memory.sqlite") as memory:
+        records = memory.records("memcollab.by.right")
+    # every pair distils the same constraint: one per bucket remains, supported by all
+    support = [c.support for r in records for c in r.constraints]
+    assert sum(support) == len(records) and merge["merged"] == len(records) - len(support)
+    assert merge["merged"] > 0 and max(support) > 1
+
+
 def test_partial_run_reports_only_complete_tasks(tmp_path: Path) -> None:
     experiment = _experiment(tmp_path, ["vanilla", "memcollab"])
     experiment.run(phases=["train", "memory"])

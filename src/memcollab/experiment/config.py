@@ -22,6 +22,7 @@ k = 3                              # constraints per distilled pair
 prompt_chars = 9000                # size bound of a distillation request
 reply_tokens = 400                 # the distiller's reply budget
 screen = "v1"                      # "v2": also the semantic screen (memory/semantic.py)
+merge = false                      # true: near-duplicate constraints merge (memory/merge.py)
 
 [eval]                             # benchmark name -> dataset spec
 gsm8k = "gsm8k:test[~50@1]"
@@ -72,6 +73,8 @@ class MemorySettings(_Section):
     tie_break: bool = False
     # "v2" adds the semantic screen to the distiller's (opt-in; memory/semantic.py).
     screen: Literal["v1", "v2"] = "v1"
+    # Near-duplicate constraints of a bucket merge, counting support (memory/merge.py).
+    merge: bool = False
 
     @field_validator("distiller")
     @classmethod

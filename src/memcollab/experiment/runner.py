@@ -475,6 +475,7 @@ class Experiment:
                     # The cache answers stored pairs again for free, so the distillation
                     # counts cover every pair however the run was split into parts.
                     recount_existing=self.gateway.cache is not None,
+                    merge=self.config.memory.merge,
                     on_event=functools.partial(_emit_build_event, emit, ns),
                 )
                 added += summary.records_added
