@@ -72,6 +72,7 @@ def candidates(task: Task, pair: Pair, raw: str) -> list[dict[str, Any]]:
     for c, v1 in screen_each(parsed.candidates, ctx, 3):
         found = explain(c.when, c.enforce, c.avoid, sctx) if v1 is None else None
         v2 = v1 if v1 is not None else (found[0] if found else None)
+        lenient = explain(c.when, c.enforce, c.avoid, sctx, skip={"example_echo"})
         rows.append(
             {
                 "task_id": pair.task_id,
@@ -81,6 +82,7 @@ def candidates(task: Task, pair: Pair, raw: str) -> list[dict[str, Any]]:
                 "v1": v1 or "kept",
                 "v2": v2 or "kept",
                 "v2_why": found[1] if found else "",
+                "v2_without_echo": v1 or (lenient[0] if lenient else "kept"),
             }
         )
     return rows
@@ -197,6 +199,10 @@ def study(rows: list[dict[str, Any]], graded: list[dict[str, Any]]) -> dict[str,
         "grades_v2_kept": distribution(kept),
         "grades_v2_rejected": distribution(rejected),
         "grades_by_v2_reason": {k: dict(v) for k, v in sorted(by_reason.items())},
+        # what v2 would keep without the example_echo rule (measured, not a setting)
+        "grades_v2_without_echo_kept": distribution(
+            [r for r in graded if r["v2_without_echo"] == "kept"]
+        ),
     }
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from memcollab.memory.distill import REJECT_REASONS, DistillStats, prompts
 from memcollab.memory.semantic import (
+    RULES,
     SEMANTIC_REJECT_REASONS,
     SemanticContext,
     explain,
@@ -332,3 +333,11 @@ def test_judge_hook_runs_after_the_rules() -> None:
     bad, _ = distiller([reply], screen="v2", judge=lambda text, task: "nonsense")
     with pytest.raises(ValueError, match="unknown reason 'nonsense'"):
         bad.distill(MEDIAN, pair)
+
+
+def test_rules_can_be_left_out_by_reason() -> None:
+    ctx = median_ctx()
+    echo = ECHO
+    assert explain(*echo, ctx) is not None and explain(*echo, ctx)[0] == "example_echo"  # type: ignore[index]
+    assert explain(*echo, ctx, skip={"example_echo"}) is None
+    assert list(SEMANTIC_REJECT_REASONS) == [reason for reason, _ in RULES]

@@ -48,7 +48,7 @@ none is shipped).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -308,31 +308,74 @@ def _unshown_edge_case(enforce: str, avoid: str, ctx: SemanticContext) -> str | 
     return None
 
 
-def explain(when: str, enforce: str, avoid: str, ctx: SemanticContext) -> tuple[str, str] | None:
-    """The first semantic rule a constraint breaks, and why in words; None if none."""
+def _vacuous_rule(when: str, enforce: str, avoid: str, ctx: SemanticContext) -> str | None:
     for name, part in (("enforce", enforce), ("avoid", avoid)):
         if _empty(part, avoid=name == "avoid"):
-            return "vacuous", f"the {name} part says nothing checkable: {part!r}"
+            return f"the {name} part says nothing checkable: {part!r}"
     if _repeats_situation(when, enforce):
-        return "vacuous", f"the enforce part only repeats the situation: {enforce!r}"
+        return f"the enforce part only repeats the situation: {enforce!r}"
+    return None
+
+
+def _vague_rule(when: str, enforce: str, avoid: str, ctx: SemanticContext) -> str | None:
     word = _vague(enforce)
-    if word is not None:
-        return "vague", f"the enforce part asks for {word!r} instead of naming a check"
+    return None if word is None else f"the enforce part asks for {word!r} instead of naming a check"
+
+
+def _negation_rule(when: str, enforce: str, avoid: str, ctx: SemanticContext) -> str | None:
     if _negates(enforce, avoid):
-        return "self_negation", f"the avoid part only negates the enforce part: {avoid!r}"
+        return f"the avoid part only negates the enforce part: {avoid!r}"
+    return None
+
+
+def _echo_rule(when: str, enforce: str, avoid: str, ctx: SemanticContext) -> str | None:
     for name, part in (("enforce", enforce), ("avoid", avoid)):
         if _echoes(part, ctx.example_grams):
-            return "example_echo", f"the {name} part repeats the prompt's example: {part!r}"
+            return f"the {name} part repeats the prompt's example: {part!r}"
+    return None
+
+
+def _unsupported_rule(when: str, enforce: str, avoid: str, ctx: SemanticContext) -> str | None:
     words = topic(when, enforce, avoid)
     if words and not (words & ctx.contrast):
-        shown = ", ".join(sorted(words))
-        return "unsupported", f"no topic word ({shown}) occurs in the task or the attempts"
+        return f"no topic word ({', '.join(sorted(words))}) occurs in the task or the attempts"
+    return None
+
+
+def _edge_case_rule(when: str, enforce: str, avoid: str, ctx: SemanticContext) -> str | None:
     case = _unshown_edge_case(enforce, avoid, ctx)
-    if case is not None:
-        return (
-            "unshown_edge_case",
-            f"it guards against {case}, which neither the task nor the attempts show",
-        )
+    if case is None:
+        return None
+    return f"it guards against {case}, which neither the task nor the attempts show"
+
+
+_Rule = Callable[[str, str, str, SemanticContext], "str | None"]
+RULES: tuple[tuple[str, _Rule], ...] = (
+    ("vacuous", _vacuous_rule),
+    ("vague", _vague_rule),
+    ("self_negation", _negation_rule),
+    ("example_echo", _echo_rule),
+    ("unsupported", _unsupported_rule),
+    ("unshown_edge_case", _edge_case_rule),
+)
+"""The rules in the order they are checked (reason, check)."""
+
+
+def explain(
+    when: str,
+    enforce: str,
+    avoid: str,
+    ctx: SemanticContext,
+    *,
+    skip: Collection[str] = (),
+) -> tuple[str, str] | None:
+    """The first semantic rule a constraint breaks, and why in words; None if none.
+    `skip` leaves rules out by reason (to measure what one rule adds)."""
+    for reason, rule in RULES:
+        if reason not in skip:
+            why = rule(when, enforce, avoid, ctx)
+            if why is not None:
+                return reason, why
     return None
 
 
