@@ -185,3 +185,22 @@ def test_bad_taxonomy_file_is_one_line(tmp_path: Path) -> None:
         "--no-cache",
     )
     assert_one_line_error(result, "tax.toml")
+
+
+def test_distill_screen_option(tmp_path: Path) -> None:
+    fleet, runs = _setup(tmp_path)
+    text = Path(fleet).read_text()
+    vacuous = "\n2. When converting units, enforce the correct conversion factor; avoid rounding."
+    start = text.index('responses = ["1. When')
+    end = text.index('", "2", "3"]', start)
+    Path(fleet).write_text(text[:end] + json.dumps(vacuous)[1:-1] + text[end:])
+    for screen, kept, rejected in (("v1", 2, {}), ("v2", 1, {"vacuous": 3})):
+        memory = tmp_path / f"{screen}.sqlite"
+        args = ("distill", "--runs", str(runs), "--memory", str(memory), "--fleet", fleet)
+        built = run_cli(*args, "--screen", screen, "--no-cache")
+        assert built.returncode == 0, built.stderr
+        summary = json.loads((runs / "distill_summary.json").read_text())
+        assert summary["records_added"] == 3 and summary["distill"]["rejected"] == rejected
+        assert {len(r.constraints) for r in SQLiteMemory(memory).records()} == {kept}
+    bad = run_cli(*args, "--screen", "v3", "--no-cache")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--screen" in bad.stderr

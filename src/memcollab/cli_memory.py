@@ -113,6 +113,19 @@ def distill_command(
             min=1, help="Pairs distilled at once (default: what the distiller serves at once)."
         ),
     ] = None,
+    screen: Annotated[
+        str,
+        typer.Option(
+            "--screen",
+            help="v1: the form rules; v2: also the semantic rules (vacuous, vague, ...).",
+        ),
+    ] = "v1",
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge", help="Merge near-duplicate constraints of a bucket (support counts)."
+        ),
+    ] = False,
     taxonomy: TaxonomyOption = None,
     labeller: LabellerOption = "llm",
     data_dir: DataDirOption = None,
@@ -121,10 +134,15 @@ def distill_command(
 ) -> None:
     """Build memory from collected trajectories: pair, classify, distil (resumable)."""
     from memcollab.memory import Memory, PairingRule
-    from memcollab.memory.distill import Distiller
+    from memcollab.memory.distill import SCREEN_VERSIONS, Distiller
     from memcollab.memory.labeller import check_labeller_kind
 
     check_labeller_kind(labeller)
+    version = next((v for v in SCREEN_VERSIONS if v == screen), None)
+    if version is None:
+        raise typer.BadParameter(
+            f"{screen!r} is not one of {', '.join(SCREEN_VERSIONS)}", param_hint="--screen"
+        )
     loaded = Fleet.load(fleet)
     store = TrajectoryStore.open_existing(runs)
     trajectories = [t for t in store if t.condition == "vanilla"]
@@ -167,7 +185,7 @@ def distill_command(
         summary = mem.build(
             trajectories,
             tasks,
-            distiller=Distiller(client, max_constraints=max_constraints),
+            distiller=Distiller(client, max_constraints=max_constraints, screen=version),
             labeller=classifier,
             pairing=pairing,
             strengths=strengths,
@@ -175,6 +193,7 @@ def distill_command(
             # As many pairs at once as the distiller serves (a local model's batch width),
             # so its batching engine decodes them together.
             workers=workers or client.model.concurrency()[1],
+            merge=merge,
             on_event=lambda event: progress.advance(bar),
         )
         total = mem.stats(namespace)["records"]
@@ -191,6 +210,8 @@ def distill_command(
                 table.add_row(f"distill {key}: {reason}", str(count))
         else:
             table.add_row(f"distill {key.replace('_', ' ')}", str(value))
+    for key, value in (summary.merge or {}).items():
+        table.add_row(f"merge: {key.replace('_', ' ')}", str(value))
     table.add_row("records added", str(summary.records_added))
     table.add_row("records already there", str(summary.records_existing))
     table.add_row("records in namespace", str(total))
@@ -344,6 +365,42 @@ def memory_import(
     if counts.replaced:
         message += f", replaced {counts.replaced} conflicting"
     console.print(message)
+
+
+@memory_app.command("merge")
+def memory_merge(
+    memory: MemoryArg,
+    namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
+    into: Annotated[
+        str | None,
+        typer.Option(
+            "--into",
+            help="Copy the namespace into this one first and merge the copy"
+            " (default: merge the namespace in place).",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float,
+        typer.Option(min=0.01, max=1.0, help="Share of words two constraints must share."),
+    ] = 0.6,
+) -> None:
+    """Merge near-duplicate constraints within each bucket: the kept one counts how many
+    pairs produced it (its support). Nothing is merged across buckets or with flagged
+    records; records whose constraints all merged stay stored, with none."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        target = namespace
+        if into is not None and into != namespace:
+            copied = mem.copy_namespace(namespace, into)
+            console.print(f"copied {copied} records of {namespace!r} into {into!r}")
+            target = into
+        summary = mem.merge(target, threshold=threshold)
+    console.print(
+        f"namespace {target!r}: {summary.merged} constraints merged into others;"
+        f" {summary.constraints} constraints in {summary.records} records"
+        f" ({summary.records_emptied} left without constraints), {summary.buckets} buckets"
+    )
 
 
 @memory_app.command("stats")

@@ -140,6 +140,45 @@ def test_p_ablation_plot_needs_two_sizes(tmp_path: Path) -> None:
     assert "constraints_vs_accuracy.png" not in {p.name for p in plots}
 
 
+@pytest.mark.parametrize("screen", ["v1", "v2"])
+def test_memory_screen_setting_reaches_the_distiller(tmp_path: Path, screen: str) -> None:
+    from tests.experiment.scripted import DISTILLED
+
+    fleet = fleet_dict()
+    vacuous = "2. When converting units, enforce the correct conversion factor; avoid rounding."
+    for spec in fleet["models"].values():
+        spec["rules"]["reusable reasoning rules"] = f"{DISTILLED}\n{vacuous}"
+    raw = experiment_dict(tmp_path, ["vanilla", "memcollab"])
+    raw["memory"] = {"screen": screen}
+    Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet)).run(
+        phases=["train", "memory"]
+    )
+    summary = json.loads((tmp_path / "out" / "build_summary.json").read_text())
+    distill = summary["memcollab.by.right"]["distill"]
+    with SQLiteMemory(tmp_path / "out" / "memory.sqlite") as memory:
+        kept = {len(r.constraints) for r in memory.records("memcollab.by.right")}
+    if screen == "v1":
+        assert kept == {2} and distill["rejected"] == {}
+    else:
+        assert kept == {1} and distill["rejected"] == {"vacuous": distill["pairs"]}
+
+
+def test_memory_merge_setting_merges_near_duplicates(tmp_path: Path) -> None:
+    raw = experiment_dict(tmp_path, ["vanilla", "memcollab"])
+    raw["memory"] = {"merge": True}
+    Experiment(parse_experiment(raw), Gateway(None), Fleet.from_dict(fleet_dict())).run(
+        phases=["train", "memory"]
+    )
+    summary = json.loads((tmp_path / "out" / "build_summary.json").read_text())
+    merge = summary["memcollab.by.right"]["merge"]
+    with SQLiteMemory(tmp_path / "out" / "memory.sqlite") as memory:
+        records = memory.records("memcollab.by.right")
+    # every pair distils the same constraint: one per bucket remains, supported by all
+    support = [c.support for r in records for c in r.constraints]
+    assert sum(support) == len(records) and merge["merged"] == len(records) - len(support)
+    assert merge["merged"] > 0 and max(support) > 1
+
+
 def test_partial_run_reports_only_complete_tasks(tmp_path: Path) -> None:
     experiment = _experiment(tmp_path, ["vanilla", "memcollab"])
     experiment.run(phases=["train", "memory"])
@@ -237,6 +276,7 @@ def test_evaluation_tasks_must_not_be_training_tasks(tmp_path: Path) -> None:
         ({"eval": {}}, "names no benchmark"),
         ({"agent": {"max_turns": 0}}, "agent.max_turns"),
         ({"memory": {"distiller": "right"}}, "[memory] distiller is not read"),
+        ({"memory": {"screen": "v3"}}, "memory.screen"),
     ],
 )
 def test_bad_experiment_files_get_one_clear_error(

@@ -24,6 +24,8 @@ reply_tokens = 400                 # the distiller's reply budget
 labeller = "llm"                   # who files records and queries: llm (each model asks
                                    # itself; default) or trained (one deterministic
                                    # classifier for all, trained on data_dir's train files)
+screen = "v1"                      # "v2": also the semantic screen (memory/semantic.py)
+merge = false                      # true: near-duplicate constraints merge (memory/merge.py)
 
 [eval]                             # benchmark name -> dataset spec
 gsm8k = "gsm8k:test[~50@1]"
@@ -44,6 +46,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from memcollab.errors import UserError
+
+# Settings that change behaviour only when set; their defaults are the committed experiment's.
+OPT_IN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "memory": {"labeller": "llm", "screen": "v1", "merge": False},
+}
 
 
 class ExperimentConfigError(UserError):
@@ -74,6 +81,10 @@ class MemorySettings(_Section):
     tie_break: bool = False
     # Who labels records and queries (memcollab.memory.labeller.make_labeller).
     labeller: Literal["llm", "trained"] = "llm"
+    # "v2" adds the semantic screen to the distiller's (opt-in; memory/semantic.py).
+    screen: Literal["v1", "v2"] = "v1"
+    # Near-duplicate constraints of a bucket merge, counting support (memory/merge.py).
+    merge: bool = False
 
     @field_validator("distiller")
     @classmethod
@@ -105,12 +116,14 @@ class ExperimentConfig(_Section):
     source: str = "inline"
 
     def resolved_json(self) -> dict[str, Any]:
-        """What the run was made of, for plan.json (paths as strings). `memory.labeller` is
-        left out at its default ("llm"), so plan.json of a run that does not set it stays
-        as it was before the setting existed."""
+        """What the run was made of, for plan.json (paths as strings). Settings added after
+        the committed experiment are left out at their defaults (`OPT_IN_DEFAULTS`), so the
+        plan.json of a run that does not set them stays as it was before they existed."""
         data = self.model_dump(mode="json")
-        if data["memory"]["labeller"] == "llm":
-            del data["memory"]["labeller"]
+        for section, defaults in OPT_IN_DEFAULTS.items():
+            for key, default in defaults.items():
+                if data[section].get(key) == default:
+                    del data[section][key]
         return data
 
 

@@ -491,6 +491,7 @@ class Experiment:
                     max_constraints=self.config.memory.k,
                     max_prompt_chars=self.config.memory.prompt_chars,
                     decoding=Decoding(temperature=0.0, max_tokens=self.config.memory.reply_tokens),
+                    screen=self.config.memory.screen,
                 )
                 summary = memory.build(
                     trajectories,
@@ -504,6 +505,7 @@ class Experiment:
                     # The cache answers stored pairs again for free, so the distillation
                     # counts cover every pair however the run was split into parts.
                     recount_existing=self.gateway.cache is not None,
+                    merge=self.config.memory.merge,
                     on_event=functools.partial(_emit_build_event, emit, ns),
                 )
                 added += summary.records_added

@@ -27,14 +27,15 @@ from typing import Any
 from memcollab.memory.build import BuildEvent, BuildSummary, build_memory
 from memcollab.memory.distill import Distiller
 from memcollab.memory.guidance import Labeller, LabelLike
+from memcollab.memory.merge import MERGE_THRESHOLD, MergeSummary, merge_namespace
 from memcollab.memory.pairs import PairingResult, PairingRule, pair_by_rule
-from memcollab.memory.record import MemoryRecord
+from memcollab.memory.record import MemoryRecord, record_id
 from memcollab.memory.retrieve import Mode, Retrieved, Retriever
 from memcollab.memory.store import ImportCounts, MemoryStore, OnConflict, open_memory
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
-RetrieverKey = tuple[str, int, str, bool, int, bool]
+RetrieverKey = tuple[str, int, str, bool, int, bool, bool]
 
 
 class Memory:
@@ -95,11 +96,13 @@ class Memory:
         namespace: str = "default",
         workers: int = 1,
         recount_existing: bool = False,
+        merge: bool = False,
         on_event: Callable[[BuildEvent], None] | None = None,
     ) -> BuildSummary:
         """Pair the trajectories by `pairing`, then label and distil every pair into records
         of `namespace`. Resumable: pairs already stored are skipped (record ids are
-        deterministic), and their model calls come from the call cache when re-asked."""
+        deterministic), and their model calls come from the call cache when re-asked.
+        With `merge`, near-duplicate constraints of a bucket then merge (see `merge`)."""
         pairs = pair_by_rule(trajectories, pairing, strengths)
         return build_memory(
             pairs,
@@ -110,8 +113,39 @@ class Memory:
             namespace=namespace,
             workers=workers,
             recount_existing=recount_existing,
+            merge=merge,
             on_event=on_event,
         )
+
+    def merge(
+        self, namespace: str = "default", *, threshold: float = MERGE_THRESHOLD
+    ) -> MergeSummary:
+        """Merge near-duplicate constraints within each bucket of a namespace, in place: a
+        kept constraint's `support` counts the pairs that produced it (memory/merge.py)."""
+        return merge_namespace(self.store, namespace, threshold)
+
+    def copy_namespace(self, source: str, target: str) -> int:
+        """Copy the records of `source` (flagged ones left out) into namespace `target`,
+        under the ids a build of `target` would give them; returns how many were new."""
+        if source == target:
+            raise ValueError("copy a namespace into another one")
+        copies = [
+            r.model_copy(
+                update={
+                    "namespace": target,
+                    "id": record_id(
+                        target,
+                        r.source_task_id,
+                        r.pair_type,
+                        r.model_pos,
+                        r.model_neg,
+                        r.distiller,
+                    ),
+                }
+            )
+            for r in self.store.records(source)
+        ]
+        return self.store.add_many(copies)
 
     # -- searching
     def retriever(
@@ -123,9 +157,10 @@ class Memory:
         participant_filter: bool = False,
         seed: int = 0,
         count_usage: bool = True,
+        prefer_support: bool = False,
     ) -> Retriever:
         """The retriever of one setting (made once, then shared: thread-safe)."""
-        key = (namespace, p, strategy, participant_filter, seed, count_usage)
+        key = (namespace, p, strategy, participant_filter, seed, count_usage, prefer_support)
         with self._lock:
             retriever = self._retrievers.get(key)
             if retriever is None:
@@ -137,6 +172,7 @@ class Memory:
                     participant_filter=participant_filter,
                     seed=seed,
                     count_usage=count_usage,
+                    prefer_support=prefer_support,
                 )
                 self._retrievers[key] = retriever
             return retriever
@@ -154,10 +190,12 @@ class Memory:
         participant_filter: bool = False,
         seed: int = 0,
         count_usage: bool = True,
+        prefer_support: bool = False,
     ) -> Retrieved:
         """Constraints for `task` as `model` would get them: `hits` (record, score, back-off
         level) and the guidance lines. The task is labelled by `label`, else by `labeller`
-        (task-aware strategies), else searched over its whole domain."""
+        (task-aware strategies), else searched over its whole domain. `prefer_support`:
+        among equally relevant records, the better supported first (memory/merge.py)."""
         if label is None and labeller is not None and strategy == "task_aware":
             label = labeller.classify(task)
         retriever = self.retriever(
@@ -167,6 +205,7 @@ class Memory:
             participant_filter=participant_filter,
             seed=seed,
             count_usage=count_usage,
+            prefer_support=prefer_support,
         )
         return retriever.retrieve(task, label, model)
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from memcollab.memory.distill import Distiller, DistillResult, DistillStats
 from memcollab.memory.guidance import Labeller, LabelLike
+from memcollab.memory.merge import merge_namespace
 from memcollab.memory.pairs import Pair, PairingResult
 from memcollab.memory.record import MemoryRecord, record_id, task_hash
 from memcollab.memory.store import MemoryStore
@@ -45,8 +46,10 @@ class BuildSummary:
     pairs_without_constraints: int = 0
     distill_covers: DistillCovers = "every pair"
     seconds: float = 0.0
+    merge: dict[str, int] | None = None  # the merge pass's counts, when merging
 
     def as_dict(self) -> dict[str, Any]:
+        merge = {} if self.merge is None else {"merge": self.merge}
         return {
             "pairing": self.pairing,
             "distill": self.distill,
@@ -54,6 +57,7 @@ class BuildSummary:
             "records_existing": self.records_existing,
             "pairs_without_constraints": self.pairs_without_constraints,
             "distill_covers": self.distill_covers,
+            **merge,
             "seconds": round(self.seconds, 1),
         }
 
@@ -68,9 +72,13 @@ def build_memory(
     namespace: str = "default",
     workers: int = 1,
     recount_existing: bool = False,
+    merge: bool = False,
     on_event: Callable[[BuildEvent], None] | None = None,
 ) -> BuildSummary:
     """Classify and distil every pair into `memory`; pairs already stored are skipped.
+
+    With `merge` (opt-in), near-duplicate constraints of a bucket then merge into one
+    with a support count (memory/merge.py; `summary.merge` counts them).
 
     `workers` pairs are distilled at once (a batching engine serves them together); records
     are written by the calling thread as pairs finish, so the store sees one writer.
@@ -128,6 +136,8 @@ def build_memory(
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    if merge:
+        summary.merge = merge_namespace(memory, namespace).as_dict()
     summary.distill = stats.as_dict()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -36,6 +36,12 @@ rejected one is counted by reason (`REJECT_REASONS`), so candidates = kept + rej
 * duplicate: the same words as a constraint kept before, or nearly (`_NEAR_DUPLICATE` of
   the distinct words shared, Jaccard);
 * over_limit: beyond the K kept constraints.
+
+With `Distiller(screen="v2")` (opt-in; "v1", the default, is the screen above alone) the
+semantic rules of memory/semantic.py run on what the v1 rules pass, before duplicates
+and the limit are counted: vacuous, vague, self_negation, example_echo, unsupported,
+unshown_edge_case (`SEMANTIC_REJECT_REASONS`, also in `REJECT_REASONS`). The prompt and
+the parsing are the same in both.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import logging
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
@@ -56,6 +62,12 @@ from memcollab.llm.base import ChatRequest, Decoding, Message
 from memcollab.llm.cache import ModelClient
 from memcollab.memory.pairs import Pair
 from memcollab.memory.record import Constraint
+from memcollab.memory.semantic import (
+    SEMANTIC_REJECT_REASONS,
+    SemanticContext,
+    SemanticJudge,
+    semantic_reason,
+)
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
@@ -75,7 +87,11 @@ REJECT_REASONS = (
     "copied_text",
     "duplicate",
     "over_limit",
+    # The v2 screen's reasons (memory/semantic.py); the v1 screen never gives them.
+    *SEMANTIC_REJECT_REASONS,
 )
+ScreenVersion = Literal["v1", "v2"]
+SCREEN_VERSIONS: tuple[ScreenVersion, ...] = ("v1", "v2")
 
 _REPLY_CHARS = 1500
 _TOOL_CHARS = 400
@@ -588,25 +604,49 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def screen(
-    candidates: Iterable[Candidate], ctx: ScreenContext, max_constraints: int
-) -> tuple[tuple[Constraint, ...], dict[str, int]]:
-    """Keep at most `max_constraints` acceptable constraints; count the others by reason."""
-    kept: list[Constraint] = []
+def screen_each(
+    candidates: Iterable[Candidate],
+    ctx: ScreenContext,
+    max_constraints: int,
+    extra: Callable[[Candidate], str | None] | None = None,
+) -> list[tuple[Candidate, str | None]]:
+    """Every candidate with the reason it is rejected (None: kept), in order: the v1
+    rules, then `extra` (the v2 screen's rules) on what they pass, then duplicates of a
+    kept constraint, then those beyond `max_constraints`."""
+    verdicts: list[tuple[Candidate, str | None]] = []
     seen: list[frozenset[str]] = []
-    rejected: Counter[str] = Counter()
+    kept = 0
     for c in candidates:
         reason = rejection_reason(c, ctx)
+        if reason is None and extra is not None:
+            reason = extra(c)
         key = frozenset(_WORD.findall(f"{c.when} {c.enforce} {c.avoid}".lower()))
         if reason is None and any(_jaccard(key, k) >= _NEAR_DUPLICATE for k in seen):
             reason = "duplicate"
-        if reason is None and len(kept) >= max_constraints:
+        if reason is None and kept >= max_constraints:
             reason = "over_limit"
+        if reason is None:
+            seen.append(key)
+            kept += 1
+        verdicts.append((c, reason))
+    return verdicts
+
+
+def screen(
+    candidates: Iterable[Candidate],
+    ctx: ScreenContext,
+    max_constraints: int,
+    extra: Callable[[Candidate], str | None] | None = None,
+) -> tuple[tuple[Constraint, ...], dict[str, int]]:
+    """Keep at most `max_constraints` acceptable constraints; count the others by reason
+    (`extra`: further rules, run after the v1 rules; see `screen_each`)."""
+    kept: list[Constraint] = []
+    rejected: Counter[str] = Counter()
+    for c, reason in screen_each(candidates, ctx, max_constraints, extra):
         if reason is not None:
             rejected[reason] += 1
             log.debug("rejected constraint (%s): %s", reason, c.text())
             continue
-        seen.append(key)
         kept.append(Constraint(when=_tidy(c.when), enforce=_tidy(c.enforce), avoid=_tidy(c.avoid)))
     return tuple(kept), dict(rejected)
 
@@ -681,9 +721,17 @@ class Distiller:
         max_prompt_chars: int = 9000,
         copy_ngram: int = 5,
         decoding: Decoding | None = None,
+        screen: ScreenVersion = "v1",
+        judge: SemanticJudge | None = None,
     ) -> None:
         if max_constraints < 1:
             raise ValueError("max_constraints must be at least 1")
+        if screen not in SCREEN_VERSIONS:
+            raise ValueError(f"screen must be one of {', '.join(SCREEN_VERSIONS)}, not {screen!r}")
+        if judge is not None and screen == "v1":
+            raise ValueError("a semantic judge runs only in the v2 screen (screen='v2')")
+        self.screen_version: ScreenVersion = screen
+        self.judge = judge
         self.client = client
         self.max_constraints = max_constraints
         self.max_prompt_chars = max_prompt_chars
@@ -772,7 +820,8 @@ class Distiller:
             log.info("distiller %s: no constraints for task %s", self.name, task.id)
         else:
             ctx = ScreenContext.build(task, pair.trajectories(), self.copy_ngram)
-            kept, screened = screen(parsed.candidates, ctx, self.max_constraints)
+            extra = self._semantic_rules(task, pair) if self.screen_version == "v2" else None
+            kept, screened = screen(parsed.candidates, ctx, self.max_constraints, extra)
             rejected = dict(Counter(rejected) + Counter(screened))
             status = "ok" if kept else "all_rejected"
             if rejected:
@@ -793,6 +842,21 @@ class Distiller:
             retries=retries,
             raw_outputs=tuple(raws),
         )
+
+    def _semantic_rules(self, task: Task, pair: Pair) -> Callable[[Candidate], str | None]:
+        """The v2 screen's rules for one pair (memory/semantic.py), then the judge if any."""
+        ctx = SemanticContext.build(task, pair.trajectories(), prompts()["example"])
+        judge = self.judge
+
+        def rules(c: Candidate) -> str | None:
+            reason = semantic_reason(c.when, c.enforce, c.avoid, ctx)
+            if reason is None and judge is not None:
+                reason = judge(c.text(), task)
+                if reason is not None and reason not in SEMANTIC_REJECT_REASONS:
+                    raise ValueError(f"the semantic judge gave an unknown reason {reason!r}")
+            return reason
+
+        return rules
 
     def _repair_messages(self, task: Task, pair: Pair, bad: str) -> list[Message]:
         repair = prompts()["repair"].format(k=self.max_constraints)

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from memcollab.tasks.task import known_domain
 
-MEMORY_FORMAT_VERSION = 1
+MEMORY_FORMAT_VERSION = 2
+"""The newest record format this memcollab reads. Format 1: the paper's records; format 2:
+constraints may carry a `support` count above 1 (merged near-duplicates). A record is
+written in the lowest format that holds it, so a memory without merges stays format 1."""
+SUPPORT_FORMAT = 2
 
 PairType = Literal["mixed", "tie_break", "own_success", "own_failure", "self_contrast", "near_miss"]
 
@@ -24,6 +36,16 @@ class Constraint(_Record):
     when: str = Field(min_length=1)
     enforce: str = Field(min_length=1)
     avoid: str = Field(min_length=1)
+    support: int = Field(default=1, ge=1)
+    """How many distilled pairs produced this constraint (near-duplicates merged into it,
+    memory/merge.py); 1 unless merged, and then left out of the JSON."""
+
+    @model_serializer(mode="wrap")
+    def _without_default_support(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("support") == 1:
+            del data["support"]
+        return data
 
     def text(self) -> str:
         """The constraint as one sentence, as the agent sees it."""
@@ -57,7 +79,29 @@ class MemoryRecord(_Record):
         return known_domain(value)
 
     created_at: float
-    format_version: int = MEMORY_FORMAT_VERSION
+    format_version: int = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_of_support(cls, data: Any) -> Any:
+        """A record holding a merged constraint (support above 1) is format 2."""
+        if not isinstance(data, dict) or data.get("format_version", 1) >= SUPPORT_FORMAT:
+            return data
+        constraints = data.get("constraints")
+        if not isinstance(constraints, list | tuple):
+            return data
+        for c in constraints:
+            support = c.get("support", 1) if isinstance(c, dict) else getattr(c, "support", 1)
+            if isinstance(support, int) and support > 1:
+                return {**data, "format_version": SUPPORT_FORMAT}
+        return data
+
+    def with_constraints(self, constraints: tuple[Constraint, ...]) -> MemoryRecord:
+        """This record with other constraints (its format follows their support)."""
+        data = self.model_dump()
+        data["constraints"] = [c.model_dump() for c in constraints]
+        data["format_version"] = 1 if self.format_version <= SUPPORT_FORMAT else self.format_version
+        return MemoryRecord.model_validate(data)
 
 
 def task_hash(text: str) -> str:

@@ -14,7 +14,10 @@ the retriever, the task, the querying model's label and the model, returning `Re
 A new strategy is one function in one file plus its registration.
 
 Each bucket's TF-IDF index is built once and reused until the store changes
-(`store.version()`).
+(`store.version()`). Records without constraints (left by a merge, memory/merge.py) are
+never retrieved. With `prefer_support` (opt-in), records whose scores agree to
+`SUPPORT_DECIMALS` decimals are ordered by their constraints' total support (how many
+pairs produced them) before their id, and a record's constraints by support.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from memcollab.errors import UserError
 from memcollab.memory.guidance import UNLABELLED, Guidance, LabelLike
-from memcollab.memory.record import MemoryRecord, task_hash
+from memcollab.memory.record import Constraint, MemoryRecord, task_hash
 from memcollab.tasks.task import Task
 
+SUPPORT_DECIMALS = 2
+"""With `prefer_support`, scores equal to this many decimals count as equally relevant."""
 Mode = str
 """A registered strategy name: task_aware, global_tfidf, random, none, or your own."""
 Level = Literal["subcategory", "category", "domain", "none"]
@@ -116,6 +121,7 @@ class _Index:
     by_hash: dict[str, list[int]] = field(default_factory=dict)
     participant_masks: dict[str, np.ndarray] = field(default_factory=dict)
     id_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    support: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def participant_mask(self, model: str) -> np.ndarray:
         """Which records come from a pair `model` took part in (cached per model)."""
@@ -139,6 +145,7 @@ class Retriever:
         participant_filter: bool = False,
         seed: int = 0,
         count_usage: bool = True,
+        prefer_support: bool = False,
     ) -> None:
         if p < 1:
             raise ValueError("p must be at least 1")
@@ -154,6 +161,7 @@ class Retriever:
         self.participant_filter = participant_filter
         self.seed = seed
         self.count_usage = count_usage
+        self.prefer_support = prefer_support
         self._indexes: dict[tuple[str, str | None, str | None], _Index] = {}
         self._lock = threading.Lock()
 
@@ -170,7 +178,8 @@ class Retriever:
             index = self._indexes.get(key)
             if index is not None and index.version == version:
                 return index
-        records = self.store.records(self.namespace, domain, category, subcategory)
+        stored = self.store.records(self.namespace, domain, category, subcategory)
+        records = [r for r in stored if r.constraints]  # a merge may leave a record empty
         vectorizer: TfidfVectorizer | None = None
         matrix = None
         if records:
@@ -185,6 +194,7 @@ class Retriever:
         index = _Index(version, records, vectorizer, matrix, by_hash)
         # Each record's position in id order: the tie-break between equal scores.
         index.id_rank = np.argsort(np.argsort(np.array([r.id for r in records]), kind="stable"))
+        index.support = np.array([sum(c.support for c in r.constraints) for r in records])
         with self._lock:
             self._indexes[key] = index
         return index
@@ -212,14 +222,19 @@ class Retriever:
         if len(candidates) == 0:
             return []
         k = min(self.p, len(candidates))
+        # Equally relevant (to SUPPORT_DECIMALS) with prefer_support: better supported first.
+        ranked = np.round(scores, SUPPORT_DECIMALS) if self.prefer_support else scores
         # Top k in O(n): argpartition finds the k-th best score, every candidate at least
         # that good is kept (ties at the boundary included), and the exact order is score
         # descending then record id. Ties never depend on the order records were inserted
         # in, so a store rebuilt or imported in another order retrieves the same records.
         if k < len(candidates):
-            kth = -np.partition(-scores[candidates], k - 1)[k - 1]
-            candidates = candidates[scores[candidates] >= kth]
-        order = np.lexsort((index.id_rank[candidates], -scores[candidates]))[:k]
+            kth = -np.partition(-ranked[candidates], k - 1)[k - 1]
+            candidates = candidates[ranked[candidates] >= kth]
+        keys = [index.id_rank[candidates]]
+        if self.prefer_support:
+            keys.append(-index.support[candidates])
+        order = np.lexsort((*keys, -ranked[candidates]))[:k]
         return [Hit(index.records[i], float(scores[i]), level) for i in candidates[order]]
 
     def pool(self, task: Task, model: str | None) -> list[MemoryRecord]:
@@ -247,10 +262,15 @@ class Retriever:
         mask[same] = False
         return mask
 
+    def _constraints(self, record: MemoryRecord) -> tuple[Constraint, ...]:
+        if not self.prefer_support:
+            return record.constraints
+        return tuple(sorted(record.constraints, key=lambda c: -c.support))
+
     def result(self, hits: list[Hit], level: Level, label: LabelLike | None = None) -> Retrieved:
         """The `Retrieved` of these hits (counting their use when the retriever does)."""
         guidance = tuple(
-            Guidance(h.record.id, c.text()) for h in hits for c in h.record.constraints
+            Guidance(h.record.id, c.text()) for h in hits for c in self._constraints(h.record)
         )
         ids = tuple(h.record.id for h in hits)
         if ids and self.count_usage:

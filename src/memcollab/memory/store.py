@@ -93,6 +93,13 @@ class MemoryStore(ABC):
     def add_many(self, records: Iterable[MemoryRecord]) -> int:
         """Store records in one transaction; returns how many were new (duplicates skipped)."""
 
+    def save(self, records: Sequence[MemoryRecord]) -> ImportCounts:
+        """Store records in one transaction, replacing the stored ones of the same ids (a
+        merge's changed records); `version()` changes when anything did. Counted as an
+        import with on_conflict="replace": `added` new ids, `replaced` changed ones,
+        `present` unchanged ones."""
+        return self._import_records(records, "replace", f"save into {self.location}")
+
     @abstractmethod
     def get(self, record_id: str) -> MemoryRecord:
         """The record with this id; MemoryNotFoundError when there is none."""
