@@ -12,6 +12,7 @@ conditions = ["vanilla", "own", "other", "memcollab", "placebo"]   # before any 
 [agent]
 max_turns = 4
 max_tokens = 384
+repair = "v1"                      # or "live": richer code feedback, repeats resampled
 
 [train]                            # memory is built from these tasks only
 tasks = ["gsm8k:train[~100@1]", "math:train[~100@1]", "mbpp:train[~100@1]"]
@@ -40,6 +41,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from memcollab.agent import RepairMode
 from memcollab.errors import UserError
 
 
@@ -54,6 +56,7 @@ class _Section(BaseModel):
 class AgentSettings(_Section):
     max_turns: int = Field(default=5, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    repair: RepairMode = "v1"  # the solve loop's repair mode (memcollab.agent)
 
 
 class TrainSettings(_Section):
@@ -100,8 +103,12 @@ class ExperimentConfig(_Section):
     source: str = "inline"
 
     def resolved_json(self) -> dict[str, Any]:
-        """What the run was made of, for plan.json (paths as strings)."""
-        return self.model_dump(mode="json")
+        """What the run was made of, for plan.json (paths as strings). `[agent] repair` is
+        left out while it is "v1", so runs that predate it keep an identical plan."""
+        data = self.model_dump(mode="json")
+        if data["agent"].get("repair") == "v1":
+            del data["agent"]["repair"]
+        return data
 
 
 def load_experiment(path: str | Path, data_dir: Path | None = None) -> ExperimentConfig:
