@@ -146,7 +146,8 @@ class Agent:
             if live and (candidate := domain.candidate(reply)) is not None:
                 seen.add(candidate)
             messages.append(Message(role="assistant", content=reply))
-            react = domain.react_live if live else domain.react
+            # The last turn's feedback is never sent: no live feedback is computed for it.
+            react = domain.react_live if live and turn < self.max_turns else domain.react
             reaction = react(task, reply, self.runner, self.limits)
             tool, feedback, done = reaction.tool, reaction.feedback, reaction.done
             if reaction.answer is not None:

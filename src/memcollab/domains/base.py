@@ -94,7 +94,8 @@ class Domain(ABC):
         self, task: Task, reply: str, runner: CodeRunner, limits: SandboxLimits
     ) -> Reaction:
         """`react` for the agent's repair mode "live": feedback that shows more of what went
-        wrong (default: the same as `react`)."""
+        wrong (default: the same as `react`). It must agree with `react` on everything but
+        the feedback: the loop calls `react` on its last turn, where no feedback is sent."""
         return self.react(task, reply, runner, limits)
 
     def candidate(self, reply: str) -> str | None:
