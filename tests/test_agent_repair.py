@@ -13,7 +13,7 @@ import pytest
 
 from memcollab.agent import Agent, fleet_agent, resample_seed
 from memcollab.domains.code_repair import Probe, probe_targets
-from memcollab.experiment.config import ExperimentConfigError, parse_experiment
+from memcollab.experiment.config import ExperimentConfigError, load_experiment, parse_experiment
 from memcollab.experiment.runner import Experiment
 from memcollab.llm.base import Decoding
 from memcollab.llm.cache import Gateway
@@ -299,3 +299,12 @@ def test_cli_collect_repair_live(tmp_path: Path) -> None:
     assert "`add(1, 2)` returned -1" in stored["steps"][0]["feedback"]
     assert json.loads((out / "summary.json").read_text())["repair"] == "live"
     assert run_cli("solve", "--help").stdout.count("--repair") == 1
+
+
+def test_the_committed_runs_would_still_resume() -> None:
+    # The runner refuses an [agent] that differs from the stored plan.json's.
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    for name in ("paper", "ablation"):
+        plan = json.loads((results / name / "plan.json").read_text())
+        config = load_experiment(results / name / "experiment.toml")
+        assert config.resolved_json()["agent"] == plan["config"]["agent"]
