@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from memcollab.agent import fleet_agent
+from memcollab.agent import RepairMode, fleet_agent
 from memcollab.cli_common import (
     CacheOption,
     DataDirOption,
@@ -70,6 +70,13 @@ def collect_command(
     data_dir: DataDirOption = None,
     max_turns: Annotated[int, typer.Option(min=1, help="Model calls per task at most.")] = 5,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per reply.")] = None,
+    repair: Annotated[
+        RepairMode,
+        typer.Option(
+            help="The loop's repair mode: v1, or live (a failed code check shows the actual"
+            " value; a repeated candidate is asked again, sampled). Use its own --out.",
+        ),
+    ] = "v1",
     workers: Annotated[
         int | None,
         typer.Option(
@@ -92,7 +99,9 @@ def collect_command(
     gateway = make_gateway(cache, no_cache)
     stop_on_sigterm()
     agents = [
-        fleet_agent(loaded, gateway, name, max_turns=max_turns, max_tokens=max_tokens)
+        fleet_agent(
+            loaded, gateway, name, max_turns=max_turns, max_tokens=max_tokens, repair=repair
+        )
         for name in names
     ]
     store = TrajectoryStore.in_dir(out)
@@ -133,6 +142,7 @@ def collect_command(
             "fleet": loaded.source,
             "models": names,
             "max_turns": max_turns,
+            **({} if repair == "v1" else {"repair": repair}),
         },
     )
     console.print(

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from memcollab.agent import fleet_agent
+from memcollab.agent import RepairMode, fleet_agent
 from memcollab.cli_common import (
     CacheOption,
     DataDirOption,
@@ -243,6 +243,10 @@ def solve_command(
     namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
     max_turns: Annotated[int, typer.Option(min=1)] = 5,
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    repair: Annotated[
+        RepairMode,
+        typer.Option(help="The loop's repair mode: v1, or live (richer code feedback)."),
+    ] = "v1",
     participant_filter: Annotated[
         bool,
         typer.Option(
@@ -263,7 +267,12 @@ def solve_command(
     loaded = Fleet.load(fleet)
     loaded.spec(model)
     agent = fleet_agent(
-        loaded, make_gateway(cache, no_cache), model, max_turns=max_turns, max_tokens=max_tokens
+        loaded,
+        make_gateway(cache, no_cache),
+        model,
+        max_turns=max_turns,
+        max_tokens=max_tokens,
+        repair=repair,
     )
     if (text is None) == (task_spec is None):
         raise UserError("give the task text or --task SPEC (one of them)")

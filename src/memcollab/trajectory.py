@@ -7,9 +7,9 @@ the same `format_version`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from memcollab.llm.base import Message
 
@@ -18,6 +18,21 @@ FORMAT_VERSION = 1
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Optional(_Record):
+    """A record with fields added after FORMAT_VERSION 1: left out of its JSON while they hold
+    their defaults, so the records of runs that do not use them stay byte-identical."""
+
+    _omit_when_default: ClassVar[dict[str, object]] = {}
+
+    @model_serializer(mode="wrap")
+    def _drop_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name, default in self._omit_when_default.items():
+            if name in data and data[name] == default:
+                del data[name]
+        return data
 
 
 class ToolRun(_Record):
@@ -30,8 +45,11 @@ class ToolRun(_Record):
     duration_s: float
 
 
-class Step(_Record):
-    """One turn: one model call, and what the loop did with the reply."""
+class Step(_Optional):
+    """One turn: one model call (two when the reply was resampled), and what the loop did
+    with the reply."""
+
+    _omit_when_default: ClassVar[dict[str, object]] = {"resampled": False}
 
     turn: int
     reply: str
@@ -42,10 +60,13 @@ class Step(_Record):
     cached: bool
     tool: ToolRun | None = None
     feedback: str | None = None
+    resampled: bool = False  # repair "live": the first reply repeated an earlier candidate
 
 
-class Trajectory(_Record):
+class Trajectory(_Optional):
     """One agent's attempt at one task."""
+
+    _omit_when_default: ClassVar[dict[str, object]] = {"resampled": 0}
 
     task_id: str
     domain: str  # a registered domain (memcollab.domains)
@@ -67,6 +88,7 @@ class Trajectory(_Record):
     completion_tokens: int
     wall_s: float
     format_version: int = FORMAT_VERSION
+    resampled: int = 0  # steps whose reply was asked again (repair "live")
 
     def key(self) -> tuple[str, str, str, int]:
         """What identifies a trajectory in a run: task, model, condition, sample."""

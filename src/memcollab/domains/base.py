@@ -90,6 +90,20 @@ class Domain(ABC):
     def react(self, task: Task, reply: str, runner: CodeRunner, limits: SandboxLimits) -> Reaction:
         """What the loop does with one reply."""
 
+    def react_live(
+        self, task: Task, reply: str, runner: CodeRunner, limits: SandboxLimits
+    ) -> Reaction:
+        """`react` for the agent's repair mode "live": feedback that shows more of what went
+        wrong (default: the same as `react`). It must agree with `react` on everything but
+        the feedback: the loop calls `react` on its last turn, where no feedback is sent."""
+        return self.react(task, reply, runner, limits)
+
+    def candidate(self, reply: str) -> str | None:
+        """What a reply proposes, compared across turns by the repair mode "live" (a
+        candidate equal to an earlier one gets the reply asked again); None: not compared
+        (the default)."""
+        return None
+
     def final_answer(self, task: Task, steps: Sequence[Step], answer: str | None) -> str | None:
         """The answer judged when the loop ends (default: the last answer a reply gave)."""
         return answer

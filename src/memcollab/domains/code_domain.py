@@ -1,12 +1,21 @@
 """The code domain: the last ```python block of a reply is the candidate; it runs against
-the task's visible checks, a pass ends the loop and a failure is fed back. Judged by the
-hidden tests in the sandbox."""
+the task's visible checks, a pass ends the loop and a failure is fed back (under the agent's
+repair mode "live", with the actual values of a failed assert: `code_repair.py`). Judged by
+the hidden tests in the sandbox."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-from memcollab.domains.base import Domain, Reaction, clip, python_blocks, register_domain
+from memcollab.domains.base import (
+    Domain,
+    Reaction,
+    agent_prompts,
+    clip,
+    python_blocks,
+    register_domain,
+)
+from memcollab.domains.code_repair import live_failure_details, normalise_code
 from memcollab.tasks.checkers import CheckResult
 from memcollab.tasks.sandbox import CodeRunner, SandboxLimits, run_tests
 from memcollab.tasks.task import Task
@@ -27,6 +36,23 @@ class CodeDomain(Domain):
         return p["user_text"].format(prompt=task.prompt)
 
     def react(self, task: Task, reply: str, runner: CodeRunner, limits: SandboxLimits) -> Reaction:
+        return self._react(task, reply, runner, limits, live=False)
+
+    def react_live(
+        self, task: Task, reply: str, runner: CodeRunner, limits: SandboxLimits
+    ) -> Reaction:
+        """`react`, but a failed assert's feedback shows what its operands actually were
+        (`code_repair.live_failure_details`, texts from the [code_live] prompts)."""
+        return self._react(task, reply, runner, limits, live=True)
+
+    def candidate(self, reply: str) -> str | None:
+        """The reply's candidate (its last code block), whitespace-normalised."""
+        blocks = python_blocks(reply)
+        return normalise_code(blocks[-1]) if blocks else None
+
+    def _react(
+        self, task: Task, reply: str, runner: CodeRunner, limits: SandboxLimits, *, live: bool
+    ) -> Reaction:
         p = self.prompts()
         blocks = python_blocks(reply)
         if not blocks:
@@ -52,6 +78,10 @@ class CodeDomain(Domain):
         )
         if verdict.passed:
             return Reaction(tool, "", True, candidate)
+        if live:
+            shown = live_failure_details(task, candidate, verdict, details, runner, limits)
+            feedback = agent_prompts()["code_live"]["test_failed"].format(details=shown)
+            return Reaction(tool, feedback, False, candidate)
         return Reaction(tool, p["test_failed"].format(details=details), False, candidate)
 
     def check(self, task: Task, final: str | None, limits: SandboxLimits) -> CheckResult:

@@ -12,6 +12,7 @@ conditions = ["vanilla", "own", "other", "memcollab", "placebo"]   # before any 
 [agent]
 max_turns = 4
 max_tokens = 384
+repair = "v1"                      # or "live": richer code feedback, repeats resampled
 
 [train]                            # memory is built from these tasks only
 tasks = ["gsm8k:train[~100@1]", "math:train[~100@1]", "mbpp:train[~100@1]"]
@@ -45,11 +46,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from memcollab.agent import RepairMode
 from memcollab.errors import UserError
 
 # Settings that change behaviour only when set; their defaults are the committed experiment's.
 OPT_IN_DEFAULTS: dict[str, dict[str, Any]] = {
     "memory": {"labeller": "llm", "screen": "v1", "merge": False},
+    "agent": {"repair": "v1"},
 }
 
 
@@ -64,6 +67,7 @@ class _Section(BaseModel):
 class AgentSettings(_Section):
     max_turns: int = Field(default=5, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    repair: RepairMode = "v1"  # the solve loop's repair mode (memcollab.agent)
 
 
 class TrainSettings(_Section):

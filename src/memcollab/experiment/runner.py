@@ -197,6 +197,7 @@ class Experiment:
                 max_turns=self.config.agent.max_turns,
                 max_tokens=self.config.agent.max_tokens,
                 temperature=temperature,
+                repair=self.config.agent.repair,
             )
         return self._agents[key]
 
