@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild runs/NAME (default: paper) from what scripts/snapshot_paper_run.sh NAME committed:
 # the model calls, the train and eval trajectories and parts.jsonl; first those of the
-# experiment named in benchmarks/results/NAME/BASED_ON, if any. Then `memcollab experiment run
+# experiment named in benchmarks/results/NAME/BASED_ON, if any (or only the calls of the one
+# named in CALLS_FROM). Then `memcollab experiment run
 # benchmarks/results/NAME/experiment.toml --cache runs/NAME/calls.sqlite` resumes where
 # the last snapshot left off (the memories are rebuilt from the replayed calls in seconds).
 # Safe to run again: every import skips what is already there.
@@ -27,6 +28,12 @@ import_state() {
 # An experiment that extends another (BASED_ON names it) starts from that one's state.
 if [ -f "$results/BASED_ON" ]; then
   import_state "benchmarks/results/$(cat "$results/BASED_ON")"
+fi
+# One that only reuses another's model calls (CALLS_FROM names it; its agent differs, so
+# that run's trajectories are not its own) imports those calls and nothing else.
+if [ -f "$results/CALLS_FROM" ]; then
+  from_calls=("benchmarks/results/$(cat "$results/CALLS_FROM")"/calls/*.jsonl.gz)
+  "$memcollab" cache import "${from_calls[@]}" --cache "$run/calls.sqlite"
 fi
 import_state "$results"
 if [ -f "$results/parts.jsonl" ]; then cp "$results/parts.jsonl" "$run/parts.jsonl"; fi
