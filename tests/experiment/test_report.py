@@ -172,3 +172,27 @@ def test_direct_contrasts_and_holm_families_worked_out_by_hand(tmp_path: Path) -
     direct = text.split("### Memory conditions against each other")[1]
     assert "| m | memcollab - own | all |" in direct
     assert "- vanilla |" not in direct.split("##")[0]
+
+
+def test_primary_comparison_and_power_sections(tmp_path: Path) -> None:
+    """[analysis] primary names the pre-registered comparison: its pooled row per model
+    with Holm over the models only (one model here: Holm p = raw p). The power table gives
+    the pooled n = 6 complete tasks, 3 discordant (50%), and "-": with 3 discordant tasks
+    no difference reaches 80% power (stats tests check the numbers)."""
+    folder = _folder(tmp_path)
+    plan = _plan()
+    plan["config"]["analysis"] = {"primary": "memcollab", "baseline": "vanilla"}
+    (folder / "plan.json").write_text(json.dumps(plan))
+    text, _ = write_report(folder)
+    primary = text.split("### The pre-registered primary comparison")[1].split("###")[0]
+    assert _comparison(primary, "all") == ["6", "+16.7", "1", "2", "1", "1"]
+    assert "| m | memcollab - vanilla | a |" not in primary  # pooled rows only
+    power = text.split("### Power of the design")[1].split("##")[0]
+    row = next(line for line in power.splitlines() if line.startswith("| m |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:] == ["6", "50.0", "-"]
+
+
+def test_no_primary_section_without_analysis(tmp_path: Path) -> None:
+    text, _ = write_report(_folder(tmp_path))
+    assert "primary comparison" not in text

@@ -9,8 +9,10 @@ import pytest
 
 from memcollab.experiment.stats import (
     compare_paired,
+    detectable_difference,
     holm_adjust,
     mcnemar_exact,
+    mcnemar_power,
     paired_bootstrap_ci,
 )
 
@@ -90,3 +92,18 @@ def test_holm_is_never_below_raw_nor_above_bonferroni() -> None:
     adjusted = holm_adjust(p)
     for raw, adj in zip(p, adjusted, strict=True):
         assert raw <= adj <= min(1.0, 40 * raw)
+
+
+def test_mcnemar_power_and_detectable_difference_worked_by_hand() -> None:
+    """Connor's approximation at n = 200, psi = 0.15, d = 0.076:
+    (sqrt(200) * 0.076 - 1.95996 * sqrt(0.15)) / sqrt(0.15 - 0.076^2)
+    = (1.07480 - 0.75909) / 0.37979 = 0.83127 -> Phi = 0.7971 (just under 80%); the issue's
+    figures (7.6 pp for 200 tasks, 4.8 pp for 500) come back from the inverse."""
+    assert mcnemar_power(200, 0.15, 0.076) == pytest.approx(0.7971, abs=5e-4)
+    assert detectable_difference(200, 0.15) == pytest.approx(0.0763, abs=5e-4)
+    assert detectable_difference(500, 0.15) == pytest.approx(0.0484, abs=5e-4)
+    assert mcnemar_power(200, 0.15, -0.076) == mcnemar_power(200, 0.15, 0.076)
+    assert detectable_difference(6, 0.5) is None  # 3 discordant tasks: never significant
+    assert mcnemar_power(10, 1.0, 1.0) == 1.0  # every pair discordant, all one way
+    with pytest.raises(ValueError):
+        mcnemar_power(100, 0.1, 0.2)  # a difference larger than the discordant share

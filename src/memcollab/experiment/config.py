@@ -35,6 +35,9 @@ humaneval = "humaneval:test[~50@1]"
 [condition.memcollab-p1]           # parameters of a condition (built-in or your own name)
 kind = "memcollab"
 p = 1
+
+[analysis]                         # optional: the pre-registered primary comparison
+primary = "memcollab-p1"           # against baseline (default vanilla), per model, pooled
 ```
 """
 
@@ -101,6 +104,14 @@ class MemorySettings(_Section):
         return value
 
 
+class AnalysisSettings(_Section):
+    """The pre-registered primary comparison: `primary` - `baseline` on every evaluated
+    model's pooled tasks, Holm-adjusted across the models (the report's own section)."""
+
+    primary: str | None = None
+    baseline: str = "vanilla"
+
+
 class ExperimentConfig(_Section):
     """A parsed experiment file (paths already resolved against the file's folder)."""
 
@@ -117,6 +128,7 @@ class ExperimentConfig(_Section):
     eval_models: list[str] | None = None  # default: every fleet model
     conditions: list[str] = Field(min_length=1)
     condition: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    analysis: AnalysisSettings = AnalysisSettings()
     source: str = "inline"
 
     def resolved_json(self) -> dict[str, Any]:
@@ -128,6 +140,8 @@ class ExperimentConfig(_Section):
             for key, default in defaults.items():
                 if data[section].get(key) == default:
                     del data[section][key]
+        if self.analysis == AnalysisSettings():
+            del data["analysis"]
         return data
 
 
@@ -172,6 +186,14 @@ def parse_experiment(raw: dict[str, Any], source: str = "inline") -> ExperimentC
         raise ExperimentConfigError(f"{source}: [eval] names no benchmark")
     if len(set(config.conditions)) != len(config.conditions):
         raise ExperimentConfigError(f"{source}: a condition is listed twice in `conditions`")
+    for role, name in (
+        ("primary", config.analysis.primary),
+        ("baseline", config.analysis.baseline),
+    ):
+        if config.analysis.primary is not None and name not in config.conditions:
+            raise ExperimentConfigError(
+                f"{source}: [analysis] {role} = {name!r} is not in `conditions`"
+            )
     for name in config.condition:
         if name not in config.conditions:
             raise ExperimentConfigError(

@@ -7,6 +7,7 @@ same tasks, and the report says how many of the planned tasks that is.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -23,7 +24,12 @@ from memcollab.experiment.results import (
     load_results,
     write_results,
 )
-from memcollab.experiment.stats import PairedComparison, compare_paired, holm_adjust
+from memcollab.experiment.stats import (
+    PairedComparison,
+    compare_paired,
+    detectable_difference,
+    holm_adjust,
+)
 from memcollab.memory.build import NEW_PAIRS_ONLY
 
 BASELINE = "vanilla"
@@ -82,6 +88,36 @@ def comparisons(results: Results, seed: int = 0) -> list[ContrastResult]:
         for i, p_adjusted in zip(family, adjusted, strict=True):
             holm[i] = p_adjusted
     return [ContrastResult(*row, holm_p=h) for row, h in zip(raw, holm, strict=True)]
+
+
+def primary_rows(results: Results, comps: list[ContrastResult]) -> list[ContrastResult] | None:
+    """The pre-registered primary comparison ([analysis] in the experiment file): its pooled
+    row for every model, Holm-adjusted across the models only; None when none is named."""
+    analysis = results.plan["config"].get("analysis") or {}
+    primary, baseline = analysis.get("primary"), analysis.get("baseline", BASELINE)
+    if primary is None:
+        return None
+    rows = [
+        r for r in comps if (r.condition, r.baseline, r.benchmark) == (primary, baseline, POOLED)
+    ]
+    adjusted = holm_adjust([r.comparison.p_value for r in rows])
+    return [dataclasses.replace(r, holm_p=p) for r, p in zip(rows, adjusted, strict=True)]
+
+
+def power_table(rows: list[ContrastResult]) -> str:
+    """For each pooled comparison: n, the observed discordant share, and the difference the
+    design detects with 80% power at a two-sided 5% level (`stats.detectable_difference`)."""
+    header = ["model", "condition - baseline", "n", "discordant (%)", "detectable at 80% (pp)"]
+    cells = []
+    for row in rows:
+        c = row.comparison
+        share = (c.only_baseline + c.only_condition) / c.n if c.n else 0.0
+        smallest = detectable_difference(c.n, share) if share > 0 else None
+        detectable = "-" if smallest is None else f"{100 * smallest:.1f}"
+        cells.append(
+            [row.model, f"{row.condition} - {row.baseline}", str(c.n), _pct(share), detectable]
+        )
+    return _table(header, cells)
 
 
 def _pct(value: float | None) -> str:
@@ -268,6 +304,30 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
     ]
     if direct:
         lines += ["### Memory conditions against each other", "", comparison_table(direct), ""]
+    primary = primary_rows(results, comps)
+    if primary is not None:
+        lines += [
+            "### The pre-registered primary comparison",
+            "",
+            "Pooled over every benchmark's tasks, per model; Holm-adjusted across the models"
+            " only (the family the plan named).",
+            "",
+            comparison_table(primary) if primary else "(no complete task to compare yet)",
+            "",
+        ]
+    pooled = [r for r in against_vanilla if r.benchmark == POOLED]
+    if pooled:
+        lines += [
+            "### Power of the design",
+            "",
+            "The accuracy difference each pooled comparison would detect with 80% power"
+            " (exact McNemar, two-sided, 5%), given the discordant share observed in the run"
+            " (Connor 1987's approximation; `stats.detectable_difference`); - where no"
+            " difference reaches that power (too few tasks or no discordant task).",
+            "",
+            power_table(pooled),
+            "",
+        ]
     memory = memory_table(folder)
     if memory:
         lines += ["## Memories", "", memory, ""]
