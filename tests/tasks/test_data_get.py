@@ -228,6 +228,19 @@ def test_cli_data_get_downloads_and_reports(tmp_path: Path, monkeypatch) -> None
     assert (tmp_path / "toy" / "beta.jsonl").read_bytes() == BETA
 
 
+def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    assert_one_line_error(run_cli("data", "get", "humaneval"), "unknown dataset 'humaneval'")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = run_cli(
+        "data", "get", "gsm8k", "--data-dir", str(tmp_path), "--mirror", f"http://127.0.0.1:{port}"
+    )
+    assert_one_line_error(down, "cannot reach")
+
+
 # -- the package's pins and the benchmark copies -------------------------------------------
 
 
