@@ -206,5 +206,5 @@ def test_version_and_help_speak_to_users() -> None:
     helped = run_cli("--help")
     assert "shared memory for LLM agents" in helped.stdout
     assert "Thin: parse" not in helped.stdout
-    for group in ("models", "collect", "distill", "solve", "memory", "experiment", "demo"):
+    for group in ("models", "collect", "distill", "solve", "memory", "experiment", "demo", "data"):
         assert group in helped.stdout

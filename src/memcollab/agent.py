@@ -110,6 +110,13 @@ class Agent:
             Message(role="user", content=user_text),
         ]
 
+    def request(self, messages: Sequence[Message], sample_index: int = 0) -> ChatRequest:
+        """The model call of a turn with `messages` (the first: `first_messages(task)`); a
+        dry run asks the call cache for it."""
+        return ChatRequest(
+            messages=tuple(messages), decoding=self.decoding, sample_index=sample_index
+        )
+
     def solve(
         self,
         task: Task,
@@ -129,9 +136,7 @@ class Agent:
         live = self.repair == "live"
         seen: set[str] = set()  # candidates of earlier turns (repair "live")
         for turn in range(1, self.max_turns + 1):
-            request = ChatRequest(
-                messages=tuple(messages), decoding=self.decoding, sample_index=sample_index
-            )
+            request = self.request(messages, sample_index)
             resampled = False
             try:
                 completion = self.client.complete(request)

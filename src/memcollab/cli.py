@@ -17,6 +17,7 @@ from memcollab import __version__
 from memcollab.cli_cache import cache_app
 from memcollab.cli_collect import collect_command, recheck_command
 from memcollab.cli_common import err_console
+from memcollab.cli_data import data_app
 from memcollab.cli_experiment import demo, experiment_app
 from memcollab.cli_memory import distill_command, memory_app, solve_command
 from memcollab.cli_models import models_app
@@ -33,6 +34,7 @@ app.add_typer(memory_app, name="memory")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(cache_app, name="cache")
 app.add_typer(trajectories_app, name="trajectories")
+app.add_typer(data_app, name="data")
 app.command("demo")(demo)
 
 

@@ -28,23 +28,55 @@ experiment_app = typer.Typer(no_args_is_help=True, help="Run experiments and rep
 
 
 def plan_table(experiment) -> Table:  # type: ignore[no-untyped-def]
-    """The plan: jobs, model calls and tokens per phase (what each estimate rests on below)."""
+    """The plan: jobs, model calls, tokens and wall time per phase, and what each estimate
+    rests on (experiment/estimate.py)."""
+    from memcollab.experiment.estimate import format_seconds
+
     table = Table(title=f"Plan of {experiment.config.name} -> {experiment.out}")
-    for col in ("phase", "jobs", "done", "model calls", "completion tokens", "prompt tokens"):
+    columns = ("phase", "jobs", "done", "replayed", "model calls", "completion tokens")
+    for col in (*columns, "prompt tokens", "wall time"):
         table.add_column(col, justify="left" if col == "phase" else "right")
-    bases = []
-    for phase, e in experiment.estimate().items():
+    bases: list[str] = []
+    times: list[float | None] = []
+    highs: list[str] = []
+    estimates = experiment.estimate()
+    for phase, e in estimates.items():
         table.add_row(
             phase,
             f"{e.jobs:,}",
             f"{e.done:,}",
-            f"~{e.calls:,}",
-            f"~{e.completion_tokens:,}",
-            "?" if e.prompt_tokens is None else f"~{e.prompt_tokens:,}",
+            f"{e.replayed:,}",
+            _count(e.calls),
+            _count(e.completion_tokens),
+            _count(e.prompt_tokens),
+            format_seconds(e.seconds),
         )
         bases.append(f"{phase}: {e.basis}")
-    table.caption = "estimated from " + "; ".join(bases)
+        times.append(e.seconds)
+        if e.seconds is not None and e.seconds_high is not None and e.seconds_high > e.seconds:
+            highs.append(f"{phase} {format_seconds(e.seconds_high).lstrip('~')}")
+    total = None if None in times else sum(t for t in times if t is not None)
+    table.add_row("whole plan", "", "", "", "", "", "", format_seconds(total), style="bold")
+    speeds = [
+        speed.describe(name) if speed else f"{name}: no speed known (time ?)"
+        for name, speed in experiment.model_speeds().items()
+    ]
+    table.caption = (
+        "Calls and tokens: " + "; ".join(bases) + ". Replayed: jobs whose first call the"
+        " call cache holds (no model call). Wall time: completion tokens at each model's"
+        " speed, the models side by side (" + (", ".join(highs) or "no phase") + " if one"
+        " after another): " + ", ".join(speeds) + "."
+    )
     return table
+
+
+def _count(n: int | None) -> str:
+    """A rough count for the plan: ~1,234, ~56k, ~1.4M, or ? when unknown."""
+    if n is None:
+        return "?"
+    if n < 10_000:
+        return f"~{n:,}"
+    return f"~{n / 1000:.0f}k" if n < 1_000_000 else f"~{n / 1_000_000:.1f}M"
 
 
 def run_with_progress(experiment, phases=None, redo: bool = False) -> dict:  # type: ignore[no-untyped-def]

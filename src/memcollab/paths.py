@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from platformdirs import user_cache_dir
+from platformdirs import user_cache_dir, user_data_dir
 
 
 def cache_root() -> Path:
@@ -18,6 +18,13 @@ def models_dir() -> Path:
     """Where packaged GGUF files are assembled: MEMCOLLAB_MODELS_DIR, else <cache root>/models."""
     env = os.environ.get("MEMCOLLAB_MODELS_DIR")
     return Path(env).expanduser() if env else cache_root() / "models"
+
+
+def default_data_dir() -> Path:
+    """Where `memcollab data get` puts the benchmark files when no folder is named, and where
+    the loaders look last: <XDG user data dir>/memcollab/data (~/.local/share/memcollab/data).
+    """
+    return Path(user_data_dir("memcollab")) / "data"
 
 
 def call_cache_path() -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from memcollab.experiment.conditions import make_condition
-from memcollab.experiment.config import load_experiment
+from memcollab.experiment.config import ExperimentConfigError, load_experiment
 from memcollab.experiment.demo import demo_fleet
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -27,6 +27,7 @@ def test_committed_experiment_loads(path: Path) -> None:
     assert conditions[0].kind == "vanilla"  # every report compares with no memory
     fleet = set(demo_fleet().names())  # the packaged fleet: no experiment names a fleet file
     assert config.fleet is None
+    assert config.data_dir is None  # from --data-dir / MEMCOLLAB_DATA_DIR, never the file
     assert set(config.eval_models or fleet) <= fleet
     based_on = path.parent / "BASED_ON"
     if based_on.is_file():  # an extension runs on its base's training pool and memory
@@ -38,3 +39,24 @@ def test_committed_experiment_loads(path: Path) -> None:
             base.seed,
             base.agent,
         )
+
+
+def _experiment(folder: Path, data_dir: str) -> Path:
+    path = folder / "exp.toml"
+    path.write_text(
+        f'name = "x"\ndata_dir = "{data_dir}"\nconditions = ["vanilla"]\n'
+        '[eval]\nhumaneval = "humaneval:test[:2]"\n'
+    )
+    return path
+
+
+def test_a_relative_data_dir_is_refused_and_an_absolute_one_kept(tmp_path: Path) -> None:
+    with pytest.raises(
+        ExperimentConfigError, match="relative path.*--data-dir.*MEMCOLLAB_DATA_DIR"
+    ):
+        load_experiment(_experiment(tmp_path, "../shared/data"))
+    with pytest.raises(ExperimentConfigError, match="relative path"):  # also when overridden
+        load_experiment(_experiment(tmp_path, "data"), tmp_path)
+    absolute = _experiment(tmp_path, str(tmp_path / "data"))
+    assert load_experiment(absolute).data_dir == tmp_path / "data"
+    assert load_experiment(absolute, Path("/elsewhere")).data_dir == Path("/elsewhere")

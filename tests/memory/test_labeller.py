@@ -221,13 +221,14 @@ def test_the_split_keeps_every_held_out_row_out_of_training(tmp_path: Path) -> N
 
 def test_factory_and_its_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEMCOLLAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # an empty default data dir
     with pytest.raises(LabellerError, match="unknown labeller 'gpt'"):
         make_labeller("gpt")
     with pytest.raises(LabellerError, match="needs a model client"):
         make_labeller("llm")
     with pytest.raises(LabellerError, match="own taxonomies"):
         make_labeller("trained", data_dir=tmp_path, taxonomies={"math": "x.toml"})
-    with pytest.raises(LabellerDataError, match="needs a data directory"):
+    with pytest.raises(LabellerDataError, match=r"xdg/memcollab/data/math/train\.jsonl.*data get"):
         make_labeller("trained")
     (tmp_path / "math").mkdir()
     (tmp_path / "math" / "train.jsonl").write_text("")

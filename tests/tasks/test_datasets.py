@@ -97,10 +97,17 @@ def test_bad_specs(spec: str, message: str) -> None:
 
 def test_missing_data_dir_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEMCOLLAB_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match="needs a data directory"):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    # No folder named: the default one `data get` fills, and the command that fills it.
+    with pytest.raises(
+        DataError, match=r"xdg/memcollab/data/gsm8k/train\.jsonl, .*`memcollab data get gsm8k`"
+    ):
         load_tasks("gsm8k:train")
     with pytest.raises(DataError, match=r"gsm8k/train.jsonl, which does not exist"):
         load_tasks("gsm8k:train", tmp_path)
+    monkeypatch.setenv("MEMCOLLAB_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(DataError, match=r"env/math/math500_test\.jsonl.*data get math --data-dir"):
+        load_tasks("math500:test")
 
 
 def _write(path: Path, lines: list[str]) -> Path:

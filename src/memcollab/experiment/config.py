@@ -4,7 +4,9 @@
 name = "paper"
 out = "runs/paper"                 # relative to this file (default: next to it, named after it)
 fleet = "fleet.toml"               # optional; default: the three packaged models
-data_dir = "/data"                 # optional; else --data-dir / MEMCOLLAB_DATA_DIR
+data_dir = "/data"                 # optional, absolute only (a relative path is refused);
+                                   # --data-dir / MEMCOLLAB_DATA_DIR win over it; default:
+                                   # where `memcollab data get` puts the files
 seed = 1                           # retrieval and placebo draws
 eval_models = ["qwen-1.5b"]        # optional: evaluate only these (all build memory)
 conditions = ["vanilla", "own", "other", "memcollab", "placebo"]   # before any [table]
@@ -156,9 +158,20 @@ def load_experiment(path: str | Path, data_dir: Path | None = None) -> Experimen
         raise ExperimentConfigError(f"{path}: not valid TOML ({exc})") from None
     base = path.resolve().parent
     raw.setdefault("out", str(base / "runs" / path.stem))
-    for key in ("out", "fleet", "data_dir"):
+    for key in ("out", "fleet"):
         if isinstance(raw.get(key), str):
             raw[key] = str((base / raw[key]).resolve())
+    given = raw.get("data_dir")
+    if isinstance(given, str):
+        # The data live outside any repository: a path relative to the file would tie the
+        # experiment to one checkout's neighbours.
+        if not Path(given).expanduser().is_absolute():
+            raise ExperimentConfigError(
+                f"{path}: data_dir {given!r} is a relative path",
+                "remove it and pass --data-dir or set MEMCOLLAB_DATA_DIR"
+                " (an experiment file may name only an absolute data_dir)",
+            )
+        raw["data_dir"] = str(Path(given).expanduser())
     if data_dir is not None:
         raw["data_dir"] = str(data_dir)
     raw["source"] = str(path)

