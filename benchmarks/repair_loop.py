@@ -158,6 +158,29 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     gateway = Gateway(CallCache(args.cache or args.work / "calls.sqlite"))
     results: dict[str, Any] = {}
+
+    def write(complete: bool) -> None:
+        payload = {
+            "command": "python " + shlex.join(sys.argv),
+            "complete": complete,
+            "settings": {
+                "tasks": args.tasks,
+                "limit": args.limit,
+                "task_count": len(tasks),
+                "max_turns": args.max_turns,
+                "max_tokens": args.max_tokens,
+                "modes": args.modes,
+            },
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "models": results,
+            "gateway": {
+                name: {"calls": s.calls, "cache_hits": s.cache_hits, "seconds": round(s.seconds, 1)}
+                for name, s in gateway.stats().items()
+            },
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+
     for model in args.models:
         runs: dict[str, list[Trajectory]] = {}
         results[model] = {}
@@ -180,28 +203,11 @@ def main() -> int:
                 "computed": done.computed,
                 "wall_s": round(time.perf_counter() - started, 1),
             }
+            if "v1" in runs and "live" in runs:
+                results[model]["paired_v1_live"] = paired(runs["v1"], runs["live"])
             print(model, mode, json.dumps(results[model][mode]), flush=True)
-        if "v1" in runs and "live" in runs:
-            results[model]["paired_v1_live"] = paired(runs["v1"], runs["live"])
-    payload = {
-        "command": "python " + shlex.join(sys.argv),
-        "settings": {
-            "tasks": args.tasks,
-            "limit": args.limit,
-            "task_count": len(tasks),
-            "max_turns": args.max_turns,
-            "max_tokens": args.max_tokens,
-            "modes": args.modes,
-        },
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "models": results,
-        "gateway": {
-            name: {"calls": s.calls, "cache_hits": s.cache_hits, "seconds": round(s.seconds, 1)}
-            for name, s in gateway.stats().items()
-        },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+            write(complete=False)  # what is done so far, in case the run is stopped
+    write(complete=True)
     print(f"wrote {args.out}")
     return 0
 
