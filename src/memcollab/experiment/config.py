@@ -35,6 +35,19 @@ humaneval = "humaneval:test[~50@1]"
 [condition.memcollab-p1]           # parameters of a condition (built-in or your own name)
 kind = "memcollab"
 p = 1
+
+[condition.memcollab-paper]        # serve a committed memory export instead of building one
+kind = "memcollab"
+memory = "../paper/memories/memcollab.by.qwen2.5-coder-1.5b.jsonl"   # relative to this file
+labeller = "llm"                   # label its queries as its records were (default: [memory])
+
+[dev]                              # optional: the per-model utility gate (experiment/gate.py)
+gate = ["memcollab-p1"]            # conditions whose memory each (model, domain) must earn
+rule = "non_negative"              # memory iff dev accuracy with it >= without (GATE_RULES)
+follow = { placebo = "memcollab-p1" }   # optional: serve memory where that one's gate says
+[dev.tasks]                        # development slices (benchmark -> spec); tasks of the
+gsm8k = "gsm8k:train[-500:]"       # [train] pool are left out (counted in plan.json)
+humaneval = "humaneval:train"
 ```
 """
 
@@ -101,6 +114,15 @@ class MemorySettings(_Section):
         return value
 
 
+class DevSettings(_Section):
+    """The development phase: the utility gate's slices, conditions and rule."""
+
+    tasks: dict[str, str] = Field(min_length=1)  # benchmark name -> dataset spec
+    gate: list[str] = Field(min_length=1)  # the conditions gated
+    rule: str = "non_negative"  # a name of experiment.gate.GATE_RULES
+    follow: dict[str, str] = Field(default_factory=dict)  # condition -> a gated condition
+
+
 class ExperimentConfig(_Section):
     """A parsed experiment file (paths already resolved against the file's folder)."""
 
@@ -117,6 +139,7 @@ class ExperimentConfig(_Section):
     eval_models: list[str] | None = None  # default: every fleet model
     conditions: list[str] = Field(min_length=1)
     condition: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    dev: DevSettings | None = None  # the development phase and utility gate (opt-in)
     source: str = "inline"
 
     def resolved_json(self) -> dict[str, Any]:
@@ -128,6 +151,8 @@ class ExperimentConfig(_Section):
             for key, default in defaults.items():
                 if data[section].get(key) == default:
                     del data[section][key]
+        if data["dev"] is None:
+            del data["dev"]
         return data
 
 
@@ -147,6 +172,10 @@ def load_experiment(path: str | Path, data_dir: Path | None = None) -> Experimen
             raw[key] = str((base / raw[key]).resolve())
     if data_dir is not None:
         raw["data_dir"] = str(data_dir)
+    for params in (raw.get("condition") or {}).values():
+        # A condition's memory export, like the file's other paths, is relative to it.
+        if isinstance(params, dict) and isinstance(params.get("memory"), str):
+            params["memory"] = str((base / params["memory"]).resolve())
     raw["source"] = str(path)
     return parse_experiment(raw, str(path))
 

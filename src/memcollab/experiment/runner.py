@@ -5,7 +5,10 @@ Layout of the output folder (everything resumable; a second run skips what is st
     plan.json                   the resolved experiment, conditions, benchmark -> task ids
     train/trajectories.sqlite   training trajectories (condition "vanilla", plus the
                                 "self-sample" ones self-contrast needs)
-    memory.sqlite               every memory, one namespace per MemoryRecipe
+    memory.sqlite               every memory, one namespace per MemoryRecipe (an imported
+                                export: its own namespace)
+    dev/trajectories.sqlite     with [dev]: development trajectories (vanilla and each gated
+                                condition); gate.json: the utility gate's decisions
     eval/trajectories.sqlite    one trajectory per (task, model, condition)
     results.jsonl               one row per (task, model, condition): the per-task table
     memories/NAMESPACE.jsonl    each memory, exported
@@ -31,6 +34,12 @@ from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, MemoryRecipe, make_condition
 from memcollab.experiment.config import ExperimentConfig
+from memcollab.experiment.gate import (
+    DevPhase,
+    Gate,
+    check_dev_settings,
+    load_dev_sets,
+)
 from memcollab.experiment.results import write_results
 from memcollab.llm.base import Decoding
 from memcollab.llm.cache import Gateway
@@ -47,8 +56,8 @@ from memcollab.tasks.datasets import load_task_specs
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
-Phase = Literal["train", "memory", "eval"]
-PHASES: tuple[Phase, ...] = ("train", "memory", "eval")
+Phase = Literal["train", "memory", "dev", "eval"]
+PHASES: tuple[Phase, ...] = ("train", "memory", "dev", "eval")  # dev: only with [dev]
 LABEL_CALLS_PER_TASK = 2  # the LLM classifier asks for the category, then the subcategory
 
 
@@ -93,14 +102,25 @@ class FleetInfo:
 class _Context:
     """The evaluation context conditions use: labels, retrievers, records (thread-safe)."""
 
-    def __init__(self, memory: Memory, classifiers: Mapping[str, Labeller], seed: int) -> None:
+    def __init__(
+        self,
+        memory: Memory,
+        classifiers: Mapping[str, Labeller],
+        seed: int,
+        by_kind: Mapping[str, Mapping[str, Labeller]] | None = None,
+        gate: Gate | None = None,
+    ) -> None:
         self.memory = memory
-        self.classifiers = classifiers
+        self.classifiers = classifiers  # the [memory] labeller, per evaluated model
+        self.by_kind = by_kind or {}  # a condition's own labeller: kind -> model -> labeller
         self.seed = seed
+        self.gate = gate
         self._records: dict[tuple[str, str], list[MemoryRecord]] = {}
         self._lock = threading.Lock()
 
-    def label(self, model: str, task: Task) -> LabelLike:
+    def label(self, model: str, task: Task, labeller: str | None = None) -> LabelLike:
+        if labeller is not None and labeller in self.by_kind:
+            return self.by_kind[labeller][model].classify(task)
         return self.classifiers[model].classify(task)
 
     def retriever(self, namespace: str, p: int, mode: Mode, participant_filter: bool) -> Retriever:
@@ -150,11 +170,34 @@ class Experiment:
                     self.recipes.setdefault(recipe.namespace, recipe)
         self._check()
         self._agents: dict[tuple[str, float | None], Agent] = {}
+        self.dev: DevPhase | None = None
+        if config.dev is not None:
+            imported = [r.source for r in self.recipes.values() if r.source is not None]
+            sets = load_dev_sets(
+                config.dev,
+                config.data_dir,
+                config.seed,
+                self.train_tasks,
+                imported,
+                self.eval_sets,
+                config.source,
+            )
+            domains = {t.domain for ts in self.eval_sets.values() for t in ts}
+            check_dev_settings(
+                config.dev,
+                self.conditions,
+                self.eval_models,
+                self.info,
+                domains,
+                sets,
+                config.source,
+            )
+            self.dev = DevPhase(self, config.dev, sets)
 
     def _check(self) -> None:
         train_ids = {t.id for t in self.train_tasks}
         train_texts = {" ".join(t.prompt.split()) for t in self.train_tasks}
-        if self.recipes and not self.train_tasks:
+        if any(r.built for r in self.recipes.values()) and not self.train_tasks:
             raise UserError(
                 f"{self.config.source}: conditions with memory need [train] tasks",
                 "add tasks = [...] under [train]",
@@ -204,7 +247,7 @@ class Experiment:
     def train_jobs(self) -> list[Job]:
         """Vanilla training trajectories of every model, then self-contrast samples."""
         jobs: list[Job] = []
-        if any(r.pairing != "self_contrast" for r in self.recipes.values()):
+        if any(r.built and r.pairing != "self_contrast" for r in self.recipes.values()):
             jobs += [Job(self.agent(m), t) for t in self.train_tasks for m in self.info.models]
         for recipe in self.recipes.values():
             if recipe.pairing == "self_contrast" and recipe.model is not None:
@@ -267,25 +310,19 @@ class Experiment:
             )
 
         train = solves(self.train_jobs(), self.out / "train")
-        eval_jobs = self.eval_jobs(None)
-        evaluation = solves(eval_jobs, self.out / "eval")
-        labelled = {
-            (j.agent.client.name, j.task.id)
-            for j in eval_jobs
-            if self._condition(j.condition).kind != "vanilla"
-            and self._condition(j.condition).describe().get("retrieval") != "global_tfidf"
-        }
+        evaluation = solves(self.eval_jobs(None), self.out / "eval")
+        evaluation.calls += self._label_calls(self.eval_jobs(None))
+        built = [r for r in self.recipes.values() if r.built]
+        pairs = sum(len(self._pairs(r, stored).pairs) for r in built)
         label_calls = 0 if self.config.memory.labeller == "trained" else LABEL_CALLS_PER_TASK
-        evaluation.calls += label_calls * len(labelled)
-        pairs = sum(len(self._pairs(r, stored).pairs) for r in self.recipes.values())
         if not stored:
-            pairs, memory_basis = len(self.train_tasks) * len(self.recipes), "upper bound"
+            pairs, memory_basis = len(self.train_tasks) * len(built), "upper bound"
         elif train.done < train.jobs:  # scale the pairs found so far to the whole pool
             pairs = round(pairs * train.jobs / max(train.done, 1))
             memory_basis = f"pairs of {len(stored)} trajectories, scaled"
         else:
             memory_basis = "pairs of the stored trajectories"
-        distillers = {r.distiller for r in self.recipes.values()}
+        distillers = {r.distiller for r in built}
         calls = pairs + label_calls * len(self.train_tasks) * len(distillers)
         memory = PhaseEstimate(
             pairs,
@@ -295,9 +332,27 @@ class Experiment:
             None,
             memory_basis,
         )
-        return {"train": train, "memory": memory, "eval": evaluation}
+        phases = {"train": train, "memory": memory, "eval": evaluation}
+        if self.dev is not None:
+            dev_jobs = self.dev.jobs(None)
+            phases["dev"] = solves(dev_jobs, self.dev.folder)
+            phases["dev"].calls += self._label_calls(dev_jobs)
+        return {p: phases[p] for p in PHASES if p in phases}
+
+    def _label_calls(self, jobs: list[Job]) -> int:
+        """Model calls the LLM labeller makes for these jobs' task-aware queries (each model
+        labels a task once, memoised, whatever condition asks)."""
+        labelled = set()
+        for job in jobs:
+            described = self._condition(job.condition).describe()
+            kind = described.get("labeller") or self.config.memory.labeller
+            if described["kind"] != "vanilla" and described.get("retrieval") != "global_tfidf":
+                labelled.add((job.agent.client.name, job.task.id, kind))
+        return LABEL_CALLS_PER_TASK * sum(kind == "llm" for _, _, kind in labelled)
 
     def _condition(self, name: str) -> Condition:
+        if name == "vanilla":  # the dev phase's baseline, listed or not
+            return make_condition("vanilla")
         return next(c for c in self.conditions if c.name == name)
 
     def _records_stored(self) -> int:
@@ -316,10 +371,11 @@ class Experiment:
             "fleet": self.info.models,
             "strengths": {m: self.info.strength(m) for m in self.info.models},
             "conditions": {c.name: c.describe() for c in self.conditions},
-            "memories": {ns: r.__dict__ for ns, r in self.recipes.items()},
+            "memories": {ns: r.fields() for ns, r in self.recipes.items()},
             "train_tasks": [t.id for t in self.train_tasks],
             "benchmarks": {b: [t.id for t in ts] for b, ts in self.eval_sets.items()},
             "domains": {b: ts[0].domain for b, ts in self.eval_sets.items()},
+            **({"dev": self.dev.plan()} if self.dev is not None else {}),
         }
 
     # -- running ---------------------------------------------------------------------------
@@ -361,7 +417,7 @@ class Experiment:
         phase, began, before, calls = None, time.perf_counter(), 0, (0, 0)
         try:
             for phase in PHASES:
-                if phase not in phases:
+                if phase not in phases or (phase == "dev" and self.dev is None):
                     continue
                 began, before = time.perf_counter(), self._stored_count(phase)
                 calls = self._call_counts()
@@ -404,7 +460,8 @@ class Experiment:
         plan = self.out / "plan.json"
         if not plan.is_file() or not (self._records_stored() or _stored_len(self.out / "eval")):
             return
-        memory = json.loads(plan.read_text()).get("config", {}).get("memory", {})
+        stored = json.loads(plan.read_text())
+        memory = stored.get("config", {}).get("memory", {})
         before = memory.get("labeller", "llm")
         if before != self.config.memory.labeller:
             raise UserError(
@@ -412,12 +469,23 @@ class Experiment:
                 f" {self.config.memory.labeller}",
                 "restore it, or choose a new `out` folder",
             )
+        if not _stored_len(self.out / "eval") and not _stored_len(self.out / "dev"):
+            return  # a condition's own labeller labels queries only
+        for condition in self.conditions:
+            old = stored.get("conditions", {}).get(condition.name, {}).get("labeller")
+            new = condition.describe().get("labeller")
+            if condition.name in stored.get("conditions", {}) and old != new:
+                raise UserError(
+                    f"the labeller of condition {condition.name} differs from the run stored"
+                    f" in {self.out}: {old or before} -> {new or before}",
+                    "restore it, or choose a new `out` folder",
+                )
 
-    def labeller(self, model: str) -> CountingLabeller:
+    def labeller(self, model: str, kind: str | None = None) -> CountingLabeller:
         """Who labels for `model` (records: the distiller; queries: the evaluated model):
         the model's own LLM classifier, or with `labeller = "trained"` the one trained
-        labeller, whoever asks."""
-        if self.config.memory.labeller == "trained":
+        labeller, whoever asks; `kind` overrides the [memory] labeller."""
+        if (kind or self.config.memory.labeller) == "trained":
             return make_labeller("trained", data_dir=self.config.data_dir)
         return make_labeller("llm", client=self.gateway.bind(self.fleet.model(model)))
 
@@ -464,6 +532,34 @@ class Experiment:
         if not self.recipes:
             emit(ProgressEvent("memory", total=0))
             return 0
+        summaries: dict[str, Any] = {}
+        added = 0
+        with Memory.open(self.memory_path()) as memory:
+            for ns, recipe in self.recipes.items():
+                if not recipe.built:  # a memory export: imported all or nothing, as it is
+                    assert recipe.source is not None
+                    counts = memory.import_(recipe.source, namespace=ns)
+                    added += counts.added
+                    summaries[ns] = {
+                        "imported": {"added": counts.added, "present": counts.present},
+                        "records": memory.stats(ns)["records"],
+                        "recipe": recipe.fields(),
+                    }
+                    self._export(memory, ns)
+        if any(r.built for r in self.recipes.values()):
+            added += self._build(emit, summaries)
+        else:
+            emit(ProgressEvent("memory", total=0))
+        (self.out / "build_summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        return added
+
+    def _export(self, memory: Memory, namespace: str) -> None:
+        export = self.out / "memories" / f"{namespace}.jsonl"
+        export.parent.mkdir(parents=True, exist_ok=True)
+        memory.export(export, namespace)
+
+    def _build(self, emit: Callable[[ProgressEvent], None], summaries: dict[str, Any]) -> int:
+        """Build every memory of training trajectories; their summaries into `summaries`."""
         store = self.train_store
         stored = store.keys()
         missing = [job for job in self.train_jobs() if job.key() not in stored]
@@ -476,13 +572,13 @@ class Experiment:
             )
         trajectories = list(store)
         tasks = store.tasks()
-        pairings = {ns: self._pairs(r, trajectories) for ns, r in self.recipes.items()}
+        built = {ns: r for ns, r in self.recipes.items() if r.built}
+        pairings = {ns: self._pairs(r, trajectories) for ns, r in built.items()}
         emit(ProgressEvent("memory", total=sum(len(p.pairs) for p in pairings.values())))
-        summaries: dict[str, Any] = {}
         added = 0
         classifiers: dict[str, CountingLabeller] = {}
         with Memory.open(self.memory_path()) as memory:
-            for ns, recipe in self.recipes.items():
+            for ns, recipe in built.items():
                 client = self.gateway.bind(self.fleet.model(recipe.distiller))
                 if recipe.distiller not in classifiers:
                     classifiers[recipe.distiller] = self.labeller(recipe.distiller)
@@ -513,16 +609,13 @@ class Experiment:
                 summaries[ns] = {
                     **summary.as_dict(),
                     "records": memory.stats(ns)["records"],
-                    "recipe": _recipe_fields(recipe),
+                    "recipe": recipe.fields(),
                     "classifier": classifier.stats(),
                 }
-                export = self.out / "memories" / f"{ns}.jsonl"
-                export.parent.mkdir(parents=True, exist_ok=True)
-                memory.export(export, ns)
-        (self.out / "build_summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+                self._export(memory, ns)
         return added
 
-    def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+    def _require_built(self) -> None:
         built = self.out / "build_summary.json"
         unbuilt = set(self.recipes) - set(json.loads(built.read_text()) if built.is_file() else {})
         if unbuilt:
@@ -531,13 +624,61 @@ class Experiment:
                 f"memory {', '.join(sorted(unbuilt))} is not fully built",
                 "run the memory phase first (or the whole experiment)",
             )
+
+    def _classifiers(self, kind: str) -> dict[str, CountingLabeller]:
+        """Labeller `kind` per evaluated model (the trained one: one for all)."""
+        if kind == "trained":  # one labeller for every model (and the same as the records')
+            return dict.fromkeys(self.eval_models, self.labeller(self.eval_models[0], kind))
+        return {m: self.labeller(m, kind) for m in self.eval_models}
+
+    def _context(self, memory: Memory, gate: Gate | None = None) -> _Context:
+        """The evaluation context: the [memory] labeller, the conditions' own, the gate."""
+        kinds = {str(c.describe().get("labeller")) for c in self.conditions} - {"None"}
+        by_kind = {k: self._classifiers(k) for k in sorted(kinds)}
+        default = self.config.memory.labeller
+        classifiers = by_kind.get(default) or self._classifiers(default)
+        return _Context(memory, classifiers, self.config.seed, by_kind, gate)
+
+    def _write_label_stats(self, ctx: _Context, name: str) -> None:
+        """The labellers' counters: as before for the [memory] labeller ("trained", or per
+        model), plus a condition's own under "trained" or "llm:MODEL"."""
+
+        def stats(kind: str, by_model: Mapping[str, Labeller]) -> dict[str, Any]:
+            labellers: dict[str, Any] = dict(by_model)
+            if kind == "trained":
+                return {"trained": labellers[self.eval_models[0]].stats()}
+            prefix = "" if kind == self.config.memory.labeller else "llm:"
+            return {prefix + m: c.stats() for m, c in labellers.items()}
+
+        out = stats(self.config.memory.labeller, ctx.classifiers)
+        for kind, by_model in ctx.by_kind.items():
+            out |= stats(kind, by_model)
+        (self.out / name).write_text(json.dumps(out, indent=2) + "\n")
+
+    def _run_dev(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+        assert self.dev is not None
+        self._require_built()
         with Memory.open(self.memory_path()) as memory:
-            trained = self.config.memory.labeller == "trained"
-            if trained:  # one labeller for every model (and the same as the records')
-                classifiers = dict.fromkeys(self.eval_models, self.labeller(self.eval_models[0]))
-            else:
-                classifiers = {m: self.labeller(m) for m in self.eval_models}
-            ctx = _Context(memory, classifiers, self.config.seed)
+            ctx = self._context(memory)
+            emit(ProgressEvent("dev", total=len(self.dev.jobs(None))))
+            computed = self.dev.run(ctx, memory, self._progress("dev", emit), redo)
+            self._write_label_stats(ctx, "dev_classifier_stats.json")
+        return computed
+
+    def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+        self._require_built()
+        with Memory.open(self.memory_path()) as memory:
+            gate = None
+            if self.dev is not None and self.config.dev is not None:
+                gate = Gate.load(
+                    memory,
+                    self.config.dev,
+                    self.conditions,
+                    self.eval_models,
+                    self.info,
+                    self.dev.sets.digest(),
+                )
+            ctx = self._context(memory, gate)
             jobs = self.eval_jobs(ctx)
             emit(ProgressEvent("eval", total=len(jobs)))
             store = self.eval_store
@@ -549,22 +690,9 @@ class Experiment:
                 workers=self.config.workers,
                 on_event=self._progress("eval", emit),
             )
-            stats = (
-                {"trained": classifiers[self.eval_models[0]].stats()}
-                if trained
-                else {m: c.stats() for m, c in classifiers.items()}
-            )
-            (self.out / "eval_classifier_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            self._write_label_stats(ctx, "eval_classifier_stats.json")
         write_results(self.out, self.plan_json(), store)
         return computed
-
-
-def _recipe_fields(recipe: MemoryRecipe) -> dict[str, Any]:
-    """A recipe for build_summary.json (the near-miss floor only where it applies)."""
-    fields = dict(recipe.__dict__)
-    if recipe.pairing != "near_miss":
-        fields.pop("floor")
-    return fields
 
 
 def _emit_build_event(
@@ -578,6 +706,8 @@ def _emit_build_event(
 
 
 def _guide(condition: Condition, task: Task, model: str, info: FleetInfo, ctx: _Context):  # type: ignore[no-untyped-def]
+    if ctx.gate is not None and ctx.gate.governs(condition.name):
+        return ctx.gate.guide(condition, task, model, info, ctx)
     return lambda: condition.guide(task, model, info, ctx)
 
 
