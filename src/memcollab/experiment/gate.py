@@ -141,8 +141,9 @@ def load_dev_sets(
     source: str,
 ) -> DevSets:
     """The [dev] tasks less the memory pool (the [train] tasks and the source tasks of the
-    imported exports, by id or text); a development task that is an evaluation task, or a
-    benchmark left with no task, is an error."""
+    imported exports, by id or text); a development task that is an evaluation task, a
+    benchmark left with no task, or an evaluated domain without development tasks is an
+    error."""
     pool_ids = {t.id for t in pool}
     pool_hashes = {task_hash(t.prompt) for t in pool}
     for path in imported:
@@ -166,6 +167,14 @@ def load_dev_sets(
                 f"{source}: [dev] {bench!r} ({spec}) selects no task outside the memory pool"
             )
         sets[bench], excluded[bench] = kept, len(tasks) - len(kept)
+    evaluated = {t.domain for ts in eval_sets.values() for t in ts}
+    missing = sorted(evaluated - {t.domain for ts in sets.values() for t in ts})
+    if missing:
+        raise GateError(
+            f"{source}: [dev] tasks hold no task of domain {', '.join(missing)}, which [eval]"
+            " evaluates",
+            "add a development slice of each evaluated domain to [dev.tasks]",
+        )
     return DevSets(sets, excluded)
 
 
@@ -174,11 +183,10 @@ def check_dev_settings(
     conditions: Sequence[Condition],
     models: Sequence[str],
     fleet: FleetView,
-    eval_domains: set[str],
-    dev: DevSets,
     source: str,
 ) -> None:
-    """One clear error for [dev] settings that cannot be used."""
+    """One clear error for [dev] settings that cannot be used (checked before any task is
+    loaded)."""
     where = f"{source}: [dev]"
     if settings.rule not in GATE_RULES:
         raise GateError(
@@ -209,12 +217,6 @@ def check_dev_settings(
                 " gated one",
                 'follow = { placebo = "memcollab" } with memcollab in gate',
             )
-    missing = sorted(eval_domains - {t.domain for t in dev.tasks()})
-    if missing:
-        raise GateError(
-            f"{where} tasks hold no task of domain {', '.join(missing)}, which [eval] evaluates",
-            "add a development slice of each evaluated domain to [dev.tasks]",
-        )
 
 
 # -- the phase -----------------------------------------------------------------------------

@@ -20,11 +20,12 @@ Memory is built from the training tasks only; evaluation tasks are never collect
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -172,6 +173,9 @@ class Experiment:
         self._agents: dict[tuple[str, float | None], Agent] = {}
         self.dev: DevPhase | None = None
         if config.dev is not None:
+            check_dev_settings(
+                config.dev, self.conditions, self.eval_models, self.info, config.source
+            )
             imported = [r.source for r in self.recipes.values() if r.source is not None]
             sets = load_dev_sets(
                 config.dev,
@@ -180,16 +184,6 @@ class Experiment:
                 self.train_tasks,
                 imported,
                 self.eval_sets,
-                config.source,
-            )
-            domains = {t.domain for ts in self.eval_sets.values() for t in ts}
-            check_dev_settings(
-                config.dev,
-                self.conditions,
-                self.eval_models,
-                self.info,
-                domains,
-                sets,
                 config.source,
             )
             self.dev = DevPhase(self, config.dev, sets)
@@ -658,7 +652,7 @@ class Experiment:
     def _run_dev(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
         assert self.dev is not None
         self._require_built()
-        with Memory.open(self.memory_path()) as memory:
+        with _open_for_jobs(self.memory_path()) as memory:
             ctx = self._context(memory)
             emit(ProgressEvent("dev", total=len(self.dev.jobs(None))))
             computed = self.dev.run(ctx, memory, self._progress("dev", emit), redo)
@@ -667,7 +661,7 @@ class Experiment:
 
     def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
         self._require_built()
-        with Memory.open(self.memory_path()) as memory:
+        with _open_for_jobs(self.memory_path()) as memory:
             gate = None
             if self.dev is not None and self.config.dev is not None:
                 gate = Gate.load(
@@ -709,6 +703,16 @@ def _guide(condition: Condition, task: Task, model: str, info: FleetInfo, ctx: _
     if ctx.gate is not None and ctx.gate.governs(condition.name):
         return ctx.gate.guide(condition, task, model, info, ctx)
     return lambda: condition.guide(task, model, info, ctx)
+
+
+@contextlib.contextmanager
+def _open_for_jobs(path: Path) -> Iterator[Memory]:
+    """The memory for a phase's jobs, closed when they are done. A stopped phase leaves it
+    open: `run_jobs` does not wait for the jobs in flight, which still read it, and closing
+    a SQLite connection under a running query crashed the process (it ends soon anyway)."""
+    memory = Memory.open(path)
+    yield memory  # not in try/finally: an exception must not close it
+    memory.close()
 
 
 def _stored_keys(folder: Path) -> set[tuple[str, str, str, int]]:
