@@ -149,3 +149,17 @@ def test_an_export_is_filed_under_another_namespace_all_or_nothing(tmp_path: Pat
         with pytest.raises(MemoryFormatError, match="holds 2 namespaces"):
             copy.import_(tmp_path / "all.jsonl", namespace="again")
         assert copy.list("again") == []
+
+
+def test_cli_import_counts_the_notes(tmp_path: Path) -> None:
+    from tests.test_cli import run_cli
+
+    with Memory.open(tmp_path / "a.sqlite") as memory:
+        memory.add(_record(1))
+        memory.set_note("ns", "gate", GATE)
+        memory.export(tmp_path / "ns.jsonl", "ns")
+    done = run_cli("memory", "import", str(tmp_path / "b.sqlite"), str(tmp_path / "ns.jsonl"))
+    assert done.returncode == 0, done.stderr
+    assert "imported 1 records, skipped 0 already present; stored 1 namespace notes" in done.stdout
+    with Memory.open(tmp_path / "b.sqlite") as copy:
+        assert copy.note("ns", "gate") == GATE
