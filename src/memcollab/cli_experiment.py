@@ -117,6 +117,8 @@ def experiment_run(
         raise UserError("--replay-only needs the cache", "drop --no-cache")
     gateway = make_gateway(cache, no_cache, replay_only=replay_only)
     experiment = Experiment(config, gateway)
+    if "dev" in (phase or []) and experiment.dev is None:
+        raise UserError(f"{file} has no [dev] table: no dev phase to run", "drop --phase dev")
     console.print(plan_table(experiment))
     if dry_run:
         return

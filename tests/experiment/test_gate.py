@@ -424,6 +424,10 @@ def test_cli_bad_dev_settings_get_one_line_and_phase_dev_is_known(tmp_path: Path
         f'[dev]\ngate = ["memcollab"]\nrule = "sometimes"\n[dev.tasks]\ntoy = {json.dumps(train)}\n'
     )
     assert_one_line_error(run_cli("experiment", "run", str(path), "--dry-run"), "gate rule")
+    plain = tmp_path / "plain.toml"
+    plain.write_text(path.read_text().split("[dev]")[0])
+    no_dev = run_cli("experiment", "run", str(plain), "--phase", "dev", "--dry-run")
+    assert_one_line_error(no_dev, "has no [dev] table")
     text = path.read_text().replace('"sometimes"', '"non_negative"')
     path.write_text(
         text.replace(f"toy = {json.dumps(train)}\n", f"toy = {json.dumps(_dev_file(tmp_path))}\n")
