@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild runs/NAME (default: paper) from what scripts/snapshot_paper_run.sh NAME committed:
-# the model calls, the train and eval trajectories and parts.jsonl; first those of the
+# the model calls, the train, dev and eval trajectories and parts.jsonl; first those of the
 # experiment named in benchmarks/results/NAME/BASED_ON, if any (or only the calls of the one
 # named in CALLS_FROM). Then `memcollab experiment run
 # benchmarks/results/NAME/experiment.toml --cache runs/NAME/calls.sqlite` resumes where
@@ -17,7 +17,7 @@ import_state() {
   if [ -e "${calls[0]}" ]; then
     "$memcollab" cache import "${calls[@]}" --cache "$run/calls.sqlite"
   fi
-  for phase in train eval; do
+  for phase in train dev eval; do
     local archives=("$from/trajectories/$phase"/*.jsonl.gz)
     if [ -e "${archives[0]}" ]; then
       "$memcollab" trajectories import "$run/$phase" "${archives[@]}"

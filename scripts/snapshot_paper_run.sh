@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Save an experiment's state (argument: its name, default paper) into
 # benchmarks/results/NAME, ready to commit:
-# the model calls and the train and eval trajectories stored since the last snapshot (one
+# the model calls and the train, dev and eval trajectories stored since the last snapshot (one
 # gzip JSONL file each), and parts.jsonl. Restoring is `memcollab cache import` of every
 # calls file and `memcollab trajectories import` of every trajectories file (see
 # COMMAND.md); the trajectories make a resume skip replaying the run. Safe while the run is
@@ -28,7 +28,7 @@ export_new "$results/calls/$stamp.jsonl.gz" "$memcollab" cache export \
   "$results/calls/$stamp.jsonl.gz" --since "$since" --cache "$run/calls.sqlite"
 echo "$now" > "$results/calls/LAST_EXPORT"
 
-for phase in train eval; do
+for phase in train dev eval; do
   if [ ! -f "$run/$phase/trajectories.sqlite" ]; then continue; fi
   out="$results/trajectories/$phase"
   mkdir -p "$out"
@@ -40,3 +40,5 @@ for phase in train eval; do
 done
 
 if [ -f "$run/parts.jsonl" ]; then cp "$run/parts.jsonl" "$results/parts.jsonl"; fi
+# The utility gate's decisions (with [dev]): committed before the evaluation starts.
+if [ -f "$run/gate.json" ]; then cp "$run/gate.json" "$results/gate.json"; fi

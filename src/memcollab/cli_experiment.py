@@ -84,7 +84,7 @@ def run_with_progress(experiment, phases=None, redo: bool = False) -> dict:  # t
     from memcollab.experiment.runner import PHASES, ProgressEvent
 
     estimate = experiment.estimate()
-    chosen = list(phases or PHASES)
+    chosen = [p for p in (phases or PHASES) if p in estimate]  # dev: only with [dev]
     tally: dict[str, list[int]] = {}
     with counting_progress() as progress:
         totals = {p: estimate[p].jobs for p in chosen}
@@ -122,7 +122,7 @@ def experiment_run(
     ] = False,
     phase: Annotated[
         list[str] | None,
-        typer.Option("--phase", help="Only these phases (train, memory, eval; repeatable)."),
+        typer.Option("--phase", help="Only these phases (train, memory, dev, eval; repeatable)."),
     ] = None,
     redo: Annotated[bool, typer.Option("--redo", help="Recompute stored trajectories.")] = False,
     data_dir: DataDirOption = None,
@@ -149,6 +149,8 @@ def experiment_run(
         raise UserError("--replay-only needs the cache", "drop --no-cache")
     gateway = make_gateway(cache, no_cache, replay_only=replay_only)
     experiment = Experiment(config, gateway)
+    if "dev" in (phase or []) and experiment.dev is None:
+        raise UserError(f"{file} has no [dev] table: no dev phase to run", "drop --phase dev")
     console.print(plan_table(experiment))
     if dry_run:
         return

@@ -373,6 +373,8 @@ def memory_import(
         message += f", skipped {counts.conflicts_skipped} conflicting (kept the stored version)"
     if counts.replaced:
         message += f", replaced {counts.replaced} conflicting"
+    if counts.notes:
+        message += f"; stored {counts.notes} namespace notes"
     console.print(message)
 
 

@@ -3,6 +3,8 @@ each parses, names only known conditions, and evaluates only fleet models."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,31 @@ def test_a_relative_data_dir_is_refused_and_an_absolute_one_kept(tmp_path: Path)
     absolute = _experiment(tmp_path, str(tmp_path / "data"))
     assert load_experiment(absolute).data_dir == tmp_path / "data"
     assert load_experiment(absolute, Path("/elsewhere")).data_dir == Path("/elsewhere")
+
+
+def _data_dir() -> Path | None:
+    env = os.environ.get("MEMCOLLAB_DATA_DIR")
+    for candidate in (Path(env) if env else None, RESULTS.parents[2] / "shared" / "data"):
+        if candidate is not None and (candidate / "gsm8k" / "train.jsonl").is_file():
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize(
+    "path", [f for f in FILES if (f.parent / "plan.json").is_file()], ids=lambda p: p.parent.name
+)
+def test_a_committed_plan_is_what_the_code_plans_today(path: Path) -> None:
+    """Options added since (opt-in, left out at their defaults) leave plan.json as it was."""
+    data = _data_dir()
+    if data is None:
+        pytest.skip("needs the benchmark data (MEMCOLLAB_DATA_DIR)")
+    from memcollab.experiment.runner import Experiment
+    from memcollab.llm.cache import Gateway
+
+    experiment = Experiment(load_experiment(path, data), Gateway(None), demo_fleet())
+    now = experiment.plan_json()
+    committed = json.loads((path.parent / "plan.json").read_text())
+    for plan in (now, committed):  # where the run and its data lived
+        for key in ("out", "source", "data_dir"):
+            plan["config"].pop(key)
+    assert now == committed

@@ -197,20 +197,22 @@ def test_read_only_open_refuses_a_missing_file(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
-def test_a_schema_1_store_gains_the_flag_tables(tmp_path: Path) -> None:
+def test_a_schema_1_store_gains_the_flag_and_note_tables(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     with Memory.open(path) as memory:
         memory.add(_record(1))
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE memory_flags")
     conn.execute("DROP TABLE memory_flag_history")
+    conn.execute("DROP TABLE memory_notes")
     conn.execute("UPDATE memory_meta SET value = 1 WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
     with Memory.open(path) as memory:
         assert memory.flag("r1", "checked after upgrade")
         assert memory.list() == []
+        assert memory.set_note("default", "gate", {"ok": True})
     conn = sqlite3.connect(path)
     found = conn.execute("SELECT value FROM memory_meta WHERE key = 'schema_version'").fetchone()
     conn.close()
-    assert found[0] == SCHEMA_VERSION == 2
+    assert found[0] == SCHEMA_VERSION == 3

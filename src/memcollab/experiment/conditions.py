@@ -9,22 +9,29 @@ file then lists it by name and sets its fields in `[condition.NAME]`.
 Built in: `vanilla`, `own`, `other`, `self-contrast`, `memcollab`, `placebo`; the
 retrieval ablations are `memcollab` with other fields, and two name patterns set them for
 you: `memcollab-global` (TF-IDF over the whole domain, no category filter) and
-`memcollab-pN` (N records retrieved).
+`memcollab-pN` (N records retrieved). A `memcollab` (or `placebo`) condition with
+`memory = "FILE.jsonl"` serves a committed memory export instead of building one, and any
+retrieving condition may set `labeller` (who labels its queries; default: the
+experiment's [memory] labeller).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from memcollab.experiment.config import ExperimentConfigError
 from memcollab.llm.fleet import strongest
 from memcollab.memory.guidance import Guidance, LabelLike
+from memcollab.memory.labeller import LABELLER_KINDS
 from memcollab.memory.record import MemoryRecord, task_hash
 from memcollab.memory.retrieve import STRATEGIES, Mode, Retrieved, Retriever
 from memcollab.tasks.task import Task
@@ -45,9 +52,14 @@ class MemoryRecipe:
     samples: int = 0  # self-contrast: sampled trajectories per training task
     temperature: float = 0.0
     floor: float = 0.05  # near_miss: accuracy under which a model gives no tau-
+    source: str | None = None  # import: the memory export served (nothing is built)
+    sha256: str | None = None  # import: the export's SHA-256
 
     @property
     def namespace(self) -> str:
+        if self.pairing == "import" and self.source is not None and self.sha256 is not None:
+            # The export's content names the namespace: another file is another memory.
+            return f"{Path(self.source).stem}.import-{self.sha256[:12]}"
         if self.pairing == "contrastive":
             return f"memcollab.by.{self.distiller}"
         if self.pairing == "near_miss":
@@ -55,6 +67,31 @@ class MemoryRecipe:
             return f"memcollab-near-miss{floor}.by.{self.distiller}"
         kind = "own" if self.pairing == "own" else "self-contrast"
         return f"{kind}.{self.model}.by.{self.distiller}"
+
+    @property
+    def built(self) -> bool:
+        """Whether the memory phase builds it from training trajectories (not imported)."""
+        return self.pairing != "import"
+
+    def fields(self) -> dict[str, Any]:
+        """The recipe for plan.json and build_summary.json: fields that do not apply left
+        out (the near-miss floor, an import's source), so plans keep their old shape."""
+        out = dict(self.__dict__)
+        if self.pairing != "near_miss":
+            del out["floor"]
+        if self.pairing != "import":
+            del out["source"], out["sha256"]
+        return out
+
+
+@functools.cache
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file (read once per process)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class FleetView(Protocol):
@@ -70,8 +107,9 @@ class EvalContext(Protocol):
 
     seed: int
 
-    def label(self, model: str, task: Task) -> LabelLike:
-        """The querying model's (category, subcategory) of the task (memoised)."""
+    def label(self, model: str, task: Task, labeller: str | None = None) -> LabelLike:
+        """The querying model's (category, subcategory) of the task (memoised), by the
+        labeller called `labeller` (default: the experiment's [memory] labeller)."""
         ...
 
     def retriever(self, namespace: str, p: int, mode: Mode, participant_filter: bool) -> Retriever:
@@ -163,6 +201,7 @@ class _Retrieving(Condition):
     p: int = 3
     retrieval: Mode = "task_aware"
     participant_filter: bool = False
+    labeller: str | None = None  # who labels queries; None: the experiment's [memory] one
 
     def __post_init__(self) -> None:
         if self.p < 1:
@@ -172,10 +211,30 @@ class _Retrieving(Condition):
                 f"condition {self.name}: unknown retrieval {self.retrieval!r}",
                 f"registered strategies: {', '.join(sorted(STRATEGIES))}",
             )
+        if self.labeller is not None and self.labeller not in LABELLER_KINDS:
+            raise ExperimentConfigError(
+                f"condition {self.name}: unknown labeller {self.labeller!r}",
+                f"use one of: {', '.join(LABELLER_KINDS)}",
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """As the base class; `labeller` only when set (plans of experiments written before
+        it existed stay the same)."""
+        described = super().describe()
+        if self.labeller is None:
+            del described["labeller"]
+        return described
 
     @abstractmethod
     def recipe(self, model: str, fleet: FleetView) -> MemoryRecipe:
         """The one memory this condition retrieves from."""
+
+    def label(self, model: str, task: Task, ctx: EvalContext) -> LabelLike:
+        """The query's label, by this condition's labeller (asked for only when set, so
+        contexts written before it existed still serve)."""
+        if self.labeller is None:
+            return ctx.label(model, task)
+        return ctx.label(model, task, self.labeller)
 
     def memories(self, model: str, fleet: FleetView) -> list[MemoryRecipe]:
         return [self.recipe(model, fleet)]
@@ -184,7 +243,7 @@ class _Retrieving(Condition):
         self, task: Task, model: str, fleet: FleetView, ctx: EvalContext
     ) -> tuple[str, Retrieved]:
         namespace = self.recipe(model, fleet).namespace
-        label = ctx.label(model, task) if self.retrieval == "task_aware" else None
+        label = self.label(model, task, ctx) if self.retrieval == "task_aware" else None
         retriever = ctx.retriever(namespace, self.p, self.retrieval, self.participant_filter)
         return namespace, retriever.retrieve(task, label, model)
 
@@ -258,11 +317,17 @@ class SelfContrast(_Retrieving):
 @dataclass(frozen=True)
 class MemCollab(_Retrieving):
     """Cross-model contrastive memory (best success vs worst failure across the fleet),
-    distilled by `distiller` (default the strongest model), with task-aware retrieval."""
+    distilled by `distiller` (default the strongest model), with task-aware retrieval.
+
+    With `memory` (a JSONL export of one namespace, e.g. a committed run's), the condition
+    serves that memory instead: it is imported into the run's memory under a namespace of
+    its own (named after the file and its SHA-256), and nothing is built for it."""
 
     distiller: str = "strongest"
     pairing: str = "contrastive"  # or near_miss (best success vs the strongest failure)
     floor: float = 0.05  # near_miss: models under this training accuracy give no tau-
+    memory: str | None = None  # a memory export to serve instead of building one
+    memory_sha256: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -272,17 +337,41 @@ class MemCollab(_Retrieving):
             )
         if not 0 <= self.floor < 1:
             raise ExperimentConfigError(f"condition {self.name}: floor must be in [0, 1)")
+        if self.memory is not None:
+            self._check_export()
+
+    def _check_export(self) -> None:
+        assert self.memory is not None
+        built = ("distiller", "pairing", "floor")
+        if any(getattr(self, f) != MemCollab.__dataclass_fields__[f].default for f in built):
+            raise ExperimentConfigError(
+                f"condition {self.name}: serves the memory export {self.memory}, which builds"
+                " nothing",
+                "leave out distiller, pairing and floor, or leave out memory",
+            )
+        path = Path(self.memory)
+        if not path.is_file():
+            raise ExperimentConfigError(
+                f"condition {self.name}: memory export {path} does not exist",
+                "give a JSONL export (memcollab memory export), relative to the experiment file",
+            )
+        object.__setattr__(self, "memory_sha256", file_sha256(str(path.resolve())))
 
     def recipe(self, model: str, fleet: FleetView) -> MemoryRecipe:
+        if self.memory is not None:
+            return MemoryRecipe("import", "", source=self.memory, sha256=self.memory_sha256)
         by = resolve_model(self.distiller, fleet, model, what=f"condition {self.name}")
         return MemoryRecipe(self.pairing, by, floor=self.floor)
 
     def describe(self) -> dict[str, Any]:
-        """As the base class; the pairing fields only when not the paper's (so plan files
-        of experiments written before they existed stay the same)."""
+        """As the base class; the pairing fields only when not the paper's, and the
+        memory export (with its SHA-256) only when set (so plan files of experiments
+        written before they existed stay the same)."""
         described = super().describe()
         if self.pairing == "contrastive":
             del described["pairing"], described["floor"]
+        if self.memory is None:
+            del described["memory"], described["memory_sha256"]
         return described
 
 
@@ -295,7 +384,7 @@ class Placebo(MemCollab):
     def guide(self, task, model, fleet, ctx):  # type: ignore[no-untyped-def]
         namespace, real = self.retrieve(task, model, fleet, ctx)
         wanted = len(real.guidance)
-        label = ctx.label(model, task)
+        label = self.label(model, task, ctx)
         own_hash = task_hash(task.prompt)
         # Drawn from the pool in record-id order: the stored order follows creation times,
         # which differ between two builds of the same memory, and the draw must not.
@@ -352,7 +441,7 @@ def make_condition(name: str, params: Mapping[str, Any] | None = None) -> Condit
             f"built-in kinds: {', '.join(CONDITION_KINDS)} (plus memcollab-global,"
             " memcollab-pN); other names need [condition.NAME] with a kind",
         )
-    allowed = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name != "name" and f.init]
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise ExperimentConfigError(

@@ -38,6 +38,19 @@ humaneval = "humaneval:test[~50@1]"
 kind = "memcollab"
 p = 1
 
+[condition.memcollab-paper]        # serve a committed memory export instead of building one
+kind = "memcollab"
+memory = "../paper/memories/memcollab.by.qwen2.5-coder-1.5b.jsonl"   # relative to this file
+labeller = "llm"                   # label its queries as its records were (default: [memory])
+
+[dev]                              # optional: the per-model utility gate (experiment/gate.py)
+gate = ["memcollab-p1"]            # conditions whose memory each (model, domain) must earn
+rule = "non_negative"              # memory iff dev accuracy with it >= without (GATE_RULES)
+follow = { placebo = "memcollab-p1" }   # optional: serve memory where that one's gate says
+[dev.tasks]                        # development slices (benchmark -> spec); tasks of the
+gsm8k = "gsm8k:train[-500:]"       # [train] pool are left out (counted in plan.json)
+humaneval = "humaneval:train"
+
 [analysis]                         # optional: the pre-registered primary comparison
 primary = "memcollab-p1"           # against baseline (default vanilla), per model, pooled
 ```
@@ -114,6 +127,15 @@ class AnalysisSettings(_Section):
     baseline: str = "vanilla"
 
 
+class DevSettings(_Section):
+    """The development phase: the utility gate's slices, conditions and rule."""
+
+    tasks: dict[str, str] = Field(min_length=1)  # benchmark name -> dataset spec
+    gate: list[str] = Field(min_length=1)  # the conditions gated
+    rule: str = "non_negative"  # a name of experiment.gate.GATE_RULES
+    follow: dict[str, str] = Field(default_factory=dict)  # condition -> a gated condition
+
+
 class ExperimentConfig(_Section):
     """A parsed experiment file (paths already resolved against the file's folder)."""
 
@@ -131,6 +153,7 @@ class ExperimentConfig(_Section):
     conditions: list[str] = Field(min_length=1)
     condition: dict[str, dict[str, Any]] = Field(default_factory=dict)
     analysis: AnalysisSettings = AnalysisSettings()
+    dev: DevSettings | None = None  # the development phase and utility gate (opt-in)
     source: str = "inline"
 
     def resolved_json(self) -> dict[str, Any]:
@@ -144,6 +167,8 @@ class ExperimentConfig(_Section):
                     del data[section][key]
         if self.analysis == AnalysisSettings():
             del data["analysis"]
+        if data["dev"] is None:
+            del data["dev"]
         return data
 
 
@@ -174,6 +199,10 @@ def load_experiment(path: str | Path, data_dir: Path | None = None) -> Experimen
         raw["data_dir"] = str(Path(given).expanduser())
     if data_dir is not None:
         raw["data_dir"] = str(data_dir)
+    for params in (raw.get("condition") or {}).values():
+        # A condition's memory export, like the file's other paths, is relative to it.
+        if isinstance(params, dict) and isinstance(params.get("memory"), str):
+            params["memory"] = str((base / params["memory"]).resolve())
     raw["source"] = str(path)
     return parse_experiment(raw, str(path))
 

@@ -237,6 +237,10 @@ def memory_table(folder: Path) -> str | None:
         )
         if s.get("distill_covers") == NEW_PAIRS_ONLY:
             status += " (last part's new pairs only)"
+        if "imported" in s:  # a memory export served as it is: nothing was distilled
+            recipe = s.get("recipe", {})
+            status = f"imported from {Path(recipe.get('source', '?')).name}"
+            status += f" (sha256 {str(recipe.get('sha256'))[:12]})"
         rows.append(
             [
                 ns,
@@ -248,6 +252,59 @@ def memory_table(folder: Path) -> str | None:
         )
     header = ["memory", "pairs", "records", "pairs without constraints", "distiller status"]
     return _table(header, rows)
+
+
+def gate_section(folder: Path, results: Results) -> list[str]:
+    """The utility gate's decisions (gate.json) and how many evaluation cells it withheld
+    memory from; nothing when the run has no gate."""
+    path = folder / "gate.json"
+    if not path.is_file():
+        return []
+    gate = json.loads(path.read_text())
+    rows = []
+    for condition, entry in gate["conditions"].items():
+        for model, domains in entry["decisions"].items():
+            for domain, d in domains.items():
+                rows.append(
+                    [
+                        condition,
+                        model,
+                        domain,
+                        str(d["n"]),
+                        _pct(d["accuracy_without"]),
+                        _pct(d["accuracy_with"]),
+                        str(d["only_without_right"]),
+                        str(d["only_with_right"]),
+                        "yes" if d["memory"] else "no",
+                    ]
+                )
+    header = ["condition", "model", "domain", "dev n", "without (%)", "with (%)"]
+    header += ["only without right", "only with right", "memory at eval"]
+    dev = ", ".join(f"{b} {n}" for b, n in gate["dev_tasks"].items())
+    excluded = ", ".join(f"{b} {n}" for b, n in gate["excluded_pool_tasks"].items())
+    lines = [
+        "## Utility gate (development tasks)",
+        "",
+        f"Rule `{gate['rule']}`: {gate['rule_description']}. Development tasks: {dev}"
+        f" (memory-pool tasks left out: {excluded}).",
+    ]
+    if gate.get("follow"):
+        lines.append(
+            "Following another condition's gate: "
+            + ", ".join(f"{f} follows {leader}" for f, leader in gate["follow"].items())
+            + "."
+        )
+    lines += ["", _table(header, rows), ""]
+    withheld = [
+        [model, condition, str(sum(r.gate == "withheld" for r in cell)), str(len(cell))]
+        for model in results.models
+        for condition in results.conditions
+        if (cell := results.cell(model, condition)) and any(r.gate for r in cell)
+    ]
+    if withheld:
+        header = ["model", "condition", "tasks memory withheld by the gate", "tasks"]
+        lines += ["Evaluation (complete tasks):", "", _table(header, withheld), ""]
+    return lines
 
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
@@ -331,6 +388,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
     memory = memory_table(folder)
     if memory:
         lines += ["## Memories", "", memory, ""]
+    lines += gate_section(folder, results)
     parts = parts_table(folder)
     if parts:
         lines += ["## How the run was split", "", parts, ""]
@@ -352,7 +410,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
 
 
 NOTES = "NOTES.md"
-PORTABLE = ("plan.json", "results.jsonl", "parts.jsonl", "build_summary.json")
+PORTABLE = ("plan.json", "results.jsonl", "parts.jsonl", "build_summary.json", "gate.json")
 
 
 def copy_artefacts(folder: Path, target: Path) -> None:

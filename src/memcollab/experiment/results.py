@@ -43,6 +43,15 @@ class ResultRow:
     level: str | None = None
     category: str | None = None
     subcategory: str | None = None
+    gate: str | None = None  # a gated condition: "served" or "withheld" (experiment/gate.py)
+
+    def as_json(self) -> dict[str, Any]:
+        """The row for results.jsonl (`gate` only where a gate applied, so the tables of
+        runs without one keep their shape)."""
+        row = dict(self.__dict__)
+        if row["gate"] is None:
+            del row["gate"]
+        return row
 
 
 def result_rows(plan: dict[str, Any], trajectories: Sequence[Trajectory]) -> list[ResultRow]:
@@ -73,6 +82,7 @@ def result_rows(plan: dict[str, Any], trajectories: Sequence[Trajectory]) -> lis
                 level=note.get("level"),
                 category=note.get("category"),
                 subcategory=note.get("subcategory"),
+                gate=note.get("gate"),
             )
         )
     order = {tid: i for i, tid in enumerate(bench_of)}
@@ -86,7 +96,7 @@ def write_results(out: Path, plan: dict[str, Any], store: TrajectoryStore) -> Pa
     path = out / "results.jsonl"
     with replace_when_done(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in result_rows(plan, list(store)):
-            fh.write(json.dumps(row.__dict__) + "\n")
+            fh.write(json.dumps(row.as_json()) + "\n")
     return path
 
 

@@ -5,7 +5,10 @@ Layout of the output folder (everything resumable; a second run skips what is st
     plan.json                   the resolved experiment, conditions, benchmark -> task ids
     train/trajectories.sqlite   training trajectories (condition "vanilla", plus the
                                 "self-sample" ones self-contrast needs)
-    memory.sqlite               every memory, one namespace per MemoryRecipe
+    memory.sqlite               every memory, one namespace per MemoryRecipe (an imported
+                                export: its own namespace)
+    dev/trajectories.sqlite     with [dev]: development trajectories (vanilla and each gated
+                                condition); gate.json: the utility gate's decisions
     eval/trajectories.sqlite    one trajectory per (task, model, condition)
     results.jsonl               one row per (task, model, condition): the per-task table
     memories/NAMESPACE.jsonl    each memory, exported
@@ -17,12 +20,13 @@ Memory is built from the training tasks only; evaluation tasks are never collect
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +45,12 @@ from memcollab.experiment.estimate import (
     phase_seconds,
     prompt_tokens_per_call,
 )
+from memcollab.experiment.gate import (
+    DevPhase,
+    Gate,
+    check_dev_settings,
+    load_dev_sets,
+)
 from memcollab.experiment.results import write_results
 from memcollab.llm.base import Decoding
 from memcollab.llm.cache import Gateway
@@ -57,8 +67,8 @@ from memcollab.tasks.datasets import load_task_specs
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
-Phase = Literal["train", "memory", "eval"]
-PHASES: tuple[Phase, ...] = ("train", "memory", "eval")
+Phase = Literal["train", "memory", "dev", "eval"]
+PHASES: tuple[Phase, ...] = ("train", "memory", "dev", "eval")  # dev: only with [dev]
 LABEL_CALLS_PER_TASK = 2  # the LLM classifier asks for the category, then the subcategory
 
 
@@ -107,14 +117,25 @@ class FleetInfo:
 class _Context:
     """The evaluation context conditions use: labels, retrievers, records (thread-safe)."""
 
-    def __init__(self, memory: Memory, classifiers: Mapping[str, Labeller], seed: int) -> None:
+    def __init__(
+        self,
+        memory: Memory,
+        classifiers: Mapping[str, Labeller],
+        seed: int,
+        by_kind: Mapping[str, Mapping[str, Labeller]] | None = None,
+        gate: Gate | None = None,
+    ) -> None:
         self.memory = memory
-        self.classifiers = classifiers
+        self.classifiers = classifiers  # the [memory] labeller, per evaluated model
+        self.by_kind = by_kind or {}  # a condition's own labeller: kind -> model -> labeller
         self.seed = seed
+        self.gate = gate
         self._records: dict[tuple[str, str], list[MemoryRecord]] = {}
         self._lock = threading.Lock()
 
-    def label(self, model: str, task: Task) -> LabelLike:
+    def label(self, model: str, task: Task, labeller: str | None = None) -> LabelLike:
+        if labeller is not None and labeller in self.by_kind:
+            return self.by_kind[labeller][model].classify(task)
         return self.classifiers[model].classify(task)
 
     def retriever(self, namespace: str, p: int, mode: Mode, participant_filter: bool) -> Retriever:
@@ -164,11 +185,27 @@ class Experiment:
                     self.recipes.setdefault(recipe.namespace, recipe)
         self._check()
         self._agents: dict[tuple[str, float | None], Agent] = {}
+        self.dev: DevPhase | None = None
+        if config.dev is not None:
+            check_dev_settings(
+                config.dev, self.conditions, self.eval_models, self.info, config.source
+            )
+            imported = [r.source for r in self.recipes.values() if r.source is not None]
+            sets = load_dev_sets(
+                config.dev,
+                config.data_dir,
+                config.seed,
+                self.train_tasks,
+                imported,
+                self.eval_sets,
+                config.source,
+            )
+            self.dev = DevPhase(self, config.dev, sets)
 
     def _check(self) -> None:
         train_ids = {t.id for t in self.train_tasks}
         train_texts = {" ".join(t.prompt.split()) for t in self.train_tasks}
-        if self.recipes and not self.train_tasks:
+        if any(r.built for r in self.recipes.values()) and not self.train_tasks:
             raise UserError(
                 f"{self.config.source}: conditions with memory need [train] tasks",
                 "add tasks = [...] under [train]",
@@ -218,7 +255,7 @@ class Experiment:
     def train_jobs(self) -> list[Job]:
         """Vanilla training trajectories of every model, then self-contrast samples."""
         jobs: list[Job] = []
-        if any(r.pairing != "self_contrast" for r in self.recipes.values()):
+        if any(r.built and r.pairing != "self_contrast" for r in self.recipes.values()):
             jobs += [Job(self.agent(m), t) for t in self.train_tasks for m in self.info.models]
         for recipe in self.recipes.values():
             if recipe.pairing == "self_contrast" and recipe.model is not None:
@@ -295,31 +332,45 @@ class Experiment:
             return estimate, todo
 
         train, _ = solves("train", self.train_jobs(), self.out / "train", lambda job: False)
-        evaluation, eval_todo = solves(
-            "eval",
-            self.eval_jobs(None),
-            self.out / "eval",
-            lambda job: self._condition(job.condition).kind != "vanilla",
-        )
-        labelled = {
-            (j.agent.client.name, j.task.id)
-            for j in eval_todo
-            if self._condition(j.condition).kind != "vanilla"
-            and self._condition(j.condition).describe().get("retrieval") != "global_tfidf"
-        }
+
+        def guided(job: Job) -> bool:
+            return self._condition(job.condition).kind != "vanilla"
+
+        evaluation, eval_todo = solves("eval", self.eval_jobs(None), self.out / "eval", guided)
+        self._add_label_calls(evaluation, eval_todo, tokens["eval"])
         label_calls = 0 if self.config.memory.labeller == "trained" else LABEL_CALLS_PER_TASK
-        evaluation.calls += label_calls * len(labelled)
-        evaluation.completion_tokens += label_calls * len(labelled) * LABEL_TOKENS
-        for model, _ in labelled:
-            tokens["eval"][model] += label_calls * LABEL_TOKENS
         memory = self._estimate_memory(stored, train, label_calls, tokens["memory"])
-        speeds = self.model_speeds()
         phases: dict[Phase, PhaseEstimate] = {"train": train, "memory": memory, "eval": evaluation}
+        if self.dev is not None:
+            dev, dev_todo = solves("dev", self.dev.jobs(None), self.dev.folder, guided)
+            self._add_label_calls(dev, dev_todo, tokens["dev"])
+            phases["dev"] = dev
+        speeds = self.model_speeds()
         for phase, e in phases.items():
             e.seconds, e.seconds_high = phase_seconds(
                 tokens[phase], speeds, side_by_side=phase != "memory"
             )
-        return phases
+        return {p: phases[p] for p in PHASES if p in phases}
+
+    def _add_label_calls(
+        self, estimate: PhaseEstimate, todo: list[Job], tokens: defaultdict[str, float]
+    ) -> None:
+        """Add the calls the LLM labeller makes for these jobs' task-aware queries (each
+        model labels a task once, memoised, whatever condition asks)."""
+        labelled = set()
+        for job in todo:
+            described = self._condition(job.condition).describe()
+            kind = described.get("labeller") or self.config.memory.labeller
+            if (
+                described["kind"] != "vanilla"
+                and described.get("retrieval") != "global_tfidf"
+                and kind == "llm"
+            ):
+                labelled.add((job.agent.client.name, job.task.id))
+        estimate.calls += LABEL_CALLS_PER_TASK * len(labelled)
+        estimate.completion_tokens += LABEL_CALLS_PER_TASK * len(labelled) * LABEL_TOKENS
+        for model, _ in labelled:
+            tokens[model] += LABEL_CALLS_PER_TASK * LABEL_TOKENS
 
     def model_speeds(self) -> dict[str, ModelSpeed | None]:
         """Each fleet model's speed for the time estimate (experiment/estimate.py)."""
@@ -334,22 +385,24 @@ class Experiment:
         tokens: defaultdict[str, float],
     ) -> PhaseEstimate:
         """The memory phase: a distillation per pair left (pairs of the stored trajectories,
-        scaled to the whole pool while it is partly collected), and its labels."""
-        pairs = {ns: len(self._pairs(r, stored).pairs) for ns, r in self.recipes.items()}
+        scaled to the whole pool while it is partly collected), and its labels. Imported
+        memories (a condition's `memory = EXPORT`) cost nothing."""
+        built = {ns: r for ns, r in self.recipes.items() if r.built}
+        pairs = {ns: len(self._pairs(r, stored).pairs) for ns, r in built.items()}
         if not stored:
-            pairs = dict.fromkeys(self.recipes, len(self.train_tasks))
+            pairs = dict.fromkeys(built, len(self.train_tasks))
             basis = "upper bound: a pair per training task, none asked of the cache"
         elif train.done < train.jobs:  # scale the pairs found so far to the whole pool
             pairs = {ns: round(n * train.jobs / max(train.done, 1)) for ns, n in pairs.items()}
             basis = f"pairs of {len(stored)} trajectories, scaled"
         else:
             basis = "pairs of the stored trajectories"
-        total, records = sum(pairs.values()), self._records_stored()
+        total, records = sum(pairs.values()), self._records_stored(list(built))
         if self._memory_built() and self.gateway.cache is not None:
             return PhaseEstimate(total, total, 0, 0, 0, "built: the cache answers it again")
         left = max(0, total - records) / max(total, 1)  # pairs with a record are skipped
-        distillers = {r.distiller for r in self.recipes.values()}
-        for ns, recipe in self.recipes.items():
+        distillers = {r.distiller for r in built.values()}
+        for ns, recipe in built.items():
             tokens[recipe.distiller] += pairs[ns] * left * self.config.memory.reply_tokens
         for distiller in distillers:
             tokens[distiller] += label_calls * len(self.train_tasks) * LABEL_TOKENS
@@ -375,14 +428,16 @@ class Experiment:
         )
 
     def _condition(self, name: str) -> Condition:
+        if name == "vanilla":  # the dev phase's baseline, listed or not
+            return make_condition("vanilla")
         return next(c for c in self.conditions if c.name == name)
 
-    def _records_stored(self) -> int:
+    def _records_stored(self, namespaces: Sequence[str] | None = None) -> int:
         if not self.memory_path().exists():
             return 0
         with Memory.open(self.memory_path()) as mem:
             # stats() counts in SQL; records() would parse every record just to count.
-            return sum(mem.stats(ns)["records"] for ns in self.recipes)
+            return sum(mem.stats(ns)["records"] for ns in (namespaces or self.recipes))
 
     def plan_json(self) -> dict[str, Any]:
         """The resolved plan (written to plan.json; the report reads it)."""
@@ -393,10 +448,11 @@ class Experiment:
             "fleet": self.info.models,
             "strengths": {m: self.info.strength(m) for m in self.info.models},
             "conditions": {c.name: c.describe() for c in self.conditions},
-            "memories": {ns: r.__dict__ for ns, r in self.recipes.items()},
+            "memories": {ns: r.fields() for ns, r in self.recipes.items()},
             "train_tasks": [t.id for t in self.train_tasks],
             "benchmarks": {b: [t.id for t in ts] for b, ts in self.eval_sets.items()},
             "domains": {b: ts[0].domain for b, ts in self.eval_sets.items()},
+            **({"dev": self.dev.plan()} if self.dev is not None else {}),
         }
 
     # -- running ---------------------------------------------------------------------------
@@ -438,7 +494,7 @@ class Experiment:
         phase, began, before, calls = None, time.perf_counter(), 0, (0, 0)
         try:
             for phase in PHASES:
-                if phase not in phases:
+                if phase not in phases or (phase == "dev" and self.dev is None):
                     continue
                 began, before = time.perf_counter(), self._stored_count(phase)
                 calls = self._call_counts()
@@ -481,7 +537,8 @@ class Experiment:
         plan = self.out / "plan.json"
         if not plan.is_file() or not (self._records_stored() or _stored_len(self.out / "eval")):
             return
-        memory = json.loads(plan.read_text()).get("config", {}).get("memory", {})
+        stored = json.loads(plan.read_text())
+        memory = stored.get("config", {}).get("memory", {})
         before = memory.get("labeller", "llm")
         if before != self.config.memory.labeller:
             raise UserError(
@@ -489,12 +546,23 @@ class Experiment:
                 f" {self.config.memory.labeller}",
                 "restore it, or choose a new `out` folder",
             )
+        if not _stored_len(self.out / "eval") and not _stored_len(self.out / "dev"):
+            return  # a condition's own labeller labels queries only
+        for condition in self.conditions:
+            old = stored.get("conditions", {}).get(condition.name, {}).get("labeller")
+            new = condition.describe().get("labeller")
+            if condition.name in stored.get("conditions", {}) and old != new:
+                raise UserError(
+                    f"the labeller of condition {condition.name} differs from the run stored"
+                    f" in {self.out}: {old or before} -> {new or before}",
+                    "restore it, or choose a new `out` folder",
+                )
 
-    def labeller(self, model: str) -> CountingLabeller:
+    def labeller(self, model: str, kind: str | None = None) -> CountingLabeller:
         """Who labels for `model` (records: the distiller; queries: the evaluated model):
         the model's own LLM classifier, or with `labeller = "trained"` the one trained
-        labeller, whoever asks."""
-        if self.config.memory.labeller == "trained":
+        labeller, whoever asks; `kind` overrides the [memory] labeller."""
+        if (kind or self.config.memory.labeller) == "trained":
             return make_labeller("trained", data_dir=self.config.data_dir)
         return make_labeller("llm", client=self.gateway.bind(self.fleet.model(model)))
 
@@ -541,6 +609,34 @@ class Experiment:
         if not self.recipes:
             emit(ProgressEvent("memory", total=0))
             return 0
+        summaries: dict[str, Any] = {}
+        added = 0
+        with Memory.open(self.memory_path()) as memory:
+            for ns, recipe in self.recipes.items():
+                if not recipe.built:  # a memory export: imported all or nothing, as it is
+                    assert recipe.source is not None
+                    counts = memory.import_(recipe.source, namespace=ns)
+                    added += counts.added
+                    summaries[ns] = {
+                        "imported": {"added": counts.added, "present": counts.present},
+                        "records": memory.stats(ns)["records"],
+                        "recipe": recipe.fields(),
+                    }
+                    self._export(memory, ns)
+        if any(r.built for r in self.recipes.values()):
+            added += self._build(emit, summaries)
+        else:
+            emit(ProgressEvent("memory", total=0))
+        (self.out / "build_summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        return added
+
+    def _export(self, memory: Memory, namespace: str) -> None:
+        export = self.out / "memories" / f"{namespace}.jsonl"
+        export.parent.mkdir(parents=True, exist_ok=True)
+        memory.export(export, namespace)
+
+    def _build(self, emit: Callable[[ProgressEvent], None], summaries: dict[str, Any]) -> int:
+        """Build every memory of training trajectories; their summaries into `summaries`."""
         store = self.train_store
         stored = store.keys()
         missing = [job for job in self.train_jobs() if job.key() not in stored]
@@ -553,13 +649,13 @@ class Experiment:
             )
         trajectories = list(store)
         tasks = store.tasks()
-        pairings = {ns: self._pairs(r, trajectories) for ns, r in self.recipes.items()}
+        built = {ns: r for ns, r in self.recipes.items() if r.built}
+        pairings = {ns: self._pairs(r, trajectories) for ns, r in built.items()}
         emit(ProgressEvent("memory", total=sum(len(p.pairs) for p in pairings.values())))
-        summaries: dict[str, Any] = {}
         added = 0
         classifiers: dict[str, CountingLabeller] = {}
         with Memory.open(self.memory_path()) as memory:
-            for ns, recipe in self.recipes.items():
+            for ns, recipe in built.items():
                 client = self.gateway.bind(self.fleet.model(recipe.distiller))
                 if recipe.distiller not in classifiers:
                     classifiers[recipe.distiller] = self.labeller(recipe.distiller)
@@ -590,16 +686,13 @@ class Experiment:
                 summaries[ns] = {
                     **summary.as_dict(),
                     "records": memory.stats(ns)["records"],
-                    "recipe": _recipe_fields(recipe),
+                    "recipe": recipe.fields(),
                     "classifier": classifier.stats(),
                 }
-                export = self.out / "memories" / f"{ns}.jsonl"
-                export.parent.mkdir(parents=True, exist_ok=True)
-                memory.export(export, ns)
-        (self.out / "build_summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+                self._export(memory, ns)
         return added
 
-    def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+    def _require_built(self) -> None:
         built = self.out / "build_summary.json"
         unbuilt = set(self.recipes) - set(json.loads(built.read_text()) if built.is_file() else {})
         if unbuilt:
@@ -608,13 +701,61 @@ class Experiment:
                 f"memory {', '.join(sorted(unbuilt))} is not fully built",
                 "run the memory phase first (or the whole experiment)",
             )
-        with Memory.open(self.memory_path()) as memory:
-            trained = self.config.memory.labeller == "trained"
-            if trained:  # one labeller for every model (and the same as the records')
-                classifiers = dict.fromkeys(self.eval_models, self.labeller(self.eval_models[0]))
-            else:
-                classifiers = {m: self.labeller(m) for m in self.eval_models}
-            ctx = _Context(memory, classifiers, self.config.seed)
+
+    def _classifiers(self, kind: str) -> dict[str, CountingLabeller]:
+        """Labeller `kind` per evaluated model (the trained one: one for all)."""
+        if kind == "trained":  # one labeller for every model (and the same as the records')
+            return dict.fromkeys(self.eval_models, self.labeller(self.eval_models[0], kind))
+        return {m: self.labeller(m, kind) for m in self.eval_models}
+
+    def _context(self, memory: Memory, gate: Gate | None = None) -> _Context:
+        """The evaluation context: the [memory] labeller, the conditions' own, the gate."""
+        kinds = {str(c.describe().get("labeller")) for c in self.conditions} - {"None"}
+        by_kind = {k: self._classifiers(k) for k in sorted(kinds)}
+        default = self.config.memory.labeller
+        classifiers = by_kind.get(default) or self._classifiers(default)
+        return _Context(memory, classifiers, self.config.seed, by_kind, gate)
+
+    def _write_label_stats(self, ctx: _Context, name: str) -> None:
+        """The labellers' counters: as before for the [memory] labeller ("trained", or per
+        model), plus a condition's own under "trained" or "llm:MODEL"."""
+
+        def stats(kind: str, by_model: Mapping[str, Labeller]) -> dict[str, Any]:
+            labellers: dict[str, Any] = dict(by_model)
+            if kind == "trained":
+                return {"trained": labellers[self.eval_models[0]].stats()}
+            prefix = "" if kind == self.config.memory.labeller else "llm:"
+            return {prefix + m: c.stats() for m, c in labellers.items()}
+
+        out = stats(self.config.memory.labeller, ctx.classifiers)
+        for kind, by_model in ctx.by_kind.items():
+            out |= stats(kind, by_model)
+        (self.out / name).write_text(json.dumps(out, indent=2) + "\n")
+
+    def _run_dev(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+        assert self.dev is not None
+        self._require_built()
+        with _open_for_jobs(self.memory_path()) as memory:
+            ctx = self._context(memory)
+            emit(ProgressEvent("dev", total=len(self.dev.jobs(None))))
+            computed = self.dev.run(ctx, memory, self._progress("dev", emit), redo)
+            self._write_label_stats(ctx, "dev_classifier_stats.json")
+        return computed
+
+    def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+        self._require_built()
+        with _open_for_jobs(self.memory_path()) as memory:
+            gate = None
+            if self.dev is not None and self.config.dev is not None:
+                gate = Gate.load(
+                    memory,
+                    self.config.dev,
+                    self.conditions,
+                    self.eval_models,
+                    self.info,
+                    self.dev.sets.digest(),
+                )
+            ctx = self._context(memory, gate)
             jobs = self.eval_jobs(ctx)
             emit(ProgressEvent("eval", total=len(jobs)))
             store = self.eval_store
@@ -626,22 +767,9 @@ class Experiment:
                 workers=self.config.workers,
                 on_event=self._progress("eval", emit),
             )
-            stats = (
-                {"trained": classifiers[self.eval_models[0]].stats()}
-                if trained
-                else {m: c.stats() for m, c in classifiers.items()}
-            )
-            (self.out / "eval_classifier_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            self._write_label_stats(ctx, "eval_classifier_stats.json")
         write_results(self.out, self.plan_json(), store)
         return computed
-
-
-def _recipe_fields(recipe: MemoryRecipe) -> dict[str, Any]:
-    """A recipe for build_summary.json (the near-miss floor only where it applies)."""
-    fields = dict(recipe.__dict__)
-    if recipe.pairing != "near_miss":
-        fields.pop("floor")
-    return fields
 
 
 def _emit_build_event(
@@ -655,7 +783,19 @@ def _emit_build_event(
 
 
 def _guide(condition: Condition, task: Task, model: str, info: FleetInfo, ctx: _Context):  # type: ignore[no-untyped-def]
+    if ctx.gate is not None and ctx.gate.governs(condition.name):
+        return ctx.gate.guide(condition, task, model, info, ctx)
     return lambda: condition.guide(task, model, info, ctx)
+
+
+@contextlib.contextmanager
+def _open_for_jobs(path: Path) -> Iterator[Memory]:
+    """The memory for a phase's jobs, closed when they are done. A stopped phase leaves it
+    open: `run_jobs` does not wait for the jobs in flight, which still read it, and closing
+    a SQLite connection under a running query crashed the process (it ends soon anyway)."""
+    memory = Memory.open(path)
+    yield memory  # not in try/finally: an exception must not close it
+    memory.close()
 
 
 def _stored_keys(folder: Path) -> set[tuple[str, str, str, int]]:

@@ -31,7 +31,14 @@ from memcollab.memory.merge import MERGE_THRESHOLD, MergeSummary, merge_namespac
 from memcollab.memory.pairs import PairingResult, PairingRule, pair_by_rule
 from memcollab.memory.record import MemoryRecord, record_id
 from memcollab.memory.retrieve import Mode, Retrieved, Retriever
-from memcollab.memory.store import ImportCounts, MemoryStore, OnConflict, open_memory
+from memcollab.memory.store import (
+    ImportCounts,
+    MemoryFormatError,
+    MemoryStore,
+    OnConflict,
+    open_memory,
+    read_export,
+)
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
@@ -129,23 +136,7 @@ class Memory:
         under the ids a build of `target` would give them; returns how many were new."""
         if source == target:
             raise ValueError("copy a namespace into another one")
-        copies = [
-            r.model_copy(
-                update={
-                    "namespace": target,
-                    "id": record_id(
-                        target,
-                        r.source_task_id,
-                        r.pair_type,
-                        r.model_pos,
-                        r.model_neg,
-                        r.distiller,
-                    ),
-                }
-            )
-            for r in self.store.records(source)
-        ]
-        return self.store.add_many(copies)
+        return self.store.add_many(_refiled(r, target) for r in self.store.records(source))
 
     # -- searching
     def retriever(
@@ -264,10 +255,45 @@ class Memory:
         """Write the records (of one namespace, or all) as JSONL; returns the count."""
         return self.store.export_jsonl(path, namespace)
 
-    def import_(self, path: str | Path, *, on_conflict: OnConflict = "error") -> ImportCounts:
-        """Add the records of a JSONL export, all or nothing. An id stored with other
-        content is a conflict: refused (`error`), kept (`skip`) or overwritten (`replace`)."""
-        return self.store.import_jsonl(path, on_conflict=on_conflict)
+    def import_(
+        self,
+        path: str | Path,
+        *,
+        on_conflict: OnConflict = "error",
+        namespace: str | None = None,
+    ) -> ImportCounts:
+        """Add the records (and namespace notes) of a JSONL export, all or nothing. An id
+        stored with other content is a conflict: refused (`error`), kept (`skip`) or
+        overwritten (`replace`). With `namespace`, the export (of one namespace) is filed
+        under that namespace instead, its record ids made as a build of it would make them."""
+        if namespace is None:
+            return self.store.import_jsonl(path, on_conflict=on_conflict)
+        records, notes = read_export(path)
+        held = sorted({r.namespace for r in records} | {n.namespace for n in notes})
+        if len(held) > 1:
+            raise MemoryFormatError(
+                f"{path} holds {len(held)} namespaces ({', '.join(held)}); it can be filed"
+                " under one namespace only when it holds one",
+                "export one namespace: memcollab memory export MEMORY FILE --namespace NS",
+            )
+        moved = [_refiled(r, namespace) for r in records]
+        renamed = [n.model_copy(update={"namespace": namespace}) for n in notes]
+        return self.store.import_parsed(moved, renamed, on_conflict, str(path))
+
+    # -- namespace notes
+    def set_note(self, namespace: str, key: str, value: Mapping[str, Any]) -> bool:
+        """Keep a JSON object under `key` with a namespace (e.g. the utility gate's decision);
+        exported and imported with the namespace. False when that value was stored already."""
+        return self.store.set_note(namespace, key, dict(value))
+
+    def note(self, namespace: str, key: str) -> dict[str, Any] | None:
+        """The note `key` of a namespace, or None."""
+        found = [n.value for n in self.store.notes(namespace) if n.key == key]
+        return found[0] if found else None
+
+    def notes(self, namespace: str) -> dict[str, dict[str, Any]]:
+        """Every note of a namespace: key -> value."""
+        return {n.key: n.value for n in self.store.notes(namespace)}
 
     def stats(self, namespace: str = "default") -> dict[str, Any]:
         """Records and constraints in a namespace, per bucket, source pair and distiller."""
@@ -279,3 +305,16 @@ class Memory:
 
     def __repr__(self) -> str:
         return f"Memory({self.location!r})"
+
+
+def _refiled(record: MemoryRecord, namespace: str) -> MemoryRecord:
+    """The record filed under `namespace`, with the id a build of that namespace gives it."""
+    new_id = record_id(
+        namespace,
+        record.source_task_id,
+        record.pair_type,
+        record.model_pos,
+        record.model_neg,
+        record.distiller,
+    )
+    return record.model_copy(update={"namespace": namespace, "id": new_id})

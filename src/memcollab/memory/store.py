@@ -30,8 +30,16 @@ format_version; the constraints live inside `json`), indexed on (namespace, doma
 category, subcategory, created_at, id) so one bucket is read in order straight from the
 index; `memory_retrievals` (record_id, retrieved); `memory_usage` (record_id, model, helped,
 harmed); `memory_flags` (the records withheld from retrieval, with the reason) and
-`memory_flag_history` (every flag and unflag); `memory_meta` (the version counter and the
-schema version). Schema 2 added the flag tables; opening a schema-1 store adds them.
+`memory_flag_history` (every flag and unflag); `memory_notes` (namespace, key, json: a
+namespace's notes, e.g. the utility gate's decision); `memory_meta` (the version counter and
+the schema version). Schema 2 added the flag tables, schema 3 the notes; opening an older
+store adds them.
+
+Namespace notes: small JSON objects a namespace carries besides its records (`set_note`,
+`notes`). An export of a namespace writes its notes after its records, one line each
+(`{"format_version": 3, "note": {"namespace", "key", "value"}}`), and an import stores them
+in the same transaction as the records, with the same conflict rules. An export without
+notes is what it was before notes existed.
 """
 
 from __future__ import annotations
@@ -46,13 +54,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
-from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
+from memcollab.memory.record import MEMORY_FORMAT_VERSION, NOTE_FORMAT, MemoryRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout of the store's tables; a store written by a newer layout is refused."""
 UPGRADE_HINT = "upgrade memcollab: pip install -U memcollab"
 
@@ -71,6 +79,25 @@ class MemoryConnectionError(UserError):
 
 class MemoryFlagError(UserError):
     """A flag or unflag that cannot be made (no reason given)."""
+
+
+class NamespaceNote(BaseModel):
+    """A note a namespace carries besides its records: a JSON object under a key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    namespace: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    value: dict[str, Any]
+
+    def value_json(self) -> str:
+        """The value as canonical JSON (sorted keys): what is stored and compared."""
+        return json.dumps(self.value, sort_keys=True)
+
+    def export_line(self) -> str:
+        """The note as one line of a JSONL export."""
+        note = {"namespace": self.namespace, "key": self.key, "value": self.value}
+        return json.dumps({"format_version": NOTE_FORMAT, "note": note}, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- interface
@@ -170,6 +197,24 @@ class MemoryStore(ABC):
     def version(self) -> int:
         """A counter that changes whenever records are added (by any process)."""
 
+    keeps_notes: bool = False
+    """Whether the backend stores namespace notes (the SQL backends do)."""
+
+    def set_note(self, namespace: str, key: str, value: dict[str, Any]) -> bool:
+        """Store `value` as the note `key` of `namespace`, replacing an older one; False
+        when the same value was stored already."""
+        raise self._no_notes()
+
+    def notes(self, namespace: str | None = None) -> list[NamespaceNote]:
+        """The notes of one namespace (or all), ordered by (namespace, key)."""
+        return []
+
+    def _no_notes(self) -> MemoryFormatError:
+        return MemoryFormatError(
+            f"the memory at {self.location} ({type(self).__name__}) keeps no namespace notes",
+            "use a SQLite or PostgreSQL memory",
+        )
+
     @abstractmethod
     def _iter_json(self, namespace: str | None) -> Iterator[str]:
         """The stored JSON of every record (of one namespace, or all), by (created_at, id)."""
@@ -181,16 +226,19 @@ class MemoryStore(ABC):
     def export_jsonl(self, path: str | Path, namespace: str | None = None) -> int:
         """Write the records (of one namespace, or all) as JSON Lines; returns the count.
 
-        The file holds records only, one `MemoryRecord.model_dump_json()` per line ordered by
-        (created_at, id); usage counters are not exported. Written atomically (a temporary
-        file renamed into place). `import_jsonl` of it into an empty store of either backend
-        gives the same records.
+        The file holds the records, one `MemoryRecord.model_dump_json()` per line ordered by
+        (created_at, id), then the namespaces' notes (if any), one line each; usage counters
+        are not exported. Written atomically (a temporary file renamed into place).
+        `import_jsonl` of it into an empty store of either backend gives the same records
+        and notes.
         """
         count = 0
         with replace_when_done(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
             for blob in self._iter_json(namespace):
                 fh.write(blob + "\n")
                 count += 1
+            for note in self.notes(namespace):
+                fh.write(note.export_line() + "\n")
         return count
 
     def import_jsonl(self, path: str | Path, on_conflict: OnConflict = "error") -> ImportCounts:
@@ -211,8 +259,33 @@ class MemoryStore(ABC):
             raise ValueError(
                 f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}"
             )
-        records = read_jsonl(path)
-        return self._import_records(records, on_conflict, str(path))
+        records, notes = read_export(path)
+        return self.import_parsed(records, notes, on_conflict, str(path))
+
+    def import_parsed(
+        self,
+        records: Sequence[MemoryRecord],
+        notes: Sequence[NamespaceNote],
+        on_conflict: OnConflict,
+        source: str,
+    ) -> ImportCounts:
+        """`import_jsonl` of records and notes already read (`source` names them in errors);
+        a note conflicts like a record (same namespace and key, another value)."""
+        if not notes:
+            return self._import_records(records, on_conflict, source)
+        if not self.keeps_notes:
+            raise self._no_notes()
+        return self._import_with_notes(records, notes, on_conflict, source)
+
+    def _import_with_notes(
+        self,
+        records: Sequence[MemoryRecord],
+        notes: Sequence[NamespaceNote],
+        on_conflict: OnConflict,
+        source: str,
+    ) -> ImportCounts:
+        """Records and notes in one transaction (backends with `keeps_notes`)."""
+        raise self._no_notes()
 
     @abstractmethod
     def _import_records(
@@ -251,6 +324,7 @@ class ImportCounts:
     present: int = 0
     conflicts_skipped: int = 0
     replaced: int = 0
+    notes: int = 0  # namespace notes stored or replaced
 
 
 class MemoryConflictError(UserError):
@@ -268,9 +342,16 @@ def conflict_error(source: str, conflicts: Sequence[str]) -> MemoryConflictError
 
 
 def read_jsonl(path: str | Path) -> list[MemoryRecord]:
-    """Parse a memory JSONL file; MemoryFormatError (file:line) on anything not a record.
+    """The records of a memory JSONL file (its namespace notes left out: `read_export`)."""
+    return read_export(path)[0]
 
-    Blank lines are ignored; every other line must be one current-or-older-format record.
+
+def read_export(path: str | Path) -> tuple[list[MemoryRecord], list[NamespaceNote]]:
+    """Parse a memory JSONL file into records and namespace notes; MemoryFormatError
+    (file:line) on anything else.
+
+    Blank lines are ignored; every other line must be one current-or-older-format record
+    or note.
     """
     path = Path(path)
     try:
@@ -280,6 +361,7 @@ def read_jsonl(path: str | Path) -> list[MemoryRecord]:
     except (OSError, UnicodeDecodeError) as exc:
         raise MemoryFormatError(f"cannot read memory file {path}: {exc}") from None
     records = []
+    notes: list[NamespaceNote] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -309,16 +391,20 @@ def read_jsonl(path: str | Path) -> list[MemoryRecord]:
                 UPGRADE_HINT,
             )
         try:
-            records.append(MemoryRecord.model_validate_json(line))
+            if "note" in obj:
+                notes.append(NamespaceNote.model_validate(obj["note"]))
+            else:
+                records.append(MemoryRecord.model_validate_json(line))
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(part) for part in first["loc"]) or "record"
             more = f" and {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
+            what = "namespace note" if "note" in obj else "memory record"
             raise MemoryFormatError(
-                f"{where}: not a valid memory record ({loc}: {first['msg']}{more})",
-                "each line must be one memory record as written by export_jsonl",
+                f"{where}: not a valid {what} ({loc}: {first['msg']}{more})",
+                "each line must be one memory record (or note) as written by export_jsonl",
             ) from None
-    return records
+    return records, notes
 
 
 Opener = Callable[[str, bool], "MemoryStore"]
@@ -395,10 +481,12 @@ __all__ = [
     "MemoryFormatError",
     "MemoryNotFoundError",
     "MemoryStore",
+    "NamespaceNote",
     "OnConflict",
     "PostgresMemory",
     "SQLiteMemory",
     "open_memory",
+    "read_export",
     "read_jsonl",
     "register_backend",
 ]

@@ -6,6 +6,7 @@ Statements are written with `?` placeholders; a backend adapts them to its drive
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ from memcollab.memory.store import (
     MemoryFormatError,
     MemoryNotFoundError,
     MemoryStore,
+    NamespaceNote,
     OnConflict,
     conflict_error,
 )
@@ -148,6 +150,15 @@ class _SQLMemory(MemoryStore):
     def _import_records(
         self, records: Sequence[MemoryRecord], on_conflict: OnConflict, source: str
     ) -> ImportCounts:
+        return self._import_with_notes(records, (), on_conflict, source)
+
+    def _import_with_notes(
+        self,
+        records: Sequence[MemoryRecord],
+        notes: Sequence[NamespaceNote],
+        on_conflict: OnConflict,
+        source: str,
+    ) -> ImportCounts:
         rows = [_row(record) for record in records]
         added = present = 0
         conflicts: list[str] = []
@@ -171,6 +182,7 @@ class _SQLMemory(MemoryStore):
                 (new if blob is None or record.id in new else changed)[record.id] = row
             if conflicts and on_conflict == "error":
                 raise conflict_error(source, conflicts)
+            stored_notes = self._put_notes(cur, notes, on_conflict, source)
             if new:
                 cur.executemany(
                     self._sql(
@@ -199,7 +211,60 @@ class _SQLMemory(MemoryStore):
                     self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
                 )
         skipped = 0 if on_conflict == "replace" else len(conflicts)
-        return ImportCounts(added, present, skipped, len(conflicts) - skipped)
+        return ImportCounts(added, present, skipped, len(conflicts) - skipped, stored_notes)
+
+    # -- namespace notes
+    keeps_notes = True
+
+    def _put_notes(
+        self, cur: Any, notes: Sequence[NamespaceNote], on_conflict: OnConflict, source: str
+    ) -> int:
+        """Store notes inside the caller's transaction; a stored note with another value is
+        a conflict (refused, kept or replaced, as for records). Returns how many changed."""
+        latest = {(n.namespace, n.key): n for n in notes}  # the last one of a key wins
+        changed = 0
+        for (namespace, key), note in sorted(latest.items()):
+            cur.execute(
+                self._sql("SELECT json FROM memory_notes WHERE namespace = ? AND key = ?"),
+                (namespace, key),
+            )
+            row = cur.fetchone()
+            blob = note.value_json()
+            if row is not None and row[0] == blob:
+                continue
+            if row is not None and on_conflict != "replace":
+                if on_conflict == "error":
+                    raise MemoryConflictError(
+                        f"{source}: note {key!r} of namespace {namespace!r} is already stored"
+                        " with another value; nothing was imported",
+                        "keep the stored note with on_conflict='skip', or overwrite it with"
+                        " on_conflict='replace'; on the command line: --on-conflict skip|replace",
+                    )
+                continue
+            if row is None:
+                statement = (
+                    "INSERT INTO memory_notes (json, at, namespace, key) VALUES (?, ?, ?, ?)"
+                )
+            else:
+                statement = (
+                    "UPDATE memory_notes SET json = ?, at = ? WHERE namespace = ? AND key = ?"
+                )
+            cur.execute(self._sql(statement), (blob, time.time(), namespace, key))
+            changed += 1
+        return changed
+
+    def set_note(self, namespace: str, key: str, value: dict[str, Any]) -> bool:
+        note = NamespaceNote(namespace=namespace, key=key, value=value)
+        with self._write() as cur:
+            return self._put_notes(cur, [note], "replace", self.location) == 1
+
+    def notes(self, namespace: str | None = None) -> list[NamespaceNote]:
+        statement = "SELECT namespace, key, json FROM memory_notes"
+        params: tuple[str, ...] = ()
+        if namespace is not None:
+            statement, params = statement + " WHERE namespace = ?", (namespace,)
+        rows = sorted(self._query(statement, params), key=lambda r: (r[0], r[1]))
+        return [NamespaceNote(namespace=n, key=k, value=json.loads(v)) for n, k, v in rows]
 
     def _stored_json(self, cur: Any, ids: Sequence[str]) -> dict[str, str]:
         """id -> the stored record as canonical JSON, for those of `ids` that are stored."""
@@ -487,6 +552,13 @@ def _schema(text_type: str, real_type: str, int_type: str, serial: str) -> list[
         )""",
         "CREATE INDEX IF NOT EXISTS memory_flag_history_record ON memory_flag_history "
         "(record_id, at)",
+        f"""CREATE TABLE IF NOT EXISTS memory_notes (
+            namespace {text_type} NOT NULL,
+            key {text_type} NOT NULL,
+            json TEXT NOT NULL,
+            at {real_type} NOT NULL,
+            PRIMARY KEY (namespace, key)
+        )""",
         f"""CREATE TABLE IF NOT EXISTS memory_meta (
             key TEXT PRIMARY KEY,
             value {int_type} NOT NULL
@@ -496,6 +568,8 @@ def _schema(text_type: str, real_type: str, int_type: str, serial: str) -> list[
         "ON CONFLICT (key) DO NOTHING",
         # Schema 1 -> 2 added the flag tables above (created by the same statements); a
         # version-1 memcollab would serve flagged records, so it must refuse this store.
+        # Schema 2 -> 3 added memory_notes: a version-2 memcollab would export a namespace
+        # without its notes (the utility gate's decision), so it must refuse it too.
         f"UPDATE memory_meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version' "
         f"AND value < {SCHEMA_VERSION}",
     ]
