@@ -41,6 +41,24 @@ def test_math_train_and_math500() -> None:
 
 
 @needs_data
+def test_development_splits_are_held_out_train_rows() -> None:
+    """`:dev` = the rows the trained labeller never learns from: GSM8K's last 500 train
+    rows; 500 MATH train rows drawn across subjects (the file's tail is one subject)."""
+    from memcollab.memory.labeller_data import labeller_data
+
+    train = load_tasks("gsm8k:train", DATA)
+    assert load_tasks("gsm8k:dev", DATA) == train[-500:]
+    math_dev = load_tasks("math:dev", DATA)
+    assert len(math_dev) == 500
+    assert {t.id for t in math_dev} <= {t.id for t in load_tasks("math:train", DATA)}
+    assert len({t.metadata["subject"] for t in math_dev}) == 7
+    learned = set(labeller_data(DATA).texts)
+    assert not learned & {t.prompt for t in math_dev + train[-500:]}
+    sample = load_tasks("math:dev[~100@1]", DATA)
+    assert len(sample) == 100 and {t.id for t in sample} <= {t.id for t in math_dev}
+
+
+@needs_data
 def test_mbpp_standard_split() -> None:
     test = load_tasks("mbpp:test", DATA)
     train = load_tasks("mbpp:train", DATA)
@@ -84,7 +102,7 @@ def test_slices_and_seeded_samples_are_deterministic() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("gsm8k:dev", "unknown GSM8K split"),
+        ("gsm8k:holdout", "unknown GSM8K split"),
         ("squad:train", "unknown dataset 'squad'"),
         ("gsm8k:train[1:2:3]", "cannot parse dataset spec"),
         ("mbpp:holdout", "unknown MBPP split"),

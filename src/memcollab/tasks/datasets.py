@@ -459,19 +459,35 @@ def _need_split(name: str, split: str | None, splits: Sequence[str]) -> str:
     return split
 
 
+def _development(name: str, root: Path | None) -> list[Task]:
+    """The project's development rows of a train file (`gsm8k:dev`, `math:dev`): rows the
+    trained labeller never learns from, as memory/labeller_data.py splits them (GSM8K: the
+    last 500 train rows; MATH: 500 rows drawn with seed 26, since math/train.jsonl is ordered
+    by subject and its tail is all Precalculus). Same task ids as in `:train`."""
+    # Imported here: the split is the labeller's, and the labeller reads this module.
+    from memcollab.memory.labeller_data import labeller_data
+
+    data = labeller_data(root)
+    return list(data.dev if name == "math" else data.gsm8k_tail)
+
+
 def _gsm8k(root: Path | None, split: str | None) -> list[Task]:
-    split = _need_split("gsm8k", split, ("train", "test"))
+    split = _need_split("gsm8k", split, ("train", "test", "dev"))
+    if split == "dev":
+        return _development("gsm8k", root)
     if split not in {"train", "test"}:
-        raise DataError(f"unknown GSM8K split {split!r}", "use train or test")
+        raise DataError(f"unknown GSM8K split {split!r}", "use train, test or dev")
     return load_gsm8k(_need(root, f"gsm8k/{split}.jsonl", f"gsm8k:{split}"), split)
 
 
 def _math(root: Path | None, split: str | None) -> list[Task]:
-    split = _need_split("math", split, ("train", "test"))
+    split = _need_split("math", split, ("train", "test", "dev"))
     if split == "test":
         return _math500(root, "test")
+    if split == "dev":
+        return _development("math", root)
     if split != "train":
-        raise DataError(f"unknown MATH split {split!r}", "use train (or math500:test)")
+        raise DataError(f"unknown MATH split {split!r}", "use train, dev (or math500:test)")
     return load_math(_need(root, "math/train.jsonl", "math:train"), "train", "math")
 
 
