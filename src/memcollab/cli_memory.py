@@ -342,10 +342,18 @@ def memory_import(
             "skip (keep the stored record) or replace (overwrite it).",
         ),
     ] = "error",
+    no_screen: Annotated[
+        bool,
+        typer.Option(
+            "--no-screen",
+            help="Skip the content screen against poisoning (a trusted old export only).",
+        ),
+    ] = False,
 ) -> None:
     """Add the records of a JSONL export, all or nothing (records already there with the same
     content are skipped; an id stored with different content is refused unless
-    --on-conflict says otherwise)."""
+    --on-conflict says otherwise; a record carrying instructions, links, commands or
+    secrets instead of reasoning refuses the file)."""
     from memcollab.memory import Memory
     from memcollab.memory.store import ON_CONFLICT
 
@@ -362,7 +370,7 @@ def memory_import(
 
     created = _creates(memory)
     with Memory.open(memory) as mem:
-        counts = mem.import_(source, on_conflict=choice)
+        counts = mem.import_(source, on_conflict=choice, screen=not no_screen)
     if created:
         console.print(f"created the memory {memory}")
     namespaces = Counter(r.namespace for r in read_jsonl(source))

@@ -29,9 +29,16 @@ from memcollab.memory.distill import Distiller
 from memcollab.memory.guidance import Labeller, LabelLike
 from memcollab.memory.merge import MERGE_THRESHOLD, MergeSummary, merge_namespace
 from memcollab.memory.pairs import PairingResult, PairingRule, pair_by_rule
+from memcollab.memory.poison import PoisonCounts, first_refused, refusal
 from memcollab.memory.record import MemoryRecord, record_id
 from memcollab.memory.retrieve import Mode, Retrieved, Retriever
-from memcollab.memory.store import ImportCounts, MemoryStore, OnConflict, open_memory
+from memcollab.memory.store import (
+    ImportCounts,
+    MemoryStore,
+    OnConflict,
+    open_memory,
+    read_jsonl,
+)
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
@@ -43,6 +50,9 @@ class Memory:
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
+        self.poison = PoisonCounts()
+        """What the content screen (memory/poison.py) checked and refused in `add` and
+        `import_`, per reason."""
         self._retrievers: dict[RetrieverKey, Retriever] = {}
         self._lock = threading.Lock()
 
@@ -228,12 +238,31 @@ class Memory:
             namespace, domain, category, subcategory, include_flagged=include_flagged
         )
 
-    def add(self, record: MemoryRecord | Mapping[str, Any]) -> bool:
+    def add(self, record: MemoryRecord | Mapping[str, Any], *, screen: bool = True) -> bool:
         """Store one record (a mapping is validated as a `MemoryRecord` first); False when
-        its id is already stored."""
+        its id is already stored. With `screen` (the default) a record that carries
+        instructions rather than reasoning (memory/poison.py) is refused with PoisonError
+        naming the reason, and counted in `poison`."""
         if not isinstance(record, MemoryRecord):
             record = MemoryRecord.model_validate(record)
+        if screen:
+            self._screen([record], "add")
         return self.store.add(record)
+
+    def _screen(self, records: builtins.list[MemoryRecord], source: str) -> None:
+        """Refuse the records (all of them) if the content screen refuses one."""
+        found = first_refused(records, self.poison)
+        if found is None:
+            return
+        position, record, verdict, refused = found
+        if len(records) == 1:
+            raise refusal(record, verdict, source)
+        raise refusal(
+            record,
+            verdict,
+            f"{source}, record {position + 1}",
+            f"; {refused} of {len(records)} records refused, nothing was imported",
+        )
 
     def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
         """Withhold a record from retrieval (never a delete); False if already flagged."""
@@ -264,10 +293,18 @@ class Memory:
         """Write the records (of one namespace, or all) as JSONL; returns the count."""
         return self.store.export_jsonl(path, namespace)
 
-    def import_(self, path: str | Path, *, on_conflict: OnConflict = "error") -> ImportCounts:
+    def import_(
+        self, path: str | Path, *, on_conflict: OnConflict = "error", screen: bool = True
+    ) -> ImportCounts:
         """Add the records of a JSONL export, all or nothing. An id stored with other
-        content is a conflict: refused (`error`), kept (`skip`) or overwritten (`replace`)."""
-        return self.store.import_jsonl(path, on_conflict=on_conflict)
+        content is a conflict: refused (`error`), kept (`skip`) or overwritten (`replace`).
+        With `screen` (the default) a file holding one record the content screen refuses
+        (memory/poison.py) is refused whole with PoisonError, nothing imported."""
+        if not screen:
+            return self.store.import_jsonl(path, on_conflict=on_conflict)
+        records = read_jsonl(path)
+        self._screen(records, str(path))
+        return self.store.import_records(records, on_conflict=on_conflict, source=str(path))
 
     def stats(self, namespace: str = "default") -> dict[str, Any]:
         """Records and constraints in a namespace, per bucket, source pair and distiller."""

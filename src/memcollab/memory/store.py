@@ -211,8 +211,21 @@ class MemoryStore(ABC):
             raise ValueError(
                 f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}"
             )
-        records = read_jsonl(path)
-        return self._import_records(records, on_conflict, str(path))
+        return self.import_records(read_jsonl(path), on_conflict=on_conflict, source=str(path))
+
+    def import_records(
+        self,
+        records: Sequence[MemoryRecord],
+        *,
+        on_conflict: OnConflict = "error",
+        source: str = "records",
+    ) -> ImportCounts:
+        """`import_jsonl` of records already read (`source` names them in errors)."""
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(
+                f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}"
+            )
+        return self._import_records(records, on_conflict, source)
 
     @abstractmethod
     def _import_records(
