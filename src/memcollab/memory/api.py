@@ -32,6 +32,7 @@ from memcollab.memory.pairs import PairingResult, PairingRule, pair_by_rule
 from memcollab.memory.poison import PoisonCounts, first_refused, refusal
 from memcollab.memory.record import MemoryRecord, record_id
 from memcollab.memory.retrieve import Mode, Retrieved, Retriever
+from memcollab.memory.review import ReviewItem, review
 from memcollab.memory.store import (
     ImportCounts,
     MemoryStore,
@@ -39,10 +40,11 @@ from memcollab.memory.store import (
     open_memory,
     read_jsonl,
 )
+from memcollab.memory.utility import Estimate, UtilityPolicy, estimates
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
-RetrieverKey = tuple[str, int, str, bool, int, bool, bool]
+RetrieverKey = tuple[str, int, str, bool, int, bool, bool, UtilityPolicy | None]
 
 
 class Memory:
@@ -168,9 +170,19 @@ class Memory:
         seed: int = 0,
         count_usage: bool = True,
         prefer_support: bool = False,
+        utility: UtilityPolicy | None = None,
     ) -> Retriever:
         """The retriever of one setting (made once, then shared: thread-safe)."""
-        key = (namespace, p, strategy, participant_filter, seed, count_usage, prefer_support)
+        key = (
+            namespace,
+            p,
+            strategy,
+            participant_filter,
+            seed,
+            count_usage,
+            prefer_support,
+            utility,
+        )
         with self._lock:
             retriever = self._retrievers.get(key)
             if retriever is None:
@@ -183,6 +195,7 @@ class Memory:
                     seed=seed,
                     count_usage=count_usage,
                     prefer_support=prefer_support,
+                    utility=utility,
                 )
                 self._retrievers[key] = retriever
             return retriever
@@ -201,11 +214,15 @@ class Memory:
         seed: int = 0,
         count_usage: bool = True,
         prefer_support: bool = False,
+        utility: UtilityPolicy | bool = False,
     ) -> Retrieved:
         """Constraints for `task` as `model` would get them: `hits` (record, score, back-off
         level) and the guidance lines. The task is labelled by `label`, else by `labeller`
         (task-aware strategies), else searched over its whole domain. `prefer_support`:
-        among equally relevant records, the better supported first (memory/merge.py)."""
+        among equally relevant records, the better supported first (memory/merge.py).
+        `utility` (True: the default `UtilityPolicy`; needs `model`): rank by relevance
+        and the record's utility for `model`, and withhold records of confident harm for
+        it, listed in `withheld` (memory/utility.py)."""
         if label is None and labeller is not None and strategy == "task_aware":
             label = labeller.classify(task)
         retriever = self.retriever(
@@ -216,6 +233,7 @@ class Memory:
             seed=seed,
             count_usage=count_usage,
             prefer_support=prefer_support,
+            utility=UtilityPolicy() if utility is True else (utility or None),
         )
         return retriever.retrieve(task, label, model)
 
@@ -287,6 +305,38 @@ class Memory:
     def usage(self, record_id: str) -> dict[str, Any]:
         """How often a record was retrieved, and per model how often it helped or harmed."""
         return self.store.usage(record_id)
+
+    def record_baseline(
+        self,
+        model: str,
+        success: bool,
+        *,
+        domain: str,
+        category: str,
+        subcategory: str,
+        namespace: str = "default",
+    ) -> None:
+        """Count one outcome of `model` on a task of this bucket solved with no record
+        served: the baseline a record's outcomes are compared with (memory/utility.py)."""
+        self.store.record_baseline(namespace, domain, category, subcategory, model, success)
+
+    def utility(self, record_id: str, policy: UtilityPolicy | None = None) -> dict[str, Estimate]:
+        """Model -> the record's estimate for it, for every model with outcomes."""
+        record = self.store.get(record_id)
+        usage = self.store.usage_counts(
+            record.namespace, None, record.domain, record.category, record.subcategory
+        )
+        models = sorted(m for rid, m in usage if rid == record_id)
+        policy = policy or UtilityPolicy()
+        baselines = self.store.baselines(record.namespace)
+        return {m: estimates([record], m, usage, baselines, policy)[0] for m in models}
+
+    def review(
+        self, namespace: str = "default", policy: UtilityPolicy | None = None
+    ) -> builtins.list[ReviewItem]:
+        """Flagged records, records withheld from some model, and stored records the
+        content screen refuses, each with its evidence (memory/review.py)."""
+        return review(self.store, namespace, policy)
 
     # -- moving and summaries
     def export(self, path: str | Path, namespace: str | None = None) -> int:

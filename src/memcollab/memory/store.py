@@ -30,8 +30,10 @@ format_version; the constraints live inside `json`), indexed on (namespace, doma
 category, subcategory, created_at, id) so one bucket is read in order straight from the
 index; `memory_retrievals` (record_id, retrieved); `memory_usage` (record_id, model, helped,
 harmed); `memory_flags` (the records withheld from retrieval, with the reason) and
-`memory_flag_history` (every flag and unflag); `memory_meta` (the version counter and the
-schema version). Schema 2 added the flag tables; opening a schema-1 store adds them.
+`memory_flag_history` (every flag and unflag); `memory_baselines` (per namespace, model
+and bucket: the model's successes and failures without memory, the baseline of
+memory/utility.py); `memory_meta` (the version counter and the schema version). Schema 2
+added the flag tables, schema 3 the baselines; opening an older store adds them.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
 from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
 
-SCHEMA_VERSION = 2
-"""The layout of the store's tables; a store written by a newer layout is refused."""
+SCHEMA_VERSION = 3
+"""The layout of the store's tables; a store written by a newer layout is refused. Each
+migration step is named in store_sql.py (`MIGRATION_STEPS`)."""
 UPGRADE_HINT = "upgrade memcollab: pip install -U memcollab"
 
 
@@ -71,6 +74,10 @@ class MemoryConnectionError(UserError):
 
 class MemoryFlagError(UserError):
     """A flag or unflag that cannot be made (no reason given)."""
+
+
+class MemoryUnsupportedError(UserError):
+    """An operation the memory's backend does not implement."""
 
 
 # --------------------------------------------------------------------------- interface
@@ -137,6 +144,47 @@ class MemoryStore(ABC):
     @abstractmethod
     def usage(self, record_id: str) -> dict[str, Any]:
         """`{"retrieved": n, "models": {model: {"helped": h, "harmed": m}}}` for one record."""
+
+    def usage_counts(
+        self,
+        namespace: str = "default",
+        model: str | None = None,
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """(record id, model) -> (helped, harmed) for the records of a namespace (of one
+        bucket, for one model, when given; flagged records included). This default reads
+        record by record; SQL backends answer in one query."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for record in self.records(namespace, domain, category, subcategory, include_flagged=True):
+            for name, counts in self.usage(record.id)["models"].items():
+                if model is None or name == model:
+                    out[(record.id, name)] = (int(counts["helped"]), int(counts["harmed"]))
+        return out
+
+    def record_baseline(
+        self,
+        namespace: str,
+        domain: str,
+        category: str,
+        subcategory: str,
+        model: str,
+        success: bool,
+    ) -> None:
+        """Count one outcome of `model` on a task of this bucket solved without memory (the
+        baseline that memory/utility.py compares a record's outcomes with)."""
+        raise MemoryUnsupportedError(
+            f"the memory at {self.location} does not keep baseline outcomes",
+            "use a SQLite or PostgreSQL memory for per-model utility",
+        )
+
+    def baselines(
+        self, namespace: str = "default", model: str | None = None
+    ) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+        """(model, domain, category, subcategory) -> (successes, failures) without memory,
+        for the namespace (and one model, when given). Empty where none were counted."""
+        return {}
 
     @abstractmethod
     def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
@@ -408,6 +456,7 @@ __all__ = [
     "MemoryFormatError",
     "MemoryNotFoundError",
     "MemoryStore",
+    "MemoryUnsupportedError",
     "OnConflict",
     "PostgresMemory",
     "SQLiteMemory",
