@@ -239,8 +239,9 @@ def test_a_record_harmful_for_one_model_is_withheld_from_it_and_served_to_anothe
         assert drawn.record_ids == ("r2",) and [w.record_id for w in drawn.withheld] == ["r1"]
         retriever = memory.retriever(utility=POLICY)
         assert retriever.withheld_counts["weak"] == 1
-        # The default policy (utility=True) needs its own minimum of outcomes: 20 here.
-        assert memory.search(task, model="weak", label=Label(), utility=True).record_ids == ("r2",)
+        # The default policy (utility=True) needs more outcomes than these 20 to decide.
+        found = memory.search(task, model="weak", label=Label(), utility=True)
+        assert set(found.record_ids) == {"r1", "r2"} and found.withheld == ()
         # Without a model there is nobody to withhold from.
         assert set(memory.search(task, label=Label(), utility=POLICY).record_ids) == {"r1", "r2"}
 
