@@ -342,10 +342,18 @@ def memory_import(
             "skip (keep the stored record) or replace (overwrite it).",
         ),
     ] = "error",
+    no_screen: Annotated[
+        bool,
+        typer.Option(
+            "--no-screen",
+            help="Skip the content screen against poisoning (a trusted old export only).",
+        ),
+    ] = False,
 ) -> None:
     """Add the records of a JSONL export, all or nothing (records already there with the same
     content are skipped; an id stored with different content is refused unless
-    --on-conflict says otherwise)."""
+    --on-conflict says otherwise; a record carrying instructions, links, commands or
+    secrets instead of reasoning refuses the file)."""
     from memcollab.memory import Memory
     from memcollab.memory.store import ON_CONFLICT
 
@@ -362,7 +370,7 @@ def memory_import(
 
     created = _creates(memory)
     with Memory.open(memory) as mem:
-        counts = mem.import_(source, on_conflict=choice)
+        counts = mem.import_(source, on_conflict=choice, screen=not no_screen)
     if created:
         console.print(f"created the memory {memory}")
     namespaces = Counter(r.namespace for r in read_jsonl(source))
@@ -503,6 +511,52 @@ def memory_flag(
     state = "serves" if undo else "withholds"
     note = "" if changed else " (it already did)"
     console.print(f"{memory} {state} {record_id}{note}")
+
+
+@memory_app.command("review")
+def memory_review(
+    memory: MemoryArg,
+    namespace: Annotated[str, typer.Option(help="Memory namespace.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Flagged records, records withheld from some model (confident harm) and stored records
+    the content screen refuses, with their evidence per model. Nothing is deleted."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        items = mem.review(namespace)
+    if as_json:
+        console.print_json(json.dumps([i.as_dict() for i in items]))
+        return
+    for item in items:
+        r = item.record
+        why = []
+        if item.flag_reason is not None:
+            why.append(f"flagged: {item.flag_reason}")
+        if item.withheld_from:
+            why.append(f"withheld from {', '.join(item.withheld_from)}")
+        if item.poison.refused:
+            why.append(f"content screen: {item.poison.reason} in {item.poison.where}")
+        console.print(
+            f"[bold]{r.id}[/bold] {escape(f'{r.domain}/{r.category}/{r.subcategory}')}"
+            f"  {escape('; '.join(why))}"
+        )
+        for e in item.estimates:
+            console.print(
+                f"  {escape(e.model)}: {e.outcomes} outcomes ({e.helped} helped, {e.harmed}"
+                f" harmed), p_with {e.p_with:.2f} vs p_without {e.p_without:.2f}"
+                f" ({e.baseline_successes + e.baseline_failures} baseline outcomes,"
+                f" {e.baseline_level}), P(harm) {e.p_harm:.3f}: {e.verdict}",
+                highlight=False,
+            )
+        for event in item.history:
+            console.print(f"  [dim]{event['action']}: {escape(event['reason'])}[/dim]")
+        if item.flag_reason is not None:
+            console.print(
+                f"  [dim]lift the flag: memcollab memory flag {escape(memory)} {r.id}"
+                " --undo --reason '...'[/dim]"
+            )
+    console.print(f"{len(items)} records to review in namespace {namespace!r}")
 
 
 @memory_app.command("show")

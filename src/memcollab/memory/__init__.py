@@ -18,6 +18,7 @@ from memcollab.memory.pairs import (
     pair_by_rule,
     register_pairing,
 )
+from memcollab.memory.poison import PoisonError, PoisonVerdict, screen_record
 from memcollab.memory.record import Constraint, MemoryRecord
 from memcollab.memory.retrieve import STRATEGIES, Hit, Retrieved, Retriever, register_strategy
 from memcollab.memory.store import (
@@ -29,6 +30,7 @@ from memcollab.memory.store import (
     register_backend,
 )
 from memcollab.memory.taxonomy import Taxonomy, load_taxonomy
+from memcollab.memory.utility import Estimate, UtilityPolicy, Withheld
 
 __all__ = [
     "BACKENDS",
@@ -42,6 +44,7 @@ __all__ = [
     "DistillStats",
     "Distiller",
     "DomainClassifier",
+    "Estimate",
     "Guidance",
     "Hit",
     "Label",
@@ -53,11 +56,15 @@ __all__ = [
     "Pair",
     "PairingResult",
     "PairingRule",
+    "PoisonError",
+    "PoisonVerdict",
     "PostgresMemory",
     "Retrieved",
     "Retriever",
     "SQLiteMemory",
     "Taxonomy",
+    "UtilityPolicy",
+    "Withheld",
     "build_memory",
     "load_taxonomy",
     "make_pairs",
@@ -67,4 +74,5 @@ __all__ = [
     "register_backend",
     "register_pairing",
     "register_strategy",
+    "screen_record",
 ]

@@ -29,8 +29,10 @@ from memcollab.memory.distill import Distiller
 from memcollab.memory.guidance import Labeller, LabelLike
 from memcollab.memory.merge import MERGE_THRESHOLD, MergeSummary, merge_namespace
 from memcollab.memory.pairs import PairingResult, PairingRule, pair_by_rule
+from memcollab.memory.poison import PoisonCounts, first_refused, refusal
 from memcollab.memory.record import MemoryRecord, record_id
 from memcollab.memory.retrieve import Mode, Retrieved, Retriever
+from memcollab.memory.review import ReviewItem, review
 from memcollab.memory.store import (
     ImportCounts,
     MemoryFormatError,
@@ -39,10 +41,11 @@ from memcollab.memory.store import (
     open_memory,
     read_export,
 )
+from memcollab.memory.utility import Estimate, UtilityPolicy, estimates
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
-RetrieverKey = tuple[str, int, str, bool, int, bool, bool]
+RetrieverKey = tuple[str, int, str, bool, int, bool, bool, UtilityPolicy | None]
 
 
 class Memory:
@@ -50,6 +53,9 @@ class Memory:
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
+        self.poison = PoisonCounts()
+        """What the content screen (memory/poison.py) checked and refused in `add` and
+        `import_`, per reason."""
         self._retrievers: dict[RetrieverKey, Retriever] = {}
         self._lock = threading.Lock()
 
@@ -149,9 +155,19 @@ class Memory:
         seed: int = 0,
         count_usage: bool = True,
         prefer_support: bool = False,
+        utility: UtilityPolicy | None = None,
     ) -> Retriever:
         """The retriever of one setting (made once, then shared: thread-safe)."""
-        key = (namespace, p, strategy, participant_filter, seed, count_usage, prefer_support)
+        key = (
+            namespace,
+            p,
+            strategy,
+            participant_filter,
+            seed,
+            count_usage,
+            prefer_support,
+            utility,
+        )
         with self._lock:
             retriever = self._retrievers.get(key)
             if retriever is None:
@@ -164,6 +180,7 @@ class Memory:
                     seed=seed,
                     count_usage=count_usage,
                     prefer_support=prefer_support,
+                    utility=utility,
                 )
                 self._retrievers[key] = retriever
             return retriever
@@ -182,11 +199,15 @@ class Memory:
         seed: int = 0,
         count_usage: bool = True,
         prefer_support: bool = False,
+        utility: UtilityPolicy | bool = False,
     ) -> Retrieved:
         """Constraints for `task` as `model` would get them: `hits` (record, score, back-off
         level) and the guidance lines. The task is labelled by `label`, else by `labeller`
         (task-aware strategies), else searched over its whole domain. `prefer_support`:
-        among equally relevant records, the better supported first (memory/merge.py)."""
+        among equally relevant records, the better supported first (memory/merge.py).
+        `utility` (True: the default `UtilityPolicy`; needs `model`): rank by relevance
+        and the record's utility for `model`, and withhold records of confident harm for
+        it, listed in `withheld` (memory/utility.py)."""
         if label is None and labeller is not None and strategy == "task_aware":
             label = labeller.classify(task)
         retriever = self.retriever(
@@ -197,6 +218,7 @@ class Memory:
             seed=seed,
             count_usage=count_usage,
             prefer_support=prefer_support,
+            utility=UtilityPolicy() if utility is True else (utility or None),
         )
         return retriever.retrieve(task, label, model)
 
@@ -219,12 +241,31 @@ class Memory:
             namespace, domain, category, subcategory, include_flagged=include_flagged
         )
 
-    def add(self, record: MemoryRecord | Mapping[str, Any]) -> bool:
+    def add(self, record: MemoryRecord | Mapping[str, Any], *, screen: bool = True) -> bool:
         """Store one record (a mapping is validated as a `MemoryRecord` first); False when
-        its id is already stored."""
+        its id is already stored. With `screen` (the default) a record that carries
+        instructions rather than reasoning (memory/poison.py) is refused with PoisonError
+        naming the reason, and counted in `poison`."""
         if not isinstance(record, MemoryRecord):
             record = MemoryRecord.model_validate(record)
+        if screen:
+            self._screen([record], "add")
         return self.store.add(record)
+
+    def _screen(self, records: builtins.list[MemoryRecord], source: str) -> None:
+        """Refuse the records (all of them) if the content screen refuses one."""
+        found = first_refused(records, self.poison)
+        if found is None:
+            return
+        position, record, verdict, refused = found
+        if len(records) == 1:
+            raise refusal(record, verdict, source)
+        raise refusal(
+            record,
+            verdict,
+            f"{source}, record {position + 1}",
+            f"; {refused} of {len(records)} records refused, nothing was imported",
+        )
 
     def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
         """Withhold a record from retrieval (never a delete); False if already flagged."""
@@ -250,6 +291,38 @@ class Memory:
         """How often a record was retrieved, and per model how often it helped or harmed."""
         return self.store.usage(record_id)
 
+    def record_baseline(
+        self,
+        model: str,
+        success: bool,
+        *,
+        domain: str,
+        category: str,
+        subcategory: str,
+        namespace: str = "default",
+    ) -> None:
+        """Count one outcome of `model` on a task of this bucket solved with no record
+        served: the baseline a record's outcomes are compared with (memory/utility.py)."""
+        self.store.record_baseline(namespace, domain, category, subcategory, model, success)
+
+    def utility(self, record_id: str, policy: UtilityPolicy | None = None) -> dict[str, Estimate]:
+        """Model -> the record's estimate for it, for every model with outcomes."""
+        record = self.store.get(record_id)
+        usage = self.store.usage_counts(
+            record.namespace, None, record.domain, record.category, record.subcategory
+        )
+        models = sorted(m for rid, m in usage if rid == record_id)
+        policy = policy or UtilityPolicy()
+        baselines = self.store.baselines(record.namespace)
+        return {m: estimates([record], m, usage, baselines, policy)[0] for m in models}
+
+    def review(
+        self, namespace: str = "default", policy: UtilityPolicy | None = None
+    ) -> builtins.list[ReviewItem]:
+        """Flagged records, records withheld from some model, and stored records the
+        content screen refuses, each with its evidence (memory/review.py)."""
+        return review(self.store, namespace, policy)
+
     # -- moving and summaries
     def export(self, path: str | Path, namespace: str | None = None) -> int:
         """Write the records (of one namespace, or all) as JSONL; returns the count."""
@@ -261,24 +334,30 @@ class Memory:
         *,
         on_conflict: OnConflict = "error",
         namespace: str | None = None,
+        screen: bool = True,
     ) -> ImportCounts:
         """Add the records (and namespace notes) of a JSONL export, all or nothing. An id
         stored with other content is a conflict: refused (`error`), kept (`skip`) or
         overwritten (`replace`). With `namespace`, the export (of one namespace) is filed
-        under that namespace instead, its record ids made as a build of it would make them."""
-        if namespace is None:
+        under that namespace instead, its record ids made as a build of it would make them.
+        With `screen` (the default) a file holding one record the content screen refuses
+        (memory/poison.py) is refused whole with PoisonError, nothing imported."""
+        if namespace is None and not screen:
             return self.store.import_jsonl(path, on_conflict=on_conflict)
         records, notes = read_export(path)
-        held = sorted({r.namespace for r in records} | {n.namespace for n in notes})
-        if len(held) > 1:
-            raise MemoryFormatError(
-                f"{path} holds {len(held)} namespaces ({', '.join(held)}); it can be filed"
-                " under one namespace only when it holds one",
-                "export one namespace: memcollab memory export MEMORY FILE --namespace NS",
-            )
-        moved = [_refiled(r, namespace) for r in records]
-        renamed = [n.model_copy(update={"namespace": namespace}) for n in notes]
-        return self.store.import_parsed(moved, renamed, on_conflict, str(path))
+        if namespace is not None:
+            held = sorted({r.namespace for r in records} | {n.namespace for n in notes})
+            if len(held) > 1:
+                raise MemoryFormatError(
+                    f"{path} holds {len(held)} namespaces ({', '.join(held)}); it can be filed"
+                    " under one namespace only when it holds one",
+                    "export one namespace: memcollab memory export MEMORY FILE --namespace NS",
+                )
+            records = [_refiled(r, namespace) for r in records]
+            notes = [n.model_copy(update={"namespace": namespace}) for n in notes]
+        if screen:
+            self._screen(records, str(path))
+        return self.store.import_parsed(records, notes, on_conflict, str(path))
 
     # -- namespace notes
     def set_note(self, namespace: str, key: str, value: Mapping[str, Any]) -> bool:

@@ -42,6 +42,13 @@ semantic rules of memory/semantic.py run on what the v1 rules pass, before dupli
 and the limit are counted: vacuous, vague, self_negation, example_echo, unsupported,
 unshown_edge_case (`SEMANTIC_REJECT_REASONS`, also in `REJECT_REASONS`). The prompt and
 the parsing are the same in both.
+
+Last, the content screen against poisoning (memory/poison.py; on unless
+`Distiller(poison_screen=False)`) refuses a constraint that would be kept but carries
+instructions rather than reasoning (a URL, a command, an override, a secret ...), counted
+as "poison:<reason code>". It runs after the limit, so it can only turn a kept constraint
+into a refused one (making room for the next): on outputs whose kept constraints it
+passes (every committed memory's, tests/memory/test_poison.py) nothing changes.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from memcollab.domains import get_domain
 from memcollab.llm.base import ChatRequest, Decoding, Message
 from memcollab.llm.cache import ModelClient
 from memcollab.memory.pairs import Pair
+from memcollab.memory.poison import POISON_REASONS, screen_parts
 from memcollab.memory.record import Constraint
 from memcollab.memory.semantic import (
     SEMANTIC_REJECT_REASONS,
@@ -89,6 +97,8 @@ REJECT_REASONS = (
     "over_limit",
     # The v2 screen's reasons (memory/semantic.py); the v1 screen never gives them.
     *SEMANTIC_REJECT_REASONS,
+    # The content screen against poisoning (memory/poison.py), one per reason code.
+    *(f"poison:{reason}" for reason in POISON_REASONS),
 )
 ScreenVersion = Literal["v1", "v2"]
 SCREEN_VERSIONS: tuple[ScreenVersion, ...] = ("v1", "v2")
@@ -609,10 +619,12 @@ def screen_each(
     ctx: ScreenContext,
     max_constraints: int,
     extra: Callable[[Candidate], str | None] | None = None,
+    poison: bool = False,
 ) -> list[tuple[Candidate, str | None]]:
     """Every candidate with the reason it is rejected (None: kept), in order: the v1
     rules, then `extra` (the v2 screen's rules) on what they pass, then duplicates of a
-    kept constraint, then those beyond `max_constraints`."""
+    kept constraint, then those beyond `max_constraints`, then (with `poison`) the
+    content screen of memory/poison.py on what would be kept."""
     verdicts: list[tuple[Candidate, str | None]] = []
     seen: list[frozenset[str]] = []
     kept = 0
@@ -625,6 +637,9 @@ def screen_each(
             reason = "duplicate"
         if reason is None and kept >= max_constraints:
             reason = "over_limit"
+        if reason is None and poison:
+            verdict = screen_parts(c.when, c.enforce, c.avoid)
+            reason = None if verdict.reason is None else f"poison:{verdict.reason}"
         if reason is None:
             seen.append(key)
             kept += 1
@@ -637,12 +652,14 @@ def screen(
     ctx: ScreenContext,
     max_constraints: int,
     extra: Callable[[Candidate], str | None] | None = None,
+    poison: bool = False,
 ) -> tuple[tuple[Constraint, ...], dict[str, int]]:
     """Keep at most `max_constraints` acceptable constraints; count the others by reason
-    (`extra`: further rules, run after the v1 rules; see `screen_each`)."""
+    (`extra`: further rules, run after the v1 rules; `poison`: the content screen; see
+    `screen_each`)."""
     kept: list[Constraint] = []
     rejected: Counter[str] = Counter()
-    for c, reason in screen_each(candidates, ctx, max_constraints, extra):
+    for c, reason in screen_each(candidates, ctx, max_constraints, extra, poison):
         if reason is not None:
             rejected[reason] += 1
             log.debug("rejected constraint (%s): %s", reason, c.text())
@@ -723,6 +740,7 @@ class Distiller:
         decoding: Decoding | None = None,
         screen: ScreenVersion = "v1",
         judge: SemanticJudge | None = None,
+        poison_screen: bool = True,
     ) -> None:
         if max_constraints < 1:
             raise ValueError("max_constraints must be at least 1")
@@ -731,6 +749,7 @@ class Distiller:
         if judge is not None and screen == "v1":
             raise ValueError("a semantic judge runs only in the v2 screen (screen='v2')")
         self.screen_version: ScreenVersion = screen
+        self.poison_screen = poison_screen
         self.judge = judge
         self.client = client
         self.max_constraints = max_constraints
@@ -821,7 +840,9 @@ class Distiller:
         else:
             ctx = ScreenContext.build(task, pair.trajectories(), self.copy_ngram)
             extra = self._semantic_rules(task, pair) if self.screen_version == "v2" else None
-            kept, screened = screen(parsed.candidates, ctx, self.max_constraints, extra)
+            kept, screened = screen(
+                parsed.candidates, ctx, self.max_constraints, extra, self.poison_screen
+            )
             rejected = dict(Counter(rejected) + Counter(screened))
             status = "ok" if kept else "all_rejected"
             if rejected:

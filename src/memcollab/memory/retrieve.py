@@ -18,14 +18,23 @@ Each bucket's TF-IDF index is built once and reused until the store changes
 never retrieved. With `prefer_support` (opt-in), records whose scores agree to
 `SUPPORT_DECIMALS` decimals are ordered by their constraints' total support (how many
 pairs produced them) before their id, and a record's constraints by support.
+
+With a `UtilityPolicy` (opt-in, memory/utility.py) and a querying model, the ranking
+strategies (task_aware, global_tfidf) rank by relevance + weight x the record's utility
+for that model, and pass over a record whose harm for that model is confident; `random`
+leaves such records out of its pool. What was passed over is in `Retrieved.withheld`: in
+the ranking strategies, the withheld records that would otherwise have been among the
+top p; in `random`, every withheld record of the pool.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import numpy as np
@@ -34,6 +43,13 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from memcollab.errors import UserError
 from memcollab.memory.guidance import UNLABELLED, Guidance, LabelLike
 from memcollab.memory.record import Constraint, MemoryRecord, task_hash
+from memcollab.memory.utility import (
+    Estimate,
+    UtilityPolicy,
+    Withheld,
+    estimates,
+    ranking_bonus,
+)
 from memcollab.tasks.task import Task
 
 SUPPORT_DECIMALS = 2
@@ -92,10 +108,15 @@ class Retrieved:
     category: str | None = None
     subcategory: str | None = None
     hits: tuple[Hit, ...] = ()
+    withheld: tuple[Withheld, ...] = ()
+    """Records passed over for the querying model (confident harm; utility retrieval)."""
 
 
 Strategy = Callable[["Retriever", Task, LabelLike | None, str | None], Retrieved]
 STRATEGIES: dict[str, Strategy] = {}
+# The records withheld during one retrieval (per thread / task), gathered across back-off
+# levels without changing the strategies' signature.
+_WITHHELD: ContextVar[dict[str, Withheld] | None] = ContextVar("_WITHHELD", default=None)
 
 
 def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
@@ -146,6 +167,7 @@ class Retriever:
         seed: int = 0,
         count_usage: bool = True,
         prefer_support: bool = False,
+        utility: UtilityPolicy | None = None,
     ) -> None:
         if p < 1:
             raise ValueError("p must be at least 1")
@@ -162,6 +184,9 @@ class Retriever:
         self.seed = seed
         self.count_usage = count_usage
         self.prefer_support = prefer_support
+        self.utility = utility
+        self.withheld_counts: Counter[str] = Counter()
+        """Records withheld per querying model, over this retriever's life."""
         self._indexes: dict[tuple[str, str | None, str | None], _Index] = {}
         self._lock = threading.Lock()
 
@@ -169,7 +194,42 @@ class Retriever:
         self, task: Task, label: LabelLike | None = None, model: str | None = None
     ) -> Retrieved:
         """Guidance for `task`; `label` is the querying model's classification of it."""
-        return STRATEGIES[self.mode](self, task, label, model)
+        if self.utility is None or model is None:
+            return STRATEGIES[self.mode](self, task, label, model)
+        token = _WITHHELD.set({})
+        try:
+            found = STRATEGIES[self.mode](self, task, label, model)
+            withheld = _WITHHELD.get() or {}
+        finally:
+            _WITHHELD.reset(token)
+        if not withheld:
+            return found
+        with self._lock:
+            self.withheld_counts[model] += len(withheld)
+        return replace(found, withheld=tuple(withheld[k] for k in sorted(withheld)))
+
+    def _estimates(
+        self, records: list[MemoryRecord], model: str, bucket: tuple[str, str | None, str | None]
+    ) -> list[Estimate]:
+        """The records' estimates for `model` (one usage query for the bucket, one for the
+        model's baselines)."""
+        assert self.utility is not None
+        usage_counts = getattr(self.store, "usage_counts", None)
+        baselines = getattr(self.store, "baselines", None)
+        if usage_counts is None or baselines is None:
+            raise UserError(
+                f"utility retrieval needs a memory store that counts usage; "
+                f"{type(self.store).__name__} does not",
+                "use a SQLite or PostgreSQL memory",
+            )
+        usage = usage_counts(self.namespace, model, *bucket)
+        return estimates(records, model, usage, baselines(self.namespace, model), self.utility)
+
+    def _note_withheld(self, items: list[Withheld]) -> None:
+        collected = _WITHHELD.get()
+        if collected is not None:
+            for item in items:
+                collected.setdefault(item.record_id, item)
 
     def _index(self, domain: str, category: str | None, subcategory: str | None) -> _Index:
         key = (domain, category, subcategory)
@@ -221,6 +281,8 @@ class Retriever:
         candidates = np.flatnonzero(keep) if keep is not None else np.arange(len(scores))
         if len(candidates) == 0:
             return []
+        if self.utility is not None and model is not None:
+            return self._rank_by_utility(index, bucket, scores, candidates, model, level)
         k = min(self.p, len(candidates))
         # Equally relevant (to SUPPORT_DECIMALS) with prefer_support: better supported first.
         ranked = np.round(scores, SUPPORT_DECIMALS) if self.prefer_support else scores
@@ -237,13 +299,58 @@ class Retriever:
         order = np.lexsort((*keys, -ranked[candidates]))[:k]
         return [Hit(index.records[i], float(scores[i]), level) for i in candidates[order]]
 
+    def _rank_by_utility(
+        self,
+        index: _Index,
+        bucket: tuple[str, str | None, str | None],
+        scores: np.ndarray,
+        candidates: np.ndarray,
+        model: str,
+        level: Level,
+    ) -> list[Hit]:
+        """Top p by relevance + weight x utility for `model`, passing over (and noting)
+        the records whose harm for it is confident; ties by support (if preferred), id."""
+        assert self.utility is not None
+        records = [index.records[i] for i in candidates]
+        found = self._estimates(records, model, bucket)
+        bonus = np.array([ranking_bonus(e, self.utility) for e in found])
+        relevance = scores[candidates]
+        if self.prefer_support:
+            relevance = np.round(relevance, SUPPORT_DECIMALS)
+        keys = [index.id_rank[candidates]]
+        if self.prefer_support:
+            keys.append(-index.support[candidates])
+        order = np.lexsort((*keys, -(relevance + bonus)))
+        hits: list[Hit] = []
+        withheld: list[Withheld] = []
+        for j in order:
+            if len(hits) == self.p:
+                break
+            if found[j].withhold:
+                withheld.append(Withheld(records[j].id, model, "confident_harm", found[j]))
+                continue
+            hits.append(Hit(records[j], float(scores[candidates[j]]), level))
+        self._note_withheld(withheld)
+        return hits
+
     def pool(self, task: Task, model: str | None) -> list[MemoryRecord]:
-        """Every record of the task's domain (participant filter applied)."""
+        """Every record of the task's domain (participant filter applied; with a utility
+        policy, records of confident harm for `model` left out)."""
         index = self._index(task.domain, None, None)
         records = index.records
         if self.participant_filter and model is not None:
             mask = index.participant_mask(model)
             records = [r for r, keep in zip(records, mask, strict=True) if keep]
+        if self.utility is not None and model is not None and records:
+            found = self._estimates(records, model, (task.domain, None, None))
+            self._note_withheld(
+                [
+                    Withheld(r.id, model, "confident_harm", e)
+                    for r, e in zip(records, found, strict=True)
+                    if e.withhold
+                ]
+            )
+            records = [r for r, e in zip(records, found, strict=True) if not e.withhold]
         return records
 
     def _keep(self, index: _Index, task: Task, model: str | None) -> np.ndarray | None:

@@ -31,9 +31,11 @@ category, subcategory, created_at, id) so one bucket is read in order straight f
 index; `memory_retrievals` (record_id, retrieved); `memory_usage` (record_id, model, helped,
 harmed); `memory_flags` (the records withheld from retrieval, with the reason) and
 `memory_flag_history` (every flag and unflag); `memory_notes` (namespace, key, json: a
-namespace's notes, e.g. the utility gate's decision); `memory_meta` (the version counter and
-the schema version). Schema 2 added the flag tables, schema 3 the notes; opening an older
-store adds them.
+namespace's notes, e.g. the utility gate's decision); `memory_baselines` (per namespace,
+model and bucket: the model's successes and failures without memory, the baseline of
+memory/utility.py); `memory_meta` (the version counter and the schema version). Schema 2
+added the flag tables, schema 3 the notes, schema 4 the baselines; opening an older store
+adds them.
 
 Namespace notes: small JSON objects a namespace carries besides its records (`set_note`,
 `notes`). An export of a namespace writes its notes after its records, one line each
@@ -60,8 +62,9 @@ from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
 from memcollab.memory.record import MEMORY_FORMAT_VERSION, NOTE_FORMAT, MemoryRecord
 
-SCHEMA_VERSION = 3
-"""The layout of the store's tables; a store written by a newer layout is refused."""
+SCHEMA_VERSION = 4
+"""The layout of the store's tables; a store written by a newer layout is refused. Each
+migration step is named in store_sql.py (`MIGRATION_STEPS`)."""
 UPGRADE_HINT = "upgrade memcollab: pip install -U memcollab"
 
 
@@ -98,6 +101,10 @@ class NamespaceNote(BaseModel):
         """The note as one line of a JSONL export."""
         note = {"namespace": self.namespace, "key": self.key, "value": self.value}
         return json.dumps({"format_version": NOTE_FORMAT, "note": note}, sort_keys=True)
+
+
+class MemoryUnsupportedError(UserError):
+    """An operation the memory's backend does not implement."""
 
 
 # --------------------------------------------------------------------------- interface
@@ -164,6 +171,47 @@ class MemoryStore(ABC):
     @abstractmethod
     def usage(self, record_id: str) -> dict[str, Any]:
         """`{"retrieved": n, "models": {model: {"helped": h, "harmed": m}}}` for one record."""
+
+    def usage_counts(
+        self,
+        namespace: str = "default",
+        model: str | None = None,
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """(record id, model) -> (helped, harmed) for the records of a namespace (of one
+        bucket, for one model, when given; flagged records included). This default reads
+        record by record; SQL backends answer in one query."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for record in self.records(namespace, domain, category, subcategory, include_flagged=True):
+            for name, counts in self.usage(record.id)["models"].items():
+                if model is None or name == model:
+                    out[(record.id, name)] = (int(counts["helped"]), int(counts["harmed"]))
+        return out
+
+    def record_baseline(
+        self,
+        namespace: str,
+        domain: str,
+        category: str,
+        subcategory: str,
+        model: str,
+        success: bool,
+    ) -> None:
+        """Count one outcome of `model` on a task of this bucket solved without memory (the
+        baseline that memory/utility.py compares a record's outcomes with)."""
+        raise MemoryUnsupportedError(
+            f"the memory at {self.location} does not keep baseline outcomes",
+            "use a SQLite or PostgreSQL memory for per-model utility",
+        )
+
+    def baselines(
+        self, namespace: str = "default", model: str | None = None
+    ) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+        """(model, domain, category, subcategory) -> (successes, failures) without memory,
+        for the namespace (and one model, when given). Empty where none were counted."""
+        return {}
 
     @abstractmethod
     def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
@@ -271,6 +319,10 @@ class MemoryStore(ABC):
     ) -> ImportCounts:
         """`import_jsonl` of records and notes already read (`source` names them in errors);
         a note conflicts like a record (same namespace and key, another value)."""
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(
+                f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}"
+            )
         if not notes:
             return self._import_records(records, on_conflict, source)
         if not self.keeps_notes:
@@ -482,6 +534,7 @@ __all__ = [
     "MemoryNotFoundError",
     "MemoryStore",
     "NamespaceNote",
+    "MemoryUnsupportedError",
     "OnConflict",
     "PostgresMemory",
     "SQLiteMemory",

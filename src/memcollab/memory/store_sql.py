@@ -398,6 +398,60 @@ class _SQLMemory(MemoryStore):
             "models": {m: {"helped": int(h), "harmed": int(x)} for m, h, x in sorted(models)},
         }
 
+    def usage_counts(
+        self,
+        namespace: str = "default",
+        model: str | None = None,
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        where, params = self._where(namespace, domain, category, subcategory)
+        if model is not None:
+            where += " AND u.model = ?"
+            params.append(model)
+        rows = self._query(
+            "SELECT u.record_id, u.model, u.helped, u.harmed FROM memory_usage u "
+            f"JOIN memory_records r ON r.id = u.record_id WHERE {where}",
+            params,
+        )
+        return {(rid, m): (int(h), int(x)) for rid, m, h, x in sorted(rows)}
+
+    def record_baseline(
+        self,
+        namespace: str,
+        domain: str,
+        category: str,
+        subcategory: str,
+        model: str,
+        success: bool,
+    ) -> None:
+        with self._write() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO memory_baselines (namespace, domain, category, subcategory, "
+                    "model, successes, failures) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (namespace, domain, category, subcategory, model) DO UPDATE "
+                    "SET successes = memory_baselines.successes + excluded.successes, "
+                    "failures = memory_baselines.failures + excluded.failures"
+                ),
+                (namespace, domain, category, subcategory, model, int(success), int(not success)),
+            )
+
+    def baselines(
+        self, namespace: str = "default", model: str | None = None
+    ) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+        statement = (
+            "SELECT model, domain, category, subcategory, successes, failures "
+            "FROM memory_baselines WHERE namespace = ?"
+        )
+        params: list[Any] = [namespace]
+        if model is not None:
+            statement += " AND model = ?"
+            params.append(model)
+        rows = self._query(statement, params)
+        return {(m, d, c, s): (int(k), int(f)) for m, d, c, s, k, f in sorted(rows)}
+
     # -- flags
     def _flag_event(self, record_id: str, action: str, reason: str, actor: str) -> bool:
         if not reason.strip():
@@ -563,13 +617,38 @@ def _schema(text_type: str, real_type: str, int_type: str, serial: str) -> list[
             key TEXT PRIMARY KEY,
             value {int_type} NOT NULL
         )""",
+        *_migration_baselines(text_type, int_type),
         "INSERT INTO memory_meta (key, value) VALUES ('version', 0) ON CONFLICT (key) DO NOTHING",
         f"INSERT INTO memory_meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION}) "
         "ON CONFLICT (key) DO NOTHING",
-        # Schema 1 -> 2 added the flag tables above (created by the same statements); a
-        # version-1 memcollab would serve flagged records, so it must refuse this store.
-        # Schema 2 -> 3 added memory_notes: a version-2 memcollab would export a namespace
-        # without its notes (the utility gate's decision), so it must refuse it too.
+        # Each step's tables are created by the same statements on a new or an old store
+        # (MIGRATION_STEPS); the schema version then says the newest step. Schema 1 -> 2
+        # added the flag tables: a version-1 memcollab would serve flagged records, so it
+        # must refuse this store. Schema 2 -> 3 added memory_notes: a version-2 memcollab
+        # would export a namespace without its notes (the utility gate's decision). Schema
+        # 3 -> 4 added memory_baselines (memory/utility.py).
         f"UPDATE memory_meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version' "
         f"AND value < {SCHEMA_VERSION}",
+    ]
+
+
+MIGRATION_STEPS = {2: "flags", 3: "notes", 4: "baselines"}
+"""Schema version -> the named step that reached it (SCHEMA_VERSION is the last one)."""
+
+
+def _migration_baselines(text_type: str, int_type: str) -> list[str]:
+    """Step "baselines" (schema 4, memory/utility.py): per (namespace, bucket, model) the
+    model's outcomes on tasks solved without memory. One table, created if missing, so a
+    schema-2 store gains it on opening; renumber by moving this step in MIGRATION_STEPS."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS memory_baselines (
+            namespace {text_type} NOT NULL,
+            domain {text_type} NOT NULL,
+            category {text_type} NOT NULL,
+            subcategory {text_type} NOT NULL,
+            model {text_type} NOT NULL,
+            successes {int_type} NOT NULL,
+            failures {int_type} NOT NULL,
+            PRIMARY KEY (namespace, domain, category, subcategory, model)
+        )""",
     ]
