@@ -184,3 +184,34 @@ def test_two_service_processes_share_keys_and_attempts(shared_memory: str, tmp_p
         assert run_cli("keys", "revoke", key_id, "--memory", shared_memory).returncode == 0
         for base in (one, two):
             assert httpx.get(f"{base}/v1/attempts", headers=headers).status_code == 401
+
+
+def test_the_library_and_keys_work_without_the_server_extra(tmp_path: Path) -> None:
+    """With fastapi, uvicorn and prometheus_client unimportable: the library and the CLI
+    import, `keys` works, and `serve` says which extra to install (one line, exit 2)."""
+    memory = str(tmp_path / "m.sqlite")
+    keys = ["keys", "create", "--namespace", "a", "--scope", "read", "--memory", memory]
+    code = "\n".join(
+        [
+            "import sys",
+            "for name in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette'):",
+            "    sys.modules[name] = None",
+            "import memcollab, memcollab.cli",
+            "from memcollab.cli import main",
+            "try:",
+            f"    main({keys!r})",
+            "except SystemExit as done:",
+            "    assert done.code == 0, done.code",
+            f"sys.exit(main(['serve', '--memory', {memory!r}]))",
+        ]
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert SECRET.fullmatch(r.stdout.strip()), r.stdout + r.stderr
+    r.stderr = "\n".join(line for line in r.stderr.splitlines() if "created key" not in line)
+    assert_one_line_error(r, "pip install 'memcollab[server]'")
