@@ -18,7 +18,7 @@ fi
 # The first build of llama-cpp-python compiles llama.cpp: about 6 minutes on 2 cores. It is
 # the default build users get; on CPUs with AMX tiles memcollab keeps llama.cpp's AMX kernels
 # off at run time (memcollab.llm.amx), and the live tests check that.
-"$venv/bin/python" -m pip install -q -e ".[local,postgres,dev]"
+"$venv/bin/python" -m pip install -q -e ".[local,postgres,server,dev]"
 "$venv/bin/ruff" check src tests benchmarks
 "$venv/bin/ruff" format --check src tests benchmarks
 "$venv/bin/mypy" src

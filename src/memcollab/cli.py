@@ -21,6 +21,7 @@ from memcollab.cli_data import data_app
 from memcollab.cli_experiment import demo, experiment_app
 from memcollab.cli_memory import distill_command, memory_app, solve_command
 from memcollab.cli_models import models_app
+from memcollab.cli_serve import keys_app, serve_command
 from memcollab.cli_trajectories import trajectories_app
 from memcollab.errors import UserError
 
@@ -36,6 +37,8 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(trajectories_app, name="trajectories")
 app.add_typer(data_app, name="data")
 app.command("demo")(demo)
+app.command("serve")(serve_command)
+app.add_typer(keys_app, name="keys")
 
 
 def _print_version(value: bool) -> None:

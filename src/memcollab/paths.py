@@ -30,3 +30,10 @@ def default_data_dir() -> Path:
 def call_cache_path() -> Path:
     """The default SQLite file of the model-call cache."""
     return cache_root() / "calls.sqlite"
+
+
+def default_memory() -> str:
+    """The memory `serve` and `keys` use without --memory: MEMCOLLAB_MEMORY (a path or URL),
+    else memory.sqlite in the user data dir (e.g. ~/.local/share/memcollab)."""
+    env = os.environ.get("MEMCOLLAB_MEMORY")
+    return env if env else str(Path(user_data_dir("memcollab")) / "memory.sqlite")

@@ -1,0 +1,172 @@
+"""`memcollab serve` (the memory over HTTP) and `memcollab keys create|list|revoke`.
+
+The server package is imported only when a command runs, so the library and the other
+commands work without the `server` extra; `keys` needs no FastAPI at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from memcollab.cli_common import DataDirOption, FleetOption, console, err_console
+from memcollab.errors import UserError
+from memcollab.paths import default_memory
+
+if TYPE_CHECKING:
+    from memcollab.server.keys import KeyStore
+
+MemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--memory",
+        "-m",
+        envvar="MEMCOLLAB_MEMORY",
+        help="Memory: a SQLite path or a postgresql:// URL (default: memory.sqlite in the"
+        " user data dir).",
+    ),
+]
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of `memcollab serve`.")
+
+
+def serve_command(
+    memory: MemoryOption = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8765,
+    fleet: FleetOption = None,
+    labeller: Annotated[
+        str,
+        typer.Option(
+            help="Who labels search tasks that come without a category: none (search the"
+            " task's domain) or trained (the deterministic classifier; needs --data-dir)."
+        ),
+    ] = "none",
+    data_dir: DataDirOption = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve a memory over HTTP: the REST API under /v1, OpenAPI docs at /docs.
+
+    On a memory that never had an API key, one admin key for namespace `default` is
+    created and printed once.
+    """
+    try:
+        import uvicorn
+
+        from memcollab.server.app import create_app
+        from memcollab.server.context import ServerContext
+    except ImportError as exc:
+        raise UserError(
+            f"memcollab serve needs the server extra ({exc.name} is not installed)",
+            "pip install 'memcollab[server]'",
+        ) from None
+    if labeller not in ("none", "trained"):
+        raise UserError(f"unknown labeller {labeller!r}", "use --labeller none or trained")
+    chosen = None
+    if labeller == "trained":
+        from memcollab.memory.labeller import make_labeller
+
+        chosen = make_labeller("trained", data_dir=data_dir)
+    location = memory or default_memory()
+    context = ServerContext.open(location, fleet=fleet, labeller=chosen)
+    try:
+        created = context.keys.bootstrap("default")
+        if created is not None:
+            key_id, secret = created
+            console.print(
+                f"No API key existed: created admin key [bold]{key_id}[/bold] for namespace"
+                " 'default'. Its secret is shown this once; store it now:",
+                highlight=False,
+            )
+            console.print(secret, highlight=False, soft_wrap=True)
+        console.print(
+            f"Serving the memory at {escape(context.location)} on http://{host}:{port}"
+            f" (docs: http://{host}:{port}/docs)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        uvicorn.run(create_app(context), host=host, port=port, log_level=log_level)
+    finally:
+        context.close()
+
+
+@contextmanager
+def _key_store(memory: str | None, *, create: bool) -> Iterator[KeyStore]:
+    from memcollab.memory.api import Memory
+    from memcollab.server.db import ServerDB
+    from memcollab.server.keys import KeyStore
+
+    with Memory.open(memory or default_memory(), create=create) as opened:
+        db = ServerDB(opened.store)
+        try:
+            yield KeyStore(db)
+        finally:
+            db.close()
+
+
+@keys_app.command("create")
+def keys_create(
+    namespace: Annotated[str, typer.Option(help="The only namespace the key may use.")],
+    scope: Annotated[str, typer.Option(help="read, write (read + add) or admin (+ flag, import).")],
+    label: Annotated[str, typer.Option(help="A note shown by `keys list`.")] = "",
+    memory: MemoryOption = None,
+) -> None:
+    """Create an API key. Its secret goes to stdout, alone, this once; only a hash is kept."""
+    with _key_store(memory, create=True) as keys:
+        key_id, secret = keys.create(namespace, scope, label)
+    typer.echo(secret)
+    err_console.print(
+        f"created key {key_id} (namespace {namespace!r}, scope {scope}); the secret above "
+        "is shown only now: store it",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _when(at: float | None) -> str:
+    return "" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+@keys_app.command("list")
+def keys_list(
+    namespace: Annotated[str | None, typer.Option(help="Only this namespace's keys.")] = None,
+    memory: MemoryOption = None,
+) -> None:
+    """List the API keys (ids, namespaces, scopes; never a secret)."""
+    with _key_store(memory, create=False) as keys:
+        found = keys.list(namespace)
+    table = Table()
+    table.add_column("key id", no_wrap=True, min_width=16)
+    for title in ("namespace", "scope", "label"):
+        table.add_column(title)
+    for title in ("created (UTC)", "revoked (UTC)"):
+        table.add_column(title, no_wrap=True)
+    for key in found:
+        table.add_row(
+            key.key_id,
+            escape(key.namespace),
+            key.scope,
+            escape(key.label),
+            _when(key.created_at),
+            _when(key.revoked_at),
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
+    memory: MemoryOption = None,
+) -> None:
+    """Revoke an API key: every service process refuses it from its next request."""
+    with _key_store(memory, create=False) as keys:
+        changed = keys.revoke(key_id)
+    console.print(f"key {key_id} {'revoked' if changed else 'was already revoked'}")

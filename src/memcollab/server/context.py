@@ -1,0 +1,107 @@
+"""`ServerContext`: what one service process holds, built once and shared by every request.
+
+The opened memory (`memcollab.memory.Memory`, one handle for every namespace: each request
+names its key's namespace), the key, attempt and provenance stores in the same database,
+the fleet (the models the later proxy forwards to), an optional labeller for searches, and
+the limits in `Settings`. Nothing here imports FastAPI, so `memcollab keys` works without
+the `server` extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from memcollab.llm.fleet import Fleet
+from memcollab.memory.api import Memory
+from memcollab.memory.guidance import Labeller
+from memcollab.server.attempts import AttemptStore
+from memcollab.server.db import ServerDB
+from memcollab.server.keys import KeyStore
+from memcollab.server.provenance import ProvenanceStore
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits of the service (documented in the OpenAPI description and the README)."""
+
+    body_limit: int = 1 * MiB
+    """Largest request body, in bytes, except imports; larger gets 413 before parsing."""
+    import_limit: int = 64 * MiB
+    """Largest body of POST /v1/import (a JSONL export)."""
+    max_page: int = 1000
+    """Most records or attempts one list request returns."""
+    max_p: int = 20
+    """Most records one search returns."""
+
+
+class ServerContext:
+    """The memory, the service's stores, the fleet and the settings of one process."""
+
+    def __init__(
+        self,
+        memory: Memory,
+        *,
+        fleet: Fleet | None = None,
+        settings: Settings | None = None,
+        labeller: Labeller | None = None,
+    ) -> None:
+        self.memory = memory
+        self.db = ServerDB(memory.store)
+        self.keys = KeyStore(self.db)
+        self.attempts = AttemptStore(self.db)
+        self.provenance = ProvenanceStore(self.db)
+        self.fleet = fleet
+        self.settings = settings or Settings()
+        self.labeller = labeller
+
+    @classmethod
+    def open(
+        cls,
+        location: str | Path,
+        *,
+        fleet: Fleet | str | Path | None = None,
+        settings: Settings | None = None,
+        labeller: Labeller | None = None,
+        create: bool = True,
+    ) -> ServerContext:
+        """Open the memory at `location` (a path or URL, as `Memory.open`) and the service
+        tables beside it. `fleet`: a Fleet, a fleet file, or None for the packaged models
+        (loading a fleet reads its file only; no model is loaded)."""
+        if not isinstance(fleet, Fleet):
+            fleet = Fleet.load(fleet)
+        memory = Memory.open(location, create=create)
+        try:
+            return cls(memory, fleet=fleet, settings=settings, labeller=labeller)
+        except BaseException:
+            memory.close()
+            raise
+
+    @property
+    def location(self) -> str:
+        """Where the memory lives (no password)."""
+        return self.memory.location
+
+    def check_ready(self) -> None:
+        """Raise unless the database answers (the memory's and the service's tables)."""
+        self.memory.store.version()
+        self.db.ping()
+
+    def close(self) -> None:
+        """Close the service tables' and the memory's connections."""
+        self.db.close()
+        self.memory.close()
+
+    def __enter__(self) -> ServerContext:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
