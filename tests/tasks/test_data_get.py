@@ -4,10 +4,8 @@ made here; and the package's real pins against the benchmark copies in ../shared
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import socket
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from memcollab.tasks import data_get
 from memcollab.tasks.data_get import DATASETS, DataFile, Dataset, get_data, resolve_names
 from memcollab.tasks.download import DownloadError, DownloadEvent, part_path, sha256_file
 from tests.support.data import DATA_DIR, needs_data
+from tests.support.data_mirror import math_tar, mirror_of
 from tests.support.http_files import serve
 
 ALPHA = b"".join(b'{"n": %d, "text": "alpha row"}\n' % i for i in range(3000))  # ~100 KB
@@ -26,20 +25,6 @@ BETA = b'{"beta": true}\n'
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _math_tar(rows: list[tuple[str, int, dict[str, str]]]) -> bytes:
-    """A MATH-release-like archive: MATH/train/<subject>/<n>.json (plus a test file)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        members = [(f"MATH/train/{s}/{n}.json", row) for s, n, row in rows]
-        members.append(("MATH/test/algebra/1.json", {"problem": "not a train row"}))
-        for name, row in members:
-            data = json.dumps(row).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _row(problem: str, answer: str) -> dict[str, str]:
@@ -86,7 +71,7 @@ def toy_datasets(alpha_sha: str | None = None) -> dict[str, Dataset]:
     return {"toy": Dataset("toy", files, "CC0"), "conv": Dataset("conv", (converted,), "MIT")}
 
 
-SERVED = {"/toy/alpha.jsonl": ALPHA, "/toy/beta.jsonl": BETA, "/conv/MATH.tar": _math_tar(TAR_ROWS)}
+SERVED = {"/toy/alpha.jsonl": ALPHA, "/toy/beta.jsonl": BETA, "/conv/MATH.tar": math_tar(TAR_ROWS)}
 
 
 def test_fresh_download_writes_the_layout_and_leaves_no_part(tmp_path: Path) -> None:
@@ -168,7 +153,7 @@ def test_a_hash_mismatch_deletes_the_download_and_is_one_error(tmp_path: Path) -
 
 
 def test_a_converted_file_that_misses_its_pin_deletes_the_archive(tmp_path: Path) -> None:
-    other = _math_tar([("algebra", 1, _row("another problem", "7"))])
+    other = math_tar([("algebra", 1, _row("another problem", "7"))])
     with serve({**SERVED, "/conv/MATH.tar": other}) as server:
         with pytest.raises(DownloadError, match=r"conv/train.jsonl converted from .* sha256"):
             get_data(["conv"], tmp_path, mirror=server.url, datasets=toy_datasets())
@@ -254,29 +239,11 @@ def test_pins_match_the_shared_benchmark_files(file: DataFile) -> None:
     assert sha256_file(path) == file.sha256
 
 
-def _math_tar_from(train_jsonl: Path) -> bytes:
-    """A MATH.tar as the release lays it out, rebuilt from the shared math/train.jsonl."""
-    rows = []
-    for line in train_jsonl.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        _, subject, name = row["unique_id"].split("/")
-        fields = {k: row[k] for k in ("problem", "level", "type", "solution")}
-        rows.append((subject, int(name.removesuffix(".json")), fields))
-    return _math_tar(rows[::-1])  # the archive's order must not matter
-
-
 @needs_data
 def test_real_pins_through_a_local_mirror_of_the_shared_files(tmp_path: Path) -> None:
     """End to end with the package's pins: GSM8K, MATH-500 and MBPP served byte for byte,
     MATH train as an archive of per-problem files converted back to the pinned JSONL."""
-    served = {
-        f"/{f.name}": (DATA_DIR / f.name).read_bytes()
-        for d in DATASETS.values()
-        for f in d.files
-        if f.convert is None
-    }
-    served["/math/MATH.tar"] = _math_tar_from(DATA_DIR / "math" / "train.jsonl")
-    with serve(served) as server:
+    with serve(mirror_of(DATA_DIR)) as server:
         outcomes = get_data(["all"], tmp_path, mirror=server.url)
     assert {o.status for o in outcomes} == {"downloaded"}
     for d in DATASETS.values():
