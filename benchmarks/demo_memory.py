@@ -8,6 +8,9 @@ Two measurements, each in a child process so the peak is the child's own:
   short greedy generation, read VmHWM / RssAnon / RssFile from /proc and the load seconds
   from the loading events. The "before" set is the demo of commit 2e1b8fd (packaged widths,
   the 1.5B at 4, n_ctx 4096, mapped weights); "after" is DEMO_MODEL_SETTINGS.
+* `speed`: generation alone (load excluded), `rows` requests at once on each evaluated
+  model, before and after alternating, wall and CPU seconds: did the smaller engines cost
+  the demo time?
 * `demo`: the whole `memcollab demo` in a fresh, empty MEMCOLLAB_CACHE_DIR (so the call
   cache answers nothing and every model loads), models taken from the assembled
   MEMCOLLAB_MODELS_DIR; records the child's maximum RSS (wait4, what `/usr/bin/time -v`
@@ -15,9 +18,10 @@ Two measurements, each in a child process so the peak is the child's own:
   subprocesses included), the wall time, and the phases' seconds from parts.jsonl.
 
     python benchmarks/demo_memory.py load [--settings before after]
+    python benchmarks/demo_memory.py speed [--rounds 2 --rows 4]
     python benchmarks/demo_memory.py demo [--settings after] [--train 4 --test 3]
 
-Writes benchmarks/results/demo/memory_load.json or memory_demo.json. Wall times on a
+Writes benchmarks/results/demo/memory_{load,speed,demo}.json. Wall times on a
 shared machine are noisy (the JSON records the load average and what else ran).
 """
 
@@ -120,6 +124,69 @@ def child_load(names: list[str], per_model: dict[str, dict[str, Any]]) -> dict[s
         "loaded": loaded,
         "after_generation": proc_status(),
     }
+
+
+def child_speed(name: str, per_model: dict[str, dict[str, Any]], rows: int) -> dict[str, Any]:
+    """`rows` greedy requests at once on one model (as the demo's phases send them): wall
+    and CPU seconds of the generation alone (the load is excluded)."""
+    import resource
+    from concurrent.futures import ThreadPoolExecutor
+
+    from memcollab.llm.base import ChatRequest, Decoding, user
+    from memcollab.llm.fleet import Fleet
+
+    spec = Fleet.default().spec(name).model_copy(update=per_model[name])
+    model: Any = Fleet([spec]).model(name)
+    model.engine()
+    requests = [
+        ChatRequest(
+            messages=(user(f"Write a Python function that returns the {i + 2}-th prime."),),
+            decoding=Decoding(max_tokens=48),
+        )
+        for i in range(rows)
+    ]
+    cpu0, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    with ThreadPoolExecutor(rows) as pool:
+        done = list(pool.map(model.complete, requests))
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "wall_s": round(time.perf_counter() - began, 2),
+        "cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
+        "completion_tokens": sum(c.usage.completion_tokens for c in done),
+    }
+
+
+def measure_speed(rounds: int, rows: int) -> dict[str, Any]:
+    """Generation speed of each demo model before and after, alternating the two settings
+    round by round so a shared machine's load falls on both alike."""
+    out: dict[str, Any] = {}
+    for name in MODELS[:2]:  # the evaluated models (Gemma only supplies contrast)
+        runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        for _ in range(rounds):
+            for set_name in ("before", "after"):
+                code = (
+                    f"import json, sys; sys.path.insert(0, {HERE!r}); import demo_memory as d;"
+                    f" print('RESULT' + json.dumps(d.child_speed({name!r},"
+                    f" d.settings({set_name!r}), {rows})))"
+                )
+                done = subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+                )
+                line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
+                runs[set_name].append(json.loads(line[6:]))
+        out[name] = {
+            "rows_at_once": rows,
+            **runs,
+            "cpu_s_after_over_before": round(
+                sum(r["cpu_s"] for r in runs["after"]) / sum(r["cpu_s"] for r in runs["before"]),
+                3,
+            ),
+            "wall_s_after_over_before": round(
+                sum(r["wall_s"] for r in runs["after"]) / sum(r["wall_s"] for r in runs["before"]),
+                3,
+            ),
+        }
+    return out
 
 
 def run_child_load(names: list[str], set_name: str) -> dict[str, Any]:
@@ -252,7 +319,9 @@ def measure_demo(set_name: str, train: int, test: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["load", "demo"])
+    parser.add_argument("mode", choices=["load", "speed", "demo"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--settings", nargs="+", default=None, choices=["before", "after"])
     parser.add_argument("--train", type=int, default=4)
     parser.add_argument("--test", type=int, default=3)
@@ -273,6 +342,15 @@ def main() -> None:
             "results": measure_load(args.settings or ["before", "after"], args.headroom_mb),
         }
         path = RESULTS / "memory_load.json"
+    elif args.mode == "speed":
+        result = {
+            "command": command,
+            "note": note,
+            "machine": machine(),
+            "results": measure_speed(args.rounds, args.rows),
+            "machine_after": machine(),
+        }
+        path = RESULTS / "memory_speed.json"
     else:
         result = {
             "command": command,
