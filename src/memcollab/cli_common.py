@@ -6,8 +6,12 @@ import functools
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, NoReturn
 
 import typer
@@ -17,6 +21,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
@@ -26,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from memcollab.errors import UserError
-from memcollab.llm import packaged
+from memcollab.llm import loading, packaged
 from memcollab.llm.cache import CallCache, Gateway
 from memcollab.paths import call_cache_path
 from memcollab.tasks.datasets import load_task_specs
@@ -117,9 +122,66 @@ def prepare_with_progress(names: list[str], force: bool = False) -> None:
             progress.update(task, description=f"[green]verified[/green] {name}")
 
 
+class LoadingRows:
+    """A model-loading listener that shows each load as a row of a live Progress.
+
+    The row ("loading NAME (SIZE)", a pulsing bar and its elapsed time) appears when the
+    load starts; when it ends the row gives way to a printed line with the seconds it took.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self._rows: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, event: loading.LoadEvent) -> None:
+        with self._lock:
+            if not event.done:
+                self._rows[event.name] = self.progress.add_task(
+                    f"loading {event.name} ({_gb(event.size)})", total=None, acc=""
+                )
+                return
+            row = self._rows.pop(event.name, None)
+        if row is not None:
+            self.progress.remove_task(row)
+        self.progress.console.print(load_line(event))
+
+
+def load_line(event: loading.LoadEvent) -> str:
+    """The line that reports a finished (or failed) load."""
+    if event.error is not None:
+        return f"[red]loading {event.name} failed[/red] after {event.seconds:.1f}s"
+    return f"[dim]loaded {event.name} ({_gb(event.size)}) in {event.seconds:.1f}s[/dim]"
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB"
+
+
+class _CountingProgress(Progress):
+    """A Progress that shows model loads as rows while it is live."""
+
+    def __enter__(self) -> _CountingProgress:
+        super().__enter__()
+        self._loads = LoadingRows(self)
+        loading.add_listener(self._loads)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        loading.remove_listener(self._loads)
+        super().__exit__(exc_type, exc_val, exc_tb)
+
+
 def counting_progress() -> Progress:
-    """Bars of counted jobs with a running-accuracy field (`acc`), elapsed time and ETA."""
-    return Progress(
+    """Bars of counted jobs with a running-accuracy field (`acc`), elapsed time and ETA;
+    a model that loads meanwhile gets a row of its own (LoadingRows)."""
+    return _CountingProgress(
+        SpinnerColumn(finished_text=" "),
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -128,6 +190,29 @@ def counting_progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+@contextmanager
+def spinner(text: str) -> Iterator[list[loading.LoadEvent]]:
+    """A spinner saying `text`, or "loading NAME" while a model loads inside the block.
+
+    Yields the list of finished loads (filled as they end), so a caller can report the time
+    spent loading apart from the time spent computing.
+    """
+    loads: list[loading.LoadEvent] = []
+
+    with console.status(text) as status:
+
+        def on_load(event: loading.LoadEvent) -> None:
+            if not event.done:
+                status.update(f"loading {event.name} ({_gb(event.size)})...")
+                return
+            loads.append(event)
+            console.print(load_line(event))
+            status.update(text)
+
+        with loading.listening(on_load):
+            yield loads
 
 
 def stop_on_sigterm() -> None:

@@ -29,6 +29,7 @@ from memcollab.cli_common import (
     console,
     load_tasks_or_fail,
     make_gateway,
+    spinner,
 )
 from memcollab.collect import TrajectoryStore
 from memcollab.errors import UserError
@@ -282,7 +283,8 @@ def solve_command(
         task = Task(id="cli/solve", domain=domain, prompt=text or "")  # type: ignore[arg-type]
     guidance: tuple = ()
     if memory is not None:
-        label = _labeller(labeller, agent.client, data_dir, taxonomy).classify(task)
+        with spinner(f"classifying the task ({labeller} labeller)..."):
+            label = _labeller(labeller, agent.client, data_dir, taxonomy).classify(task)
         with Memory.open(memory, create=False) as mem:
             got = mem.search(
                 task,
@@ -300,7 +302,7 @@ def solve_command(
         )
         for g in guidance:
             console.print(f"  {g.record_id} {g.text}", markup=False, highlight=False)
-    with console.status(f"{model} is solving..."):
+    with spinner(f"{model} is solving..."):
         trajectory = agent.solve(task, guidance, condition="memcollab" if memory else "vanilla")
     console.rule(f"{model}: {trajectory.turns} turn(s), {trajectory.finish}")
     console.print(

