@@ -89,9 +89,24 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(routes_attempts.router)
     # POST /v1/import takes a larger body: FastAPI's per-router limit overrides the app's.
     app.include_router(routes_memory.import_router, max_body_size=context.settings.import_limit)
+    _mount_mcp(app, context)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     _add_error_handlers(app, context)
     return app
+
+
+def _mount_mcp(app: FastAPI, context: ServerContext) -> None:
+    """The MCP tools at /mcp (server/mcp_http.py), if the MCP SDK is installed."""
+    try:
+        from memcollab.server.mcp_http import mcp_router
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "mcp":
+            raise
+        log.warning(
+            "MCP not served at /mcp: mcp is not installed (pip install 'memcollab[server]')"
+        )
+        return
+    app.include_router(mcp_router(context))
 
 
 def _add_error_handlers(app: FastAPI, context: ServerContext) -> None:

@@ -253,6 +253,23 @@ class AttemptStore:
                 raise AttemptNotFoundError(f"no attempt with id {attempt_id!r}")
         return self.get(namespace, attempt_id)
 
+    def settle(
+        self, namespace: str, attempt_id: str, verdict: Verdict, key_id: str
+    ) -> tuple[Attempt, bool]:
+        """Give an attempt whose verdict is still unknown its verdict; returns (attempt,
+        settled). One conditional UPDATE, so of two concurrent callers only one settles
+        (and counts the outcome); settled is False when a verdict was already set."""
+        if verdict not in VERDICTS or verdict == "unknown":
+            raise ValueError("verdict must be correct or incorrect")
+        with self.db.write() as cur:
+            cur.execute(
+                "UPDATE server_attempts SET verdict = ?, verdict_at = ?, verdict_key_id = ? "
+                "WHERE namespace = ? AND id = ? AND verdict = 'unknown'",
+                (verdict, time.time(), key_id, namespace, attempt_id),
+            )
+            settled = cur.rowcount == 1
+        return self.get(namespace, attempt_id), settled
+
     def list(
         self,
         namespace: str,
