@@ -7,10 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${MEMCOLLAB_VENV:-.venv}"
 python="${PYTHON:-python3}"
-# The code sandbox (memcollab.tasks.sandbox) prefers bubblewrap; install it where we can.
-if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+# The code sandbox (memcollab.tasks.sandbox) prefers bubblewrap, and the browser page's test
+# drives Debian's headless Chromium (Playwright downloads no browser); install them where we can.
+missing=()
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# With a Chromium here, its test must run rather than skip.
+if command -v chromium >/dev/null; then export MEMCOLLAB_REQUIRE_BROWSER=1; fi
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi

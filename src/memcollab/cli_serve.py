@@ -89,7 +89,7 @@ def serve_command(
             console.print(secret, highlight=False, soft_wrap=True)
         console.print(
             f"Serving the memory at {escape(context.location)} on http://{host}:{port}"
-            f" (docs: http://{host}:{port}/docs)",
+            f" (docs: http://{host}:{port}/docs, browser: http://{host}:{port}/browse)",
             highlight=False,
             soft_wrap=True,
         )

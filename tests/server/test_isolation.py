@@ -192,6 +192,7 @@ ROUTES: dict[tuple[str, str], tuple[str, Attack]] = {
         ),
     ),
     ("GET", "/v1/export"): ("read", lambda w: ("GET", "/v1/export", {}, _ok_without_b(w))),
+    ("GET", "/v1/browse"): ("read", lambda w: ("GET", "/v1/browse", {}, _ok_without_b(w))),
     ("POST", "/v1/import"): ("admin", _import_b),
     ("GET", "/v1/stats"): ("read", _stats),
     ("POST", "/v1/attempts"): ("write", _submit_b),

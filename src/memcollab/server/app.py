@@ -29,6 +29,7 @@ from memcollab.server import routes_attempts, routes_memory, routes_ops
 from memcollab.server.attempts import AttemptConflictError, AttemptNotFoundError
 from memcollab.server.context import ServerContext
 from memcollab.server.metrics import Metrics, MetricsMiddleware
+from memcollab.server.routes_browse import router as browse_router
 
 log = logging.getLogger("memcollab.server")
 
@@ -87,6 +88,7 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(routes_ops.router)
     app.include_router(routes_memory.router)
     app.include_router(routes_attempts.router)
+    app.include_router(browse_router)  # the memory browser page at /browse
     # POST /v1/import takes a larger body: FastAPI's per-router limit overrides the app's.
     app.include_router(routes_memory.import_router, max_body_size=context.settings.import_limit)
     _mount_mcp(app, context)
