@@ -6,6 +6,7 @@ folder with fresh data, call cache and memory. Real packaged models; minutes on 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,14 +35,24 @@ def readme_block(marker: str) -> str:
 
 
 def _bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """Run `script` in its own session; at the time limit the whole session is killed (a
+    plain timeout would leave the commands it started running)."""
+    with subprocess.Popen(
         ["bash", "-c", "set -euo pipefail\n" + script],
         cwd=cwd,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=2400,
-    )
+        start_new_session=True,
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=2400)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the session this test started
+            out, err = process.communicate()
+            pytest.fail(f"timed out after 2400 s:\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 @pytest.fixture
