@@ -253,6 +253,23 @@ class AttemptStore:
                 raise AttemptNotFoundError(f"no attempt with id {attempt_id!r}")
         return self.get(namespace, attempt_id)
 
+    def claim_verdict(
+        self, namespace: str, attempt_id: str, verdict: Verdict, key_id: str
+    ) -> Attempt | None:
+        """Set the verdict of an attempt that has none yet; None when it already had one
+        (a concurrent feedback won: outcomes are counted once per attempt)."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}")
+        with self.db.write() as cur:
+            cur.execute(
+                "UPDATE server_attempts SET verdict = ?, verdict_at = ?, verdict_key_id = ? "
+                "WHERE namespace = ? AND id = ? AND verdict = 'unknown'",
+                (verdict, time.time(), key_id, namespace, attempt_id),
+            )
+            if cur.rowcount != 1:
+                return None
+        return self.get(namespace, attempt_id)
+
     def list(
         self,
         namespace: str,
