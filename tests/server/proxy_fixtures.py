@@ -26,7 +26,7 @@ class Stub:
         self.state.requests.clear()
         self.state.headers.clear()
         self.state.delay_s, self.state.status = 0.0, 200
-        self.state.reply = "stub says hi"
+        self.state.reply, self.state.fixed_id = "stub says hi", None
 
 
 @pytest.fixture(scope="module")

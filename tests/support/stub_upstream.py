@@ -4,7 +4,7 @@ that serves any ASGI app with uvicorn on 127.0.0.1 from a background thread.
 The stub answers POST /v1/chat/completions: with a tool call when the request offers tools
 and the conversation has no tool result yet, else with `reply` (default: "stub says hi"),
 as JSON or as SSE chunks (two content pieces) when `stream` is true. Each answer has its
-own id. `delay_s` delays every answer (timeouts); `status` makes it answer that error.
+own id (unless `fixed_id`). `delay_s` delays every answer (timeouts); `status` makes it answer that error.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class StubState:
     reply: str = "stub says hi"
     delay_s: float = 0.0
     status: int = 200
+    fixed_id: str | None = None
 
 
 def stub_app(state: StubState) -> FastAPI:
@@ -53,7 +54,7 @@ def stub_app(state: StubState) -> FastAPI:
                 {"error": {"message": "stub failure", "type": "server_error", "code": None}},
                 status_code=state.status,
             )
-        rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
+        rid = state.fixed_id or f"chatcmpl-{uuid.uuid4().hex[:16]}"
         created = int(time.time())
         has_result = any(m.get("role") == "tool" for m in body["messages"])
         if body.get("tools") and not has_result:

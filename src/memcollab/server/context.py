@@ -42,7 +42,7 @@ class Settings:
     """Records the proxy injects at most per request."""
     proxy_utility: bool = True
     """The proxy withholds records of confident harm for the requested model (utility)."""
-    memory_timeout_s: float = 2.0
+    memory_timeout_s: float = 5.0
     """Labelling + retrieval longer than this: the request goes on without memory (error)."""
     upstream_timeout_s: float = 300.0
     """An upstream that does not answer (or send the next chunk) within this: 504."""
