@@ -58,6 +58,9 @@ def fleet_for(stub_url: str, *, timeout_base: str | None = None) -> Fleet:
 
 
 def proxy_service(storage: Storage, stub: Stub, settings: Settings | None = None) -> Service:
+    """A service whose fleet reaches the stub. Memory gets 30 s (not 5): on a loaded test
+    machine a first search can stall, and these tests assert memory statuses."""
+    settings = settings or Settings(memory_timeout_s=30.0)
     svc = service_for(storage.new("sqlite", settings))
     svc.context.fleet = fleet_for(stub.url)
     return svc

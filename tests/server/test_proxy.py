@@ -11,13 +11,7 @@ import pytest
 
 from memcollab.server.context import Settings
 from tests.server.conftest import Service, Storage
-from tests.server.proxy_fixtures import (  # noqa: F401 - fixtures
-    MATH,
-    Stub,
-    proxy_service,
-    stub,
-    stub_server,
-)
+from tests.server.proxy_fixtures import MATH, Stub, proxy_service
 
 SIMILAR = "A shop sells apples at 2 for $1. How much do 10 apples cost?"
 CHAT = "/v1/chat/completions"

@@ -4,7 +4,8 @@ that serves any ASGI app with uvicorn on 127.0.0.1 from a background thread.
 The stub answers POST /v1/chat/completions: with a tool call when the request offers tools
 and the conversation has no tool result yet, else with `reply` (default: "stub says hi"),
 as JSON or as SSE chunks (two content pieces) when `stream` is true. Each answer has its
-own id (unless `fixed_id`). `delay_s` delays every answer (timeouts); `status` makes it answer that error.
+own id (unless `fixed_id`). `delay_s` delays every answer (timeouts); `status` makes it
+answer that error.
 """
 
 from __future__ import annotations
