@@ -13,9 +13,10 @@ noise hits both alike):
 2. Throughput, with a real packaged model: Gemma 3 270M behind llama-cpp-python's
    OpenAI-compatible server (`python -m llama_cpp.server`, a subprocess), called directly
    and through the proxy (fleet provider "openai"), `--real-requests` short generations each
-   (max_tokens 16, greedy, a question of the same templates per call, drawn at random: a
-   repeated prompt would be served from llama.cpp's KV of the previous one). Reported:
-   requests per second of each and the ratio proxy / direct, with memory and without.
+   (max_tokens 16, greedy, "count from 1 to 60" after a per-call nonce: every call decodes
+   16 tokens, and no call reuses llama.cpp's KV of the previous prompt). Reported:
+   requests and completion tokens per second of each and the ratios proxy / direct, with
+   memory and without.
    Goal: ratio >= 0.98.
 
 The proxy runs as `memcollab serve` (one uvicorn process, SQLite memory); clients are one
@@ -346,13 +347,16 @@ def throughput_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 order = list(targets.items())
                 rng.shuffle(order)
                 for name, (url, headers) in order:
-                    # Its own question per call: llama.cpp reuses the KV of the previous
-                    # prompt, so a repeated prompt would favour whichever target came second.
+                    # A nonce first: llama.cpp reuses the KV of the previous prompt, so a
+                    # repeated prompt would favour whichever target came second. Counting
+                    # runs to max_tokens, so every call decodes the same number of tokens.
+                    nonce = f"({i}{name[0]}{rng.randint(100, 999)})"
+                    text = f"{nonce} Count from 1 to 60, separated by commas."
                     body = {
                         "model": "gemma",
                         "max_tokens": 16,
                         "temperature": 0,
-                        "messages": [{"role": "user", "content": _question(rng)}],
+                        "messages": [{"role": "user", "content": text}],
                     }
                     t = time.perf_counter()
                     r = client.post(url, json=body, headers=headers)
@@ -365,6 +369,7 @@ def throughput_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             proc.terminate()
             proc.wait(30)
     rps = {k: args.real_requests / v for k, v in seconds.items()}
+    tps = {k: tokens[k] / v for k, v in seconds.items()}
     return {
         "model": "gemma3-270m (Q4_K_M) behind llama_cpp.server, chatml template",
         "requests_each": args.real_requests,
@@ -372,6 +377,7 @@ def throughput_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "completion_tokens": tokens,
         "requests_per_s": {k: round(v, 3) for k, v in rps.items()},
+        "completion_tokens_per_s": {k: round(v, 2) for k, v in tps.items()},
         "ratio_proxy_with_memory_over_direct": round(rps["proxy_memory"] / rps["direct"], 3),
         "ratio_proxy_memory_off_over_direct": round(rps["proxy_off"] / rps["direct"], 3),
         "goal": "ratio >= 0.98",
