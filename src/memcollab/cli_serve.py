@@ -52,6 +52,10 @@ def serve_command(
     ] = "none",
     data_dir: DataDirOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    upstream_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds the proxy waits for an upstream model (then 504)."),
+    ] = 300.0,
 ) -> None:
     """Serve a memory over HTTP: the REST API under /v1, OpenAPI docs at /docs.
 
@@ -62,7 +66,7 @@ def serve_command(
         import uvicorn
 
         from memcollab.server.app import create_app
-        from memcollab.server.context import ServerContext
+        from memcollab.server.context import ServerContext, Settings
     except ImportError as exc:
         raise UserError(
             f"memcollab serve needs the server extra ({exc.name} is not installed)",
@@ -76,7 +80,8 @@ def serve_command(
 
         chosen = make_labeller("trained", data_dir=data_dir)
     location = memory or default_memory()
-    context = ServerContext.open(location, fleet=fleet, labeller=chosen)
+    settings = Settings(upstream_timeout_s=upstream_timeout)
+    context = ServerContext.open(location, fleet=fleet, labeller=chosen, settings=settings)
     try:
         created = context.keys.bootstrap("default")
         if created is not None:

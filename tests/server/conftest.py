@@ -167,3 +167,7 @@ def service(storage: Storage) -> Service:
 def any_service(storage: Storage, kind: str) -> Service:
     """A service on a fresh memory of each backend."""
     return service_for(storage.new(kind))
+
+
+# The proxy tests' stub upstream (served by uvicorn) and its per-test reset.
+from tests.server.proxy_fixtures import stub, stub_server  # noqa: E402, F401

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from memcollab.llm.fleet import Fleet, ModelSpec
 from memcollab.server.keys import SCOPE_RANK, SCOPES
 from tests.server.conftest import Service, Storage, make_record, service_for
 
@@ -47,6 +48,7 @@ class World:
 @pytest.fixture
 def world(storage: Storage, kind: str) -> World:
     svc = service_for(storage.new(kind))
+    svc.context.fleet = Fleet([ModelSpec(name="m1", provider="scripted", responses=["4"])])
     rid = svc.add("b", B_TEXT)
     flagged = svc.add("b", "Solve 6x = 42.")
     svc.context.memory.flag(flagged, "b's own flag")
@@ -55,6 +57,7 @@ def world(storage: Storage, kind: str) -> World:
         "/v1/attempts",
         json={
             "id": "b-att",
+            "response_id": "chatcmpl-b",
             "model": "m1",
             "task": B_TEXT,
             "task_id": "b-task",
@@ -160,7 +163,26 @@ def _submit_b(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], None]
     return "POST", "/v1/attempts", {"json": body}, _status(403)
 
 
+def _chat(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], None]]:
+    body = {"model": "m1", "messages": [{"role": "user", "content": "Solve 4x - 2 = 14 for x."}]}
+
+    def check(r: Any) -> None:
+        assert r.status_code == 200, r.text
+        assert r.headers["x-memcollab-memory"] == "none"  # b's records are never injected
+        _no_b_ids(w, r.text + " ".join(r.headers.values()))
+
+    return "POST", "/v1/chat/completions", {"json": body}, check
+
+
+def _feedback_b(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], None]]:
+    body = {"response_id": "chatcmpl-b", "verdict": "incorrect"}
+    return "POST", "/v1/feedback", {"json": body}, _status(404)
+
+
 ROUTES: dict[tuple[str, str], tuple[str, Attack]] = {
+    ("POST", "/v1/chat/completions"): ("write", _chat),
+    ("GET", "/v1/models"): ("read", lambda w: ("GET", "/v1/models", {}, _ok_without_b(w))),
+    ("POST", "/v1/feedback"): ("write", _feedback_b),
     ("POST", "/v1/search"): ("read", _search),
     ("GET", "/v1/records"): (
         "read",

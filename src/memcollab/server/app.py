@@ -25,7 +25,7 @@ from memcollab.memory.store import (
     MemoryConnectionError,
     MemoryNotFoundError,
 )
-from memcollab.server import routes_attempts, routes_memory, routes_ops
+from memcollab.server import routes_attempts, routes_memory, routes_ops, routes_proxy
 from memcollab.server.attempts import AttemptConflictError, AttemptNotFoundError
 from memcollab.server.context import ServerContext
 from memcollab.server.metrics import Metrics, MetricsMiddleware
@@ -92,6 +92,7 @@ def create_app(context: ServerContext) -> FastAPI:
     # POST /v1/import takes a larger body: FastAPI's per-router limit overrides the app's.
     app.include_router(routes_memory.import_router, max_body_size=context.settings.import_limit)
     _mount_mcp(app, context)
+    app.include_router(routes_proxy.router, max_body_size=context.settings.proxy_body_limit)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     _add_error_handlers(app, context)
     return app

@@ -270,6 +270,14 @@ class AttemptStore:
             settled = cur.rowcount == 1
         return self.get(namespace, attempt_id), settled
 
+    def claim_verdict(
+        self, namespace: str, attempt_id: str, verdict: Verdict, key_id: str
+    ) -> Attempt | None:
+        """`settle` for the proxy's feedback: the attempt when this call set its verdict,
+        None when it already had one (outcomes are counted once per attempt)."""
+        attempt, settled = self.settle(namespace, attempt_id, verdict, key_id)
+        return attempt if settled else None
+
     def list(
         self,
         namespace: str,

@@ -15,8 +15,9 @@ Scopes (read < write < admin; a key may use every endpoint of its scope and belo
 * read: POST /v1/search, GET /v1/records, GET /v1/records/{id},
   GET /v1/records/{id}/history, GET /v1/export, GET /v1/stats, GET /v1/attempts,
   GET /v1/attempts/{id}, GET /v1/tasks/{task_id}/attempts, GET /v1/tasks/contrasting,
-  GET /v1/whoami, GET /v1/browse (the browser page's data);
-* write: POST /v1/records, POST /v1/attempts, POST /v1/attempts/{id}/verdict;
+  GET /v1/whoami, GET /v1/browse (the browser page's data), GET /v1/models;
+* write: POST /v1/records, POST /v1/attempts, POST /v1/attempts/{id}/verdict,
+  POST /v1/chat/completions (it records an attempt), POST /v1/feedback;
 * admin: POST /v1/records/{id}/flag, POST /v1/records/{id}/unflag, POST /v1/import.
 
 No key is needed for GET /v1/health, GET /v1/ready, GET /metrics, /docs and /openapi.json,

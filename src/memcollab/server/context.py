@@ -36,6 +36,18 @@ class Settings:
     """Most records or attempts one list request returns."""
     max_p: int = 20
     """Most records one search returns."""
+    proxy_body_limit: int = 4 * MiB
+    """Largest body of POST /v1/chat/completions (conversations grow)."""
+    proxy_p: int = 3
+    """Records the proxy injects at most per request."""
+    proxy_utility: bool = False
+    """Utility retrieval in the proxy (withhold records of confident harm for the model).
+    Off by default: its estimates cost about 75 ms per request over 1000 domain records
+    (benchmarks/proxy_overhead.py's memory), against a goal of 5 ms."""
+    memory_timeout_s: float = 5.0
+    """Labelling + retrieval longer than this: the request goes on without memory (error)."""
+    upstream_timeout_s: float = 300.0
+    """An upstream that does not answer (or send the next chunk) within this: 504."""
 
 
 class ServerContext:
