@@ -152,6 +152,24 @@ class MemoryStore(ABC):
         ordered by (created_at, id); flagged records only with `include_flagged`. One full
         bucket is read through the bucket index."""
 
+    def records_page(
+        self,
+        namespace: str = "default",
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+        *,
+        include_flagged: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[MemoryRecord], int]:
+        """One page of `records(...)` (the same order) and how many records match in all.
+        This default slices the full list; the SQL backends page in the database."""
+        found = self.records(
+            namespace, domain, category, subcategory, include_flagged=include_flagged
+        )
+        return found[offset : offset + limit], len(found)
+
     @abstractmethod
     def buckets(
         self, namespace: str = "default", domain: str | None = None
