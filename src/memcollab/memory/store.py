@@ -4,8 +4,8 @@ One interface, `MemoryStore`, with two backends that behave identically:
 
 * `SQLiteMemory` (the default): one file, WAL journal, a busy timeout and one connection
   per thread, so several threads and processes can read and write one file at once.
-* `PostgresMemory` (`pip install 'memcollab[postgres]'`): psycopg 3, one connection per
-  thread, for memories shared between machines.
+* `PostgresMemory` (`pip install 'memcollab[postgres]'`): psycopg 3 with a connection
+  pool of bounded size per process, for memories shared between machines.
 
 `open_memory(location)` picks the backend from a path or URL through a registry of URL
 schemes (`register_backend`): the SQL both backends share is in store_sql.py, each
