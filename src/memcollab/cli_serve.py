@@ -6,6 +6,8 @@ commands work without the `server` extra; `keys` needs no FastAPI at all.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -56,6 +58,24 @@ def serve_command(
         float,
         typer.Option(min=0.1, help="Seconds the proxy waits for an upstream model (then 504)."),
     ] = 300.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes (uvicorn); they share only the database. /metrics"
+            " counts the worker that answers.",
+        ),
+    ] = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Request threads per worker; a PostgreSQL memory opens at most this many"
+            " connections per worker (unless MEMCOLLAB_PG_POOL_SIZE says otherwise).",
+        ),
+    ] = 16,
 ) -> None:
     """Serve a memory over HTTP: the REST API under /v1, OpenAPI docs at /docs.
 
@@ -65,7 +85,7 @@ def serve_command(
     try:
         import uvicorn
 
-        from memcollab.server.app import create_app
+        from memcollab.server.app import SERVE_CONFIG_ENV, create_app
         from memcollab.server.context import ServerContext, Settings
     except ImportError as exc:
         raise UserError(
@@ -80,7 +100,7 @@ def serve_command(
 
         chosen = make_labeller("trained", data_dir=data_dir)
     location = memory or default_memory()
-    settings = Settings(upstream_timeout_s=upstream_timeout)
+    settings = Settings(upstream_timeout_s=upstream_timeout, threads=threads)
     context = ServerContext.open(location, fleet=fleet, labeller=chosen, settings=settings)
     try:
         created = context.keys.bootstrap("default")
@@ -98,9 +118,29 @@ def serve_command(
             highlight=False,
             soft_wrap=True,
         )
-        uvicorn.run(create_app(context), host=host, port=port, log_level=log_level)
+        if workers == 1:
+            uvicorn.run(create_app(context), host=host, port=port, log_level=log_level)
+            return
     finally:
         context.close()
+    # Several workers: each opens its own context from the environment (uvicorn spawns them).
+    os.environ[SERVE_CONFIG_ENV] = json.dumps(
+        {
+            "memory": str(location),
+            "fleet": None if fleet is None else str(fleet),
+            "labeller": labeller,
+            "data_dir": None if data_dir is None else str(data_dir),
+            "settings": {"threads": threads},
+        }
+    )
+    uvicorn.run(
+        "memcollab.server.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+    )
 
 
 @contextmanager

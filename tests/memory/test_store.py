@@ -231,9 +231,9 @@ def test_bucket_query_reads_the_index(store: MemoryStore) -> None:
         assert "TEMP B-TREE" not in plan  # the index already gives the order
     else:
         assert isinstance(store, PostgresMemory)
-        conn = store._conn()
-        conn.execute("SET enable_seqscan = off")  # a tiny table would be scanned otherwise
-        plan = " ".join(str(row) for row in store._query("EXPLAIN " + select, params))
+        with store.transaction() as cur:  # reads inside it use its pooled connection
+            cur.execute("SET LOCAL enable_seqscan = off")  # a tiny table would be scanned
+            plan = " ".join(str(row) for row in store.query("EXPLAIN " + select, params))
         assert "memory_records_bucket" in plan
         assert "Sort" not in plan
 

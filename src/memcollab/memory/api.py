@@ -241,6 +241,29 @@ class Memory:
             namespace, domain, category, subcategory, include_flagged=include_flagged
         )
 
+    def page(
+        self,
+        namespace: str = "default",
+        *,
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+        include_flagged: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[builtins.list[MemoryRecord], int]:
+        """One page of `list(...)` (the same order: created_at, id) and the total count;
+        the SQL stores read only the page."""
+        return self.store.records_page(
+            namespace,
+            domain,
+            category,
+            subcategory,
+            include_flagged=include_flagged,
+            limit=limit,
+            offset=offset,
+        )
+
     def add(self, record: MemoryRecord | Mapping[str, Any], *, screen: bool = True) -> bool:
         """Store one record (a mapping is validated as a `MemoryRecord` first); False when
         its id is already stored. With `screen` (the default) a record that carries

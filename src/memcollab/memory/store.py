@@ -4,8 +4,8 @@ One interface, `MemoryStore`, with two backends that behave identically:
 
 * `SQLiteMemory` (the default): one file, WAL journal, a busy timeout and one connection
   per thread, so several threads and processes can read and write one file at once.
-* `PostgresMemory` (`pip install 'memcollab[postgres]'`): psycopg 3, one connection per
-  thread, for memories shared between machines.
+* `PostgresMemory` (`pip install 'memcollab[postgres]'`): psycopg 3 with a connection
+  pool of bounded size per process, for memories shared between machines.
 
 `open_memory(location)` picks the backend from a path or URL through a registry of URL
 schemes (`register_backend`): the SQL both backends share is in store_sql.py, each
@@ -151,6 +151,24 @@ class MemoryStore(ABC):
         """The records of a namespace, optionally of one domain / category / subcategory,
         ordered by (created_at, id); flagged records only with `include_flagged`. One full
         bucket is read through the bucket index."""
+
+    def records_page(
+        self,
+        namespace: str = "default",
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+        *,
+        include_flagged: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[MemoryRecord], int]:
+        """One page of `records(...)` (the same order) and how many records match in all.
+        This default slices the full list; the SQL backends page in the database."""
+        found = self.records(
+            namespace, domain, category, subcategory, include_flagged=include_flagged
+        )
+        return found[offset : offset + limit], len(found)
 
     @abstractmethod
     def buckets(

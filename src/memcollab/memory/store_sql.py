@@ -12,8 +12,8 @@ import threading
 import time
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from memcollab.domains import DOMAINS
@@ -88,20 +88,31 @@ class _SQLMemory(MemoryStore):
         """A new connection in autocommit mode."""
 
     @abstractmethod
-    def _write(self) -> AbstractContextManager[Any]:
-        """A write transaction; yields a DB-API cursor."""
+    def _begin(self) -> AbstractContextManager[tuple[Any, Any]]:
+        """One write transaction on a connection of this thread: yields (connection, DB-API
+        cursor); commits when the block ends, rolls back on an error."""
 
     def _sql(self, statement: str) -> str:
         return statement
 
+    def _forked(self) -> None:
+        """Forget the parent process's connection sources (never touch them: they share
+        the parent's sockets). Called with `_lock` held."""
+
     # -- connections
-    def _conn(self) -> Any:
+    def _check_fork(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
             with self._lock:
-                self._inherited.extend(self._conns)
-                self._conns = []
-                self._local = threading.local()
-                self._pid = os.getpid()
+                if self._pid != os.getpid():
+                    self._inherited.extend(self._conns)
+                    self._conns = []
+                    self._local = threading.local()
+                    self._forked()
+                    self._pid = os.getpid()
+
+    def _conn(self) -> Any:
+        """This thread's own connection (opened on first use)."""
+        self._check_fork()
         conn = getattr(self._local, "conn", None)
         if conn is None:
             if self._closed:
@@ -112,6 +123,53 @@ class _SQLMemory(MemoryStore):
             self._local.conn = conn
         return conn
 
+    @contextmanager
+    def _borrow(self) -> Iterator[Any]:
+        """A connection for statements outside a transaction (SQLite: this thread's own;
+        PostgreSQL overrides it with one lent by its pool)."""
+        yield self._conn()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """The connection a read uses: the open transaction's when this thread is in one
+        (so it sees what the transaction wrote), else a borrowed one."""
+        self._check_fork()
+        tx = getattr(self._local, "tx", None)
+        if tx is not None:
+            yield tx[0]
+            return
+        with self._borrow() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A write transaction; yields a DB-API cursor. Inside `transaction()` on this
+        thread it joins that transaction (committed or rolled back with it)."""
+        self._check_fork()
+        tx = getattr(self._local, "tx", None)
+        if tx is not None:
+            yield tx[1]
+            return
+        with self._begin() as (conn, cur):
+            self._local.tx = (conn, cur)
+            try:
+                yield cur
+            finally:
+                self._local.tx = None
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One write transaction: every write of this store made inside the block on this
+        thread (add, import, flag, ...) joins it, as do statements run on the cursor it
+        yields (the driver's placeholders: `?` for SQLite, `%s` for PostgreSQL), and
+        reads inside it see its writes. Committed when the block ends, rolled back on an
+        error. The service writes a record and its provenance this way (server/db.py)."""
+        return self._write()
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one statement written with `?` placeholders (inside `transaction()`,
+        on its connection)."""
+        return self._query(statement, params)
+
     def close(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
@@ -121,7 +179,8 @@ class _SQLMemory(MemoryStore):
             conn.close()
 
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._conn().execute(self._sql(statement), tuple(params)).fetchall())
+        with self._connection() as conn:
+            return list(conn.execute(self._sql(statement), tuple(params)).fetchall())
 
     # -- records
     def add(self, record: MemoryRecord) -> bool:
@@ -330,6 +389,31 @@ class _SQLMemory(MemoryStore):
             f"SELECT json FROM memory_records WHERE {where} ORDER BY created_at, id", params
         )
         return [MemoryRecord.model_validate_json(blob) for (blob,) in rows]
+
+    def records_page(
+        self,
+        namespace: str = "default",
+        domain: str | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+        *,
+        include_flagged: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[MemoryRecord], int]:
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        where, params = self._where(namespace, domain, category, subcategory)
+        if not include_flagged:
+            where += " AND id NOT IN (SELECT record_id FROM memory_flags)"
+        # LIMIT/OFFSET in SQL: only the page's records are read and parsed.
+        rows = self._query(
+            f"SELECT json FROM memory_records WHERE {where} ORDER BY created_at, id "
+            "LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        total = self._query(f"SELECT COUNT(*) FROM memory_records WHERE {where}", params)
+        return [MemoryRecord.model_validate_json(blob) for (blob,) in rows], int(total[0][0])
 
     def buckets(
         self, namespace: str = "default", domain: str | None = None

@@ -14,7 +14,8 @@ from memcollab.sqlite_local import connect, create_with_wal
 
 
 class SQLiteMemory(_SQLMemory):
-    """The memory in one SQLite file (WAL, busy timeout, a connection per thread)."""
+    """The memory in one SQLite file (WAL, busy timeout, a connection per thread: threads
+    are bounded by whoever runs them, e.g. the service's thread pool)."""
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
@@ -65,13 +66,13 @@ class SQLiteMemory(_SQLMemory):
         self._check_schema_version()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
+    def _begin(self) -> Iterator[tuple[sqlite3.Connection, sqlite3.Cursor]]:
         conn = self._conn()
         # IMMEDIATE takes the write lock up front (waiting through busy_timeout) instead of
         # failing when a read transaction must be upgraded.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn.cursor()
+            yield conn, conn.cursor()
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -79,15 +80,16 @@ class SQLiteMemory(_SQLMemory):
         conn.execute("COMMIT")
 
     def _iter_json(self, namespace: str | None) -> Iterator[str]:
-        if namespace is None:
-            cur = self._conn().execute("SELECT json FROM memory_records ORDER BY created_at, id")
-        else:
-            cur = self._conn().execute(
-                "SELECT json FROM memory_records WHERE namespace = ? ORDER BY created_at, id",
-                (namespace,),
-            )
-        for (blob,) in cur:
-            yield blob
+        with self._connection() as conn:
+            if namespace is None:
+                cur = conn.execute("SELECT json FROM memory_records ORDER BY created_at, id")
+            else:
+                cur = conn.execute(
+                    "SELECT json FROM memory_records WHERE namespace = ? ORDER BY created_at, id",
+                    (namespace,),
+                )
+            for (blob,) in cur:
+                yield blob
 
 
 def open_sqlite_path(path: str, create: bool) -> MemoryStore:

@@ -8,11 +8,16 @@ goes to the service log, never to the client).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,7 +32,7 @@ from memcollab.memory.store import (
 )
 from memcollab.server import routes_attempts, routes_memory, routes_ops, routes_proxy
 from memcollab.server.attempts import AttemptConflictError, AttemptNotFoundError
-from memcollab.server.context import ServerContext
+from memcollab.server.context import ServerContext, Settings
 from memcollab.server.metrics import Metrics, MetricsMiddleware
 from memcollab.server.routes_browse import router as browse_router
 
@@ -72,9 +77,23 @@ def _description(context: ServerContext) -> str:
     )
 
 
-def create_app(context: ServerContext) -> FastAPI:
-    """The service over `context` (which the caller opens and closes)."""
+def create_app(context: ServerContext, *, owns_context: bool = False) -> FastAPI:
+    """The service over `context` (which the caller opens and closes, unless
+    `owns_context`: then the app closes it when it shuts down). Endpoints run on a thread
+    pool of `context.settings.threads` threads."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Bounds the threads (and so the database connections) of this process.
+        to_thread.current_default_thread_limiter().total_tokens = context.settings.threads
+        try:
+            yield
+        finally:
+            if owns_context:
+                context.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="memcollab",
         version=__version__,
         description=_description(context),
@@ -110,6 +129,31 @@ def _mount_mcp(app: FastAPI, context: ServerContext) -> None:
         )
         return
     app.include_router(mcp_router(context))
+
+
+SERVE_CONFIG_ENV = "MEMCOLLAB_SERVE_CONFIG"
+"""What `memcollab serve --workers N` hands its worker processes (JSON: memory, fleet,
+labeller, data_dir, settings)."""
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of `memcollab serve --workers N` (uvicorn's factory):
+    it opens its own ServerContext from MEMCOLLAB_SERVE_CONFIG and closes it on shutdown.
+    Workers share nothing but the database: keys, attempts, records and the memory's
+    version counter (which invalidates each worker's retrieval indexes) live there."""
+    config = json.loads(os.environ[SERVE_CONFIG_ENV])
+    labeller = None
+    if config.get("labeller") == "trained":
+        from memcollab.memory.labeller import make_labeller
+
+        labeller = make_labeller("trained", data_dir=config.get("data_dir"))
+    context = ServerContext.open(
+        config["memory"],
+        fleet=config.get("fleet"),
+        settings=Settings(**config.get("settings", {})),
+        labeller=labeller,
+    )
+    return create_app(context, owns_context=True)
 
 
 def _add_error_handlers(app: FastAPI, context: ServerContext) -> None:

@@ -9,6 +9,7 @@ the `server` extra.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,7 @@ from types import TracebackType
 from memcollab.llm.fleet import Fleet
 from memcollab.memory.api import Memory
 from memcollab.memory.guidance import Labeller
+from memcollab.memory.store import PostgresMemory
 from memcollab.server.attempts import AttemptStore
 from memcollab.server.db import ServerDB
 from memcollab.server.keys import KeyStore
@@ -48,6 +50,10 @@ class Settings:
     """Labelling + retrieval longer than this: the request goes on without memory (error)."""
     upstream_timeout_s: float = 300.0
     """An upstream that does not answer (or send the next chunk) within this: 504."""
+    threads: int = 16
+    """Request threads of one process (the thread pool that runs the endpoints); a
+    PostgreSQL memory's connection pool is sized to match unless MEMCOLLAB_PG_POOL_SIZE
+    is set, so the process opens at most this many connections and no thread waits."""
 
 
 class ServerContext:
@@ -62,12 +68,17 @@ class ServerContext:
         labeller: Labeller | None = None,
     ) -> None:
         self.memory = memory
-        self.db = ServerDB(memory.store)
+        self.settings = settings or Settings()
+        if self.settings.threads < 1:
+            raise ValueError("the service needs at least one request thread")
+        store = memory.store
+        if isinstance(store, PostgresMemory) and "MEMCOLLAB_PG_POOL_SIZE" not in os.environ:
+            store.set_pool_size(self.settings.threads)
+        self.db = ServerDB(store)
         self.keys = KeyStore(self.db)
         self.attempts = AttemptStore(self.db)
         self.provenance = ProvenanceStore(self.db)
         self.fleet = fleet
-        self.settings = settings or Settings()
         self.labeller = labeller
 
     @classmethod

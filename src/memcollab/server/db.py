@@ -6,20 +6,18 @@ a separate, separately versioned set of tables (`server_meta` holds their schema
 the memory's own schema (memory/store_sql.py) is untouched, so a memory file written by an
 older memcollab opens unchanged and gains only these tables.
 
-Connections follow the memory store's patterns: one connection per thread in autocommit
-mode, SQLite in WAL mode with a busy timeout and `BEGIN IMMEDIATE` write transactions,
-PostgreSQL through psycopg 3 with schema creation serialised by an advisory lock. The
-connections are this module's own (opened from the store's path or URL), because the
-memory store's connections are private to it.
+Statements run on the memory store's own connections (`MemoryStore.transaction()` and
+`query()`): on SQLite this thread's connection (WAL, busy timeout, `BEGIN IMMEDIATE`
+writes), on PostgreSQL the store's connection pool, so a process opens at most the pool's
+size in connections for the memory and these tables together. A `write()` block is one
+transaction that the memory's own writes inside it join: the service adds a record and its
+provenance in one transaction (a process killed in between leaves neither).
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from memcollab.errors import UserError
@@ -31,7 +29,6 @@ from memcollab.memory.store import (
     PostgresMemory,
     SQLiteMemory,
 )
-from memcollab.sqlite_local import connect, create_with_wal
 
 SERVER_SCHEMA_VERSION = 1
 """The layout of the server tables; a database written by a newer layout is refused."""
@@ -114,115 +111,50 @@ class Cursor:
 
 
 class ServerDB:
-    """Per-thread connections to the memory's database, for the server tables.
+    """The server tables, on the memory store's connections.
 
-    `query` reads in autocommit mode; `write()` is one transaction. Statements use `?`.
+    `query` reads (autocommit, or inside the open `write()` of this thread); `write()` is
+    one transaction, joined by the memory store's writes made inside it. Statements use `?`.
     """
 
     def __init__(self, store: MemoryStore) -> None:
         if isinstance(store, SQLiteMemory):
             self.postgres = False
-            self._path = store.path
         elif isinstance(store, PostgresMemory):
             self.postgres = True
-            self._url, self._pg_schema = store.url, store.schema
         else:
             raise UserError(
                 f"the service keeps its keys and attempts beside the memory, in SQLite or "
                 f"PostgreSQL; {type(store).__name__} at {store.location} is neither",
                 "serve a SQLite file or a postgresql:// URL",
             )
+        self.store: SQLiteMemory | PostgresMemory = store
         self.location = store.location
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[Any] = []
-        self._pid = os.getpid()
         self._closed = False
-        try:
-            self._init_schema()
-        except BaseException:
-            self.close()
-            raise
-
-    # -- connections
-    def _connect(self) -> Any:
-        if not self.postgres:
-            try:
-                return connect(self._path)
-            except sqlite3.Error as exc:
-                raise MemoryConnectionError(f"cannot open {self._path}: {exc}") from None
-        import psycopg
-        from psycopg import sql
-
-        from memcollab.memory.store_postgres import _PG_CONNECT_TIMEOUT_S, _pg_failure
-
-        try:
-            conn = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=_PG_CONNECT_TIMEOUT_S
-            )
-        except psycopg.Error as exc:
-            raise _pg_failure(self._url, exc) from None
-        if self._pg_schema:
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._pg_schema)))
-        return conn
-
-    def _conn(self) -> Any:
-        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
-            with self._lock:
-                self._conns = []
-                self._local = threading.local()
-                self._pid = os.getpid()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._closed:
-                raise MemoryConnectionError(f"the server tables at {self.location} are closed")
-            conn = self._connect()
-            with self._lock:
-                self._conns.append(conn)
-            self._local.conn = conn
-        return conn
+        self._init_schema()
 
     def close(self) -> None:
-        """Close every connection this object opened."""
-        with self._lock:
-            conns, self._conns = self._conns, []
-            self._closed = True
-            self._local = threading.local()
-        for conn in conns:
-            conn.close()
+        """Stop using the store (its owner closes its connections)."""
+        self._closed = True
+
+    def _check(self) -> None:
+        if self._closed:
+            raise MemoryConnectionError(f"the server tables at {self.location} are closed")
 
     # -- statements
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one read (autocommit)."""
-        conn = self._conn()
-        if self.postgres:
-            with conn.cursor() as cur:
-                return Cursor(cur, True).execute(statement, params).fetchall()
-        return Cursor(conn.cursor(), False).execute(statement, params).fetchall()
-
-    def write(self) -> AbstractContextManager[Cursor]:
-        """One write transaction; committed when the block ends, rolled back on an error."""
-        return self._pg_write() if self.postgres else self._sqlite_write()
+        """Rows of one read (autocommit; inside this thread's `write()`, on its connection)."""
+        self._check()
+        return self.store.query(statement, params)
 
     @contextmanager
-    def _sqlite_write(self) -> Iterator[Cursor]:
-        conn = self._conn()
-        # IMMEDIATE takes the write lock up front (waiting through busy_timeout), as the
-        # memory store does, instead of failing when a read must be upgraded.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield Cursor(conn.cursor(), False)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    @contextmanager
-    def _pg_write(self) -> Iterator[Cursor]:
-        conn = self._conn()
-        with conn.transaction(), conn.cursor() as cur:
-            yield Cursor(cur, True)
+    def write(self) -> Iterator[Cursor]:
+        """One write transaction; committed when the block ends, rolled back on an error.
+        Memory writes (`Memory.add`, `import_`, ...) made inside the block on this thread
+        join it, and so does a nested `write()`."""
+        self._check()
+        with self.store.transaction() as cur:
+            yield Cursor(cur, self.postgres)
 
     def ping(self) -> None:
         """Raise unless the database answers a query."""
@@ -230,22 +162,15 @@ class ServerDB:
 
     # -- schema
     def _init_schema(self) -> None:
-        if self.postgres:
-            statements = _schema('TEXT COLLATE "C"', "DOUBLE PRECISION", "BIGINT")
-            with self.write() as cur:
+        with self.write() as cur:
+            if self.postgres:
                 # CREATE ... IF NOT EXISTS is not safe against a concurrent CREATE; serialise.
                 cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_SCHEMA_LOCK,))
-                for statement in statements:
-                    cur.execute(statement)
-        else:
-            statements = _schema("TEXT", "REAL", "INTEGER")
-
-            def create(conn: sqlite3.Connection) -> None:
-                with self.write() as cur:
-                    for statement in statements:
-                        cur.execute(statement)
-
-            create_with_wal(self._conn, create)
+                statements = _schema('TEXT COLLATE "C"', "DOUBLE PRECISION", "BIGINT")
+            else:  # the store switched the file to WAL already; BEGIN IMMEDIATE serialises
+                statements = _schema("TEXT", "REAL", "INTEGER")
+            for statement in statements:
+                cur.execute(statement)
         found = int(self.query("SELECT value FROM server_meta WHERE key = 'schema_version'")[0][0])
         if found > SERVER_SCHEMA_VERSION:
             raise MemoryFormatError(

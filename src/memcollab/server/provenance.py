@@ -1,9 +1,10 @@
 """Who put a record into the memory through the service (table `server_record_provenance`).
 
 A record itself carries its namespace, its models (l+ and l-) and its creation time; the
-service adds the API key that added or imported it. Written right after the memory
-accepted the record (the memory's own transaction is not shared), so a process killed in
-between leaves a record without its key id: it reads as "unknown", never as another key.
+service adds the API key that added or imported it, in the same transaction as the record
+(`ServerDB.write()` around `Memory.add` / `import_`), so a process killed mid-request
+leaves both or neither. A record added outside the service (the CLI, a build) has no row
+here: its key id reads as unknown (null), never as another key.
 """
 
 from __future__ import annotations

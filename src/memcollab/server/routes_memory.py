@@ -168,23 +168,24 @@ def list_records(
     for value in (domain, category, subcategory):
         if value is not None:
             _storable_query(value)
-    records = ctx.memory.list(
+    page, total = ctx.memory.page(
         who.namespace,
         domain=domain,
         category=category,
         subcategory=subcategory,
         include_flagged=include_flagged,
+        limit=limit,
+        offset=offset,
     )
-    page = records[offset : offset + limit]
     flags = ctx.memory.flagged(who.namespace)
     provenance = ctx.provenance.many([r.id for r in page])
     end = offset + len(page)
     return {
         "records": [record_out(r, flags, provenance) for r in page],
-        "total": len(records),
+        "total": total,
         "limit": limit,
         "offset": offset,
-        "next_offset": end if end < len(records) else None,
+        "next_offset": end if end < total else None,
     }
 
 
@@ -241,10 +242,11 @@ def add_record(body: RecordIn, response: Response, who: WriteKey, ctx: Context) 
         distiller=body.distiller,
         created_at=time.time(),
     )
-    created = ctx.memory.add(record)
-    if created:
-        ctx.provenance.record([rid], who.namespace, who.key_id, "add")
-    else:
+    with ctx.db.write():  # one transaction: the record and its provenance, or neither
+        created = ctx.memory.add(record)
+        if created:
+            ctx.provenance.record([rid], who.namespace, who.key_id, "add")
+    if not created:
         stored = ctx.memory.get(rid)
         same = stored.namespace == who.namespace and stored.model_dump(
             exclude={"created_at"}
@@ -374,12 +376,13 @@ def _import(
                 continue
             # Stored in another namespace: never overwritten, never merged into.
             raise HTTPException(409, f"record id {record.id!r} is taken; nothing was imported")
+    new = [r.id for r in records if r.id not in mine]
     try:
-        counts = ctx.memory.import_(path, on_conflict=on_conflict)
+        with ctx.db.write():  # one transaction: the records and their provenance
+            counts = ctx.memory.import_(path, on_conflict=on_conflict)
+            ctx.provenance.record(new, who.namespace, who.key_id, "import")
     except MemoryConflictError as exc:
         raise HTTPException(409, str(exc).replace(scrub + ": ", "")) from None
-    new = [r.id for r in records if r.id not in mine]
-    ctx.provenance.record(new, who.namespace, who.key_id, "import")
     return ImportResult(
         added=counts.added,
         present=counts.present,

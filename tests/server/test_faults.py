@@ -1,0 +1,52 @@
+"""Two `memcollab serve` processes on one database, concurrent writers, one process
+killed with SIGKILL mid-load and restarted: no acknowledged write lost, none stored twice,
+no record without its provenance (the bounded version of benchmarks/server_faults.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.server.conftest import KINDS
+
+
+def _harness() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "server_faults.py"
+    spec = importlib.util.spec_from_file_location("server_faults", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigkill_mid_load_loses_and_duplicates_nothing(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else ""
+    harness = _harness()
+    backend = "postgresql" if kind == "postgres" else "sqlite"
+    result = harness.run(
+        backend,
+        writers=4,
+        seconds=5,
+        kill_at=1.5,
+        restart_after=0.2,
+        pg_url=url or harness.PG_URL,
+        workdir=tmp_path,
+    )
+    assert [e for e in result["events"] if "sigkill_pid" in e], result
+    acked = result["acknowledged"]
+    assert acked["records"] > 0 and acked["attempts"] > 0, result
+    assert result["lost"] == {"records": 0, "attempts": 0}, result
+    assert result["duplicates"] == {"records": 0, "attempts": 0}, result
+    assert result["half_written_records"] == 0, result
+    assert result["stored_never_sent"] == 0, result
+    assert result["gave_up"] == 0 and result["client_errors"] == 0, result
+    assert result["ok"] is True
