@@ -100,7 +100,11 @@ def serve_command(
 
         chosen = make_labeller("trained", data_dir=data_dir)
     location = memory or default_memory()
-    settings = Settings(upstream_timeout_s=upstream_timeout, threads=threads)
+    settings = Settings(
+        upstream_timeout_s=upstream_timeout,
+        threads=threads,
+        data_dir=None if data_dir is None else str(data_dir),
+    )
     context = ServerContext.open(location, fleet=fleet, labeller=chosen, settings=settings)
     try:
         created = context.keys.bootstrap("default")

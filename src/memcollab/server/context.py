@@ -20,6 +20,7 @@ from memcollab.memory.guidance import Labeller
 from memcollab.memory.store import PostgresMemory
 from memcollab.server.attempts import AttemptStore
 from memcollab.server.db import ServerDB
+from memcollab.server.judge import TaskJudge
 from memcollab.server.keys import KeyStore
 from memcollab.server.provenance import ProvenanceStore
 
@@ -50,6 +51,9 @@ class Settings:
     """Labelling + retrieval longer than this: the request goes on without memory (error)."""
     upstream_timeout_s: float = 300.0
     """An upstream that does not answer (or send the next chunk) within this: 504."""
+    data_dir: str | None = None
+    """Where feedback's server-side judge reads benchmark tasks (server/judge.py; None:
+    MEMCOLLAB_DATA_DIR, else the default data directory)."""
     threads: int = 16
     """Request threads of one process (the thread pool that runs the endpoints); a
     PostgreSQL memory's connection pool is sized to match unless MEMCOLLAB_PG_POOL_SIZE
@@ -78,6 +82,7 @@ class ServerContext:
         self.keys = KeyStore(self.db)
         self.attempts = AttemptStore(self.db)
         self.provenance = ProvenanceStore(self.db)
+        self.judge = TaskJudge(self.settings.data_dir)
         self.fleet = fleet
         self.labeller = labeller
 

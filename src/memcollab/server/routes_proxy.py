@@ -286,7 +286,8 @@ def list_models(who: ReadKey, ctx: Context) -> ModelList:
 
 class FeedbackIn(BaseModel):
     """Which exchange (exactly one of response_id, attempt_id, or task_id with model) and
-    its verdict."""
+    its verdict; without a verdict the service judges the attempt itself when its task id is
+    a benchmark task it can load (server/judge.py), else 422."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -294,7 +295,9 @@ class FeedbackIn(BaseModel):
     attempt_id: AttemptId | None = Field(None, description="the x-memcollab-attempt header")
     task_id: Name | None = Field(None, description="a task id: its latest attempt by `model`")
     model: Name | None = Field(None, description="with task_id: whose attempt")
-    verdict: Literal["correct", "incorrect"]
+    verdict: Literal["correct", "incorrect"] | None = Field(
+        None, description="omit to have the service judge a benchmark task's attempt"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> FeedbackIn:
@@ -311,6 +314,7 @@ class FeedbackOut(BaseModel):
     counted: bool = Field(description="false: this verdict was already recorded")
     outcomes: int = Field(description="injected records whose outcome was counted")
     baseline: bool = Field(description="a no-memory baseline outcome was counted")
+    judged: bool = Field(description="the verdict came from the service's own checker")
 
 
 def _target(ctx: ServerContext, who: Principal, body: FeedbackIn) -> Attempt:
@@ -330,9 +334,13 @@ def feedback(body: FeedbackIn, who: WriteKey, ctx: Context) -> dict[str, Any]:
     """The verdict on a proxied exchange: sets the attempt's verdict once and counts each
     injected record's outcome for the model (helped = correct), or, when no record was
     injected, the model's no-memory baseline in the task's bucket. The same verdict again
-    counts nothing; another verdict is a 409. An unknown id: 404, nothing written."""
-    result = apply_feedback(ctx, who.namespace, who.key_id, _target(ctx, who, body), body.verdict)
+    counts nothing; another verdict is a 409. An unknown id: 404, nothing written. Without a
+    verdict, an attempt on a benchmark task (e.g. gsm8k/test/12) is judged by its checker."""
+    target = _target(ctx, who, body)
+    verdict = body.verdict if body.verdict is not None else ctx.judge.judge(target)
+    result = apply_feedback(ctx, who.namespace, who.key_id, target, verdict)
     return {
+        "judged": body.verdict is None,
         "attempt": result.attempt.model_dump(),
         "counted": result.counted,
         "outcomes": result.outcomes,
