@@ -171,3 +171,14 @@ def any_service(storage: Storage, kind: str) -> Service:
 
 # The proxy tests' stub upstream (served by uvicorn) and its per-test reset.
 from tests.server.proxy_fixtures import stub, stub_server  # noqa: E402, F401
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Any]:
+    """The MCP tests' world (tests/server/mcp_cases.py), one for both transports; imported
+    here lazily because the MCP SDK is optional."""
+    from tests.server.mcp_cases import make_world
+
+    made = make_world(tmp_path)
+    yield made
+    made.context.close()

@@ -32,16 +32,8 @@ from tests.server.mcp_cases import (  # noqa: E402
     check_isolation,
     check_read_scope,
     check_tools_listed,
-    make_world,
 )
 from tests.server.test_cli_serve import serving  # noqa: E402
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[McpWorld]:
-    w = make_world(tmp_path)
-    yield w
-    w.context.close()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,15 +27,7 @@ from tests.server.mcp_cases import (  # noqa: E402
     check_isolation,
     check_read_scope,
     check_tools_listed,
-    make_world,
 )
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[McpWorld]:
-    w = make_world(tmp_path)
-    yield w
-    w.context.close()
 
 
 @asynccontextmanager
