@@ -30,7 +30,7 @@ from memcollab.memory.store import (
     MemoryConnectionError,
     MemoryNotFoundError,
 )
-from memcollab.server import routes_attempts, routes_memory, routes_ops, routes_proxy
+from memcollab.server import routes_attempts, routes_learn, routes_memory, routes_ops, routes_proxy
 from memcollab.server.attempts import AttemptConflictError, AttemptNotFoundError
 from memcollab.server.context import ServerContext, Settings
 from memcollab.server.metrics import Metrics, MetricsMiddleware
@@ -104,9 +104,11 @@ def create_app(context: ServerContext, *, owns_context: bool = False) -> FastAPI
     )
     app.state.context = context
     app.state.metrics = Metrics()
+    app.state.metrics.registry.register(routes_learn.LearningCollector(context.learning))
     app.include_router(routes_ops.router)
     app.include_router(routes_memory.router)
     app.include_router(routes_attempts.router)
+    app.include_router(routes_learn.router)
     app.include_router(browse_router)  # the memory browser page at /browse
     # POST /v1/import takes a larger body: FastAPI's per-router limit overrides the app's.
     app.include_router(routes_memory.import_router, max_body_size=context.settings.import_limit)

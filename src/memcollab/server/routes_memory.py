@@ -90,6 +90,7 @@ def record_out(
             key_id=seen.get("key_id"),
             via=seen.get("via"),
             added_at=seen.get("at"),
+            learned=seen.get("learned"),
         ),
     }
 

@@ -82,6 +82,34 @@ class ConstraintOut(BaseModel):
     text: str = Field(description="The constraint as the agent sees it.")
 
 
+class LearnedProvenance(BaseModel):
+    """How the online-learning worker made a record: the pair of attempts, their models,
+    the distiller and its prompt version, the worker, the time, the namespace."""
+
+    namespace: str
+    task_id: str
+    pos_attempt: str
+    neg_attempt: str
+    model_pos: str
+    model_neg: str
+    distiller: str
+    prompt_version: str
+    worker: str
+    at: float
+
+
+class Learning(BaseModel):
+    """Online learning in the key's namespace (server/learn_queue.py)."""
+
+    namespace: str
+    queue: dict[str, int] = Field(description="rows by state: pending, claimed, done, ...")
+    distilled: int = Field(description="pairs distilled into a record (queue rows done)")
+    refused: dict[str, int] = Field(description="refused pairs by reason (screens, empty, ...)")
+    failed: dict[str, int] = Field(description="failed pairs by reason (error, lease_expired)")
+    deferred: int = Field(description="offers put off by a full queue (the scan files them later)")
+    waiting: int = Field(description="tasks with a contrast and no queue row yet")
+
+
 class Provenance(BaseModel):
     """Where a record came from: its namespace, models and time, and (when it came in
     through the service) the key that added or imported it."""
@@ -92,8 +120,13 @@ class Provenance(BaseModel):
     distiller: str
     created_at: float
     key_id: str | None = None
-    via: str | None = Field(None, description="add | import; none for records built offline")
+    via: str | None = Field(
+        None, description="add | import | learn; none for records built offline"
+    )
     added_at: float | None = None
+    learned: LearnedProvenance | None = Field(
+        None, description="for records the online-learning worker distilled"
+    )
 
 
 class RecordOut(BaseModel):
