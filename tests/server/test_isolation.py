@@ -151,6 +151,19 @@ def _contrasting(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], No
     return "GET", "/v1/tasks/contrasting", {}, check
 
 
+def _learning(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], None]]:
+    def check(r: Any) -> None:
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["namespace"] == "a" and body["waiting"] == 0
+        assert sum(body["queue"].values()) == 0 and body["deferred"] == 0
+        _no_b_ids(w, r.text)
+
+    # b's contrasting task is queued in b (its verdicts offered it), never counted for a.
+    assert w.svc.context.learning.counts("b")["queue"]["pending"] == 1
+    return "GET", "/v1/learning", {}, check
+
+
 def _whoami(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], None]]:
     def check(r: Any) -> None:
         assert r.json()["namespace"] == "a"
@@ -238,6 +251,7 @@ ROUTES: dict[tuple[str, str], tuple[str, Attack]] = {
     ),
     ("GET", "/v1/tasks/contrasting"): ("read", _contrasting),
     ("GET", "/v1/whoami"): ("read", _whoami),
+    ("GET", "/v1/learning"): ("read", _learning),
 }
 
 
