@@ -37,7 +37,8 @@ def test_poisoned_distillations_of_proxied_attempts_are_refused(
     storage: Storage, screen: ScreenVersion
 ) -> None:
     """Under v2 the semantic rules refuse most of them first ("unsupported": they are not
-    about the attempts); under v1 the content screen names most attacks (a few break a form rule first)."""
+    about the attempts); under v1 the content screen names most attacks (a few break a
+    form rule first)."""
     svc = service_for(storage.new("sqlite"))
     svc.context.fleet = Fleet(
         [
