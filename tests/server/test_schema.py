@@ -42,6 +42,9 @@ def test_an_existing_schema_2_file_gains_only_the_server_tables(tmp_path: Path) 
         "server_keys",
         "server_attempts",
         "server_record_provenance",
+        "server_learn_queue",
+        "server_learn_counts",
+        "server_learned_provenance",
     }
     with sqlite3.connect(path) as conn:
         assert conn.execute(
@@ -55,6 +58,27 @@ def test_an_existing_schema_2_file_gains_only_the_server_tables(tmp_path: Path) 
         assert memory.flagged() and memory.namespaces() == {"default": 1}
     with ServerContext.open(path) as ctx:
         assert len(ctx.keys.list()) == 1
+
+
+LEARNING_TABLES = ("server_learn_queue", "server_learn_counts", "server_learned_provenance")
+
+
+def test_a_version_1_service_database_gains_the_learning_tables(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    with ServerContext.open(path) as ctx:
+        ctx.keys.create("default", "read")
+    with sqlite3.connect(path) as conn:  # as the service wrote it before online learning
+        for table in LEARNING_TABLES:
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("UPDATE server_meta SET value = 1 WHERE key = 'schema_version'")
+    with ServerContext.open(path) as ctx:
+        assert len(ctx.keys.list()) == 1
+        assert ctx.learning.counts()["distilled"] == 0
+    assert set(LEARNING_TABLES) <= _tables(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute(
+            "SELECT value FROM server_meta WHERE key = 'schema_version'"
+        ).fetchone() == (SERVER_SCHEMA_VERSION,)
 
 
 def test_a_newer_service_schema_is_refused(tmp_path: Path) -> None:
