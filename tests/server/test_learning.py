@@ -370,3 +370,18 @@ def test_provenance_through_the_record_endpoint(storage: Storage) -> None:
     metrics = svc.client.get("/metrics").text
     assert 'memcollab_learn_queue{state="done"} 1.0' in metrics
     assert "memcollab_learn_distilled 1.0" in metrics
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def test_learn_and_serve_learn_refuse_bad_settings_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from memcollab.cli import main
+
+    memory = str(tmp_path / "m.sqlite")
+    assert main(["learn", "--memory", memory]) == 2
+    assert "learn needs a distiller" in capsys.readouterr().err
+    assert main(["serve", "--memory", memory, "--learn", "--distiller", "d", "--workers", "2"]) == 2
+    assert "--learn needs --distiller MODEL and one worker process" in capsys.readouterr().err
