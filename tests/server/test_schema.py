@@ -42,6 +42,8 @@ def test_an_existing_schema_2_file_gains_only_the_server_tables(tmp_path: Path) 
         "server_keys",
         "server_attempts",
         "server_record_provenance",
+        "server_key_trust",
+        "server_counters",
     }
     with sqlite3.connect(path) as conn:
         assert conn.execute(

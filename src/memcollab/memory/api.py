@@ -18,13 +18,24 @@ searches with one setting rank against an index built once per store version.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from memcollab.memory._status_shim import add_with_status, status_of
+from memcollab.memory._status_shim import release as shim_release
 from memcollab.memory.build import BuildEvent, BuildSummary, build_memory
+from memcollab.memory.dedup import (
+    AUTO_RELEASE_ACTOR,
+    AddResult,
+    DedupCounts,
+    plan,
+    unsupported,
+)
 from memcollab.memory.distill import Distiller
 from memcollab.memory.guidance import Labeller, LabelLike
 from memcollab.memory.merge import MERGE_THRESHOLD, MergeSummary, merge_namespace
@@ -36,8 +47,10 @@ from memcollab.memory.review import ReviewItem, review
 from memcollab.memory.store import (
     ImportCounts,
     MemoryFormatError,
+    MemoryNotFoundError,
     MemoryStore,
     OnConflict,
+    PostgresMemory,
     open_memory,
     read_export,
 )
@@ -56,6 +69,8 @@ class Memory:
         self.poison = PoisonCounts()
         """What the content screen (memory/poison.py) checked and refused in `add` and
         `import_`, per reason."""
+        self.dedup = DedupCounts()
+        """What `add_or_merge` stored and merged, per namespace (memory/dedup.py)."""
         self._retrievers: dict[RetrieverKey, Retriever] = {}
         self._lock = threading.Lock()
 
@@ -264,16 +279,78 @@ class Memory:
             offset=offset,
         )
 
-    def add(self, record: MemoryRecord | Mapping[str, Any], *, screen: bool = True) -> bool:
+    def add(
+        self,
+        record: MemoryRecord | Mapping[str, Any],
+        *,
+        screen: bool = True,
+        dedup: bool = False,
+    ) -> bool:
         """Store one record (a mapping is validated as a `MemoryRecord` first); False when
         its id is already stored. With `screen` (the default) a record that carries
         instructions rather than reasoning (memory/poison.py) is refused with PoisonError
-        naming the reason, and counted in `poison`."""
+        naming the reason, and counted in `poison`. With `dedup`, as `add_or_merge` (its
+        near-duplicate constraints merge into the bucket's); builds and imports do not."""
+        if dedup:
+            return bool(self.add_or_merge(record, screen=screen))
         if not isinstance(record, MemoryRecord):
             record = MemoryRecord.model_validate(record)
         if screen:
             self._screen([record], "add")
         return self.store.add(record)
+
+    def add_or_merge(
+        self,
+        record: MemoryRecord | Mapping[str, Any],
+        *,
+        screen: bool = True,
+        status: str = "active",
+        reason: str = "",
+        actor: str = "",
+        threshold: float = MERGE_THRESHOLD,
+    ) -> AddResult:
+        """Add one record as the service does (memory/dedup.py): screened like `add`; each
+        constraint that nearly duplicates one of an active record of its bucket (else of a
+        quarantined one) merges into it, raising its support; the rest are stored as the
+        record. `status="quarantined"` (an untrusted source): stored whole, never served,
+        never merged. Says what happened (an `AddResult`); counted in `dedup`."""
+        if not isinstance(record, MemoryRecord):
+            record = MemoryRecord.model_validate(record)
+        if screen:
+            self._screen([record], "add")
+        with _serialised(self.store, record.namespace):
+            result = self._add_or_merge(record, status, reason, actor, threshold)
+        self.dedup.count(record.namespace, result)
+        return result
+
+    def _add_or_merge(
+        self, record: MemoryRecord, status: str, reason: str, actor: str, threshold: float
+    ) -> AddResult:
+        try:
+            stored = self.store.get(record.id)
+        except MemoryNotFoundError:
+            pass
+        else:
+            return AddResult(stored.id, False, status_of(self, stored.id))
+        if status != "active":
+            created = add_with_status(self, unsupported(record), status, reason, actor)
+            return AddResult(record.id, created, status, len(record.constraints) if created else 0)
+        bucket = (record.namespace, record.domain, record.category, record.subcategory)
+        active = self.store.records(*bucket)
+        held = [
+            r
+            for r in self.store.records(*bucket, include_flagged=True)
+            if status_of(self, r.id) == "quarantined"
+        ]
+        kept, merges, changed, corroborated = plan(record, active, held, threshold)
+        created = self.add(record.with_constraints(kept), screen=False)
+        if changed:
+            self.store.save(changed)
+        why = f"corroborated: each constraint nearly duplicated by a trusted add (last {record.id})"
+        released = tuple(
+            rid for rid in corroborated if shim_release(self, rid, why, AUTO_RELEASE_ACTOR)
+        )
+        return AddResult(record.id, created, "active", len(kept), tuple(merges), released)
 
     def _screen(self, records: builtins.list[MemoryRecord], source: str) -> None:
         """Refuse the records (all of them) if the content screen refuses one."""
@@ -398,8 +475,9 @@ class Memory:
         return {n.key: n.value for n in self.store.notes(namespace)}
 
     def stats(self, namespace: str = "default") -> dict[str, Any]:
-        """Records and constraints in a namespace, per bucket, source pair and distiller."""
-        return self.store.stats(namespace)
+        """Records and constraints in a namespace, per bucket, source pair and distiller;
+        `dedup`: what this handle's `add_or_merge` stored and merged there."""
+        return {**self.store.stats(namespace), "dedup": self.dedup.as_dict(namespace)}
 
     def namespaces(self) -> dict[str, int]:
         """Namespace -> record count."""
@@ -407,6 +485,23 @@ class Memory:
 
     def __repr__(self) -> str:
         return f"Memory({self.location!r})"
+
+
+@contextmanager
+def _serialised(store: MemoryStore, namespace: str) -> Iterator[None]:
+    """One transaction in which no other add_or_merge of the namespace runs (SQLite's
+    write transactions are serial already; PostgreSQL takes an advisory lock), so two
+    adds never both raise a support from the same stored value. A backend without
+    transactions runs the block as it is."""
+    transaction = getattr(store, "transaction", None)
+    if transaction is None:
+        yield
+        return
+    with transaction() as cur:
+        if isinstance(store, PostgresMemory):
+            key = int.from_bytes(hashlib.sha256(f"dedup:{namespace}".encode()).digest()[:8])
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (key - 2**63,))
+        yield
 
 
 def _refiled(record: MemoryRecord, namespace: str) -> MemoryRecord:

@@ -30,8 +30,12 @@ from memcollab.memory.store import (
     SQLiteMemory,
 )
 
-SERVER_SCHEMA_VERSION = 1
-"""The layout of the server tables; a database written by a newer layout is refused."""
+SERVER_SCHEMA_VERSION = 2
+"""The layout of the server tables; a database written by a newer layout is refused.
+1: meta, keys, attempts, record provenance. 2: added `server_key_trust` (keys marked
+untrusted: their records are quarantined) and `server_counters` (per namespace: screen
+refusals by reason, dedup merges, quarantines, releases); new tables only, so a schema-1
+database gains them on open."""
 _PG_SCHEMA_LOCK = 0x6D6373657276  # pg_advisory_xact_lock key serialising server-table creation
 
 
@@ -79,8 +83,22 @@ def _schema(text: str, real: str, big: str) -> list[str]:
             via {text} NOT NULL,
             at {real} NOT NULL
         )""",
+        f"""CREATE TABLE IF NOT EXISTS server_key_trust (
+            key_id {text} PRIMARY KEY,
+            trusted {big} NOT NULL,
+            at {real} NOT NULL
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS server_counters (
+            namespace {text} NOT NULL,
+            name {text} NOT NULL,
+            n {big} NOT NULL,
+            PRIMARY KEY (namespace, name)
+        )""",
         f"INSERT INTO server_meta (key, value) VALUES ('schema_version', {SERVER_SCHEMA_VERSION}) "
         "ON CONFLICT (key) DO NOTHING",
+        # A schema-1 database gained the tables above: say so (never lowers a newer version).
+        f"UPDATE server_meta SET value = {SERVER_SCHEMA_VERSION} "
+        f"WHERE key = 'schema_version' AND value < {SERVER_SCHEMA_VERSION}",
     ]
 
 

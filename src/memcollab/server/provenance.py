@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from memcollab.server.db import ServerDB
 
-Via = Literal["add", "import"]
+Via = Literal["add", "import", "mcp"]
 
 
 class ProvenanceStore:
