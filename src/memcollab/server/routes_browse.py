@@ -11,7 +11,8 @@ Records hold model-written text. The script builds every element with `textConte
 never parses data as HTML; the page's Content-Security-Policy (scripts and styles from
 this origin only, no inline script, no images) is a second wall, not the first.
 
-`GET /v1/browse` (read scope) is `GET /v1/records?include_flagged=true` with, per record,
+`GET /v1/browse` (read scope) is `GET /v1/records?include_flagged=true` (each record with
+its status: active, or quarantined when an untrusted key added it) with, per record,
 what the page shows beside it and would otherwise cost two calls per record: per-model
 usage counts, the flag history, and the utility estimate per model with outcomes
 (memory/utility.py, default `UtilityPolicy`).
@@ -27,6 +28,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from memcollab.memory._status_shim import status_of
 from memcollab.memory.utility import Estimate
 from memcollab.server.auth import Context, ReadKey
 from memcollab.server.routes_memory import record_out
@@ -127,7 +129,7 @@ def browse(
     provenance = ctx.provenance.many([r.id for r in page])
     out = []
     for record in page:
-        item = record_out(record, flags, provenance)
+        item = record_out(record, flags, provenance, status_of(ctx.memory, record.id))
         usage = ctx.memory.usage(record.id)
         item["usage"] = Usage(**usage)
         item["history"] = ctx.memory.history(record.id)

@@ -406,9 +406,9 @@ def _import(
     except MemoryFormatError as exc:
         raise HTTPException(422, str(exc).replace(scrub, "line")) from None
     mine = {r.id for r in ctx.memory.list(who.namespace, include_flagged=True)}
-    for record in records:
-        if record.namespace != who.namespace:
-            raise other_namespace(who, record.namespace)
+    for item in [*records, *notes]:  # a note of another namespace is refused as a record
+        if item.namespace != who.namespace:
+            raise other_namespace(who, item.namespace)
     for record in records:
         if record.id not in mine:
             try:
