@@ -51,7 +51,7 @@ def test_the_pairs_used_here_are_near_duplicates_by_merge_py() -> None:
     assert similarity(ORDER, SIGNS_AGAIN) < MERGE_THRESHOLD
 
 
-def test_a_near_duplicate_merges_raising_support_the_rest_is_stored(store: MemoryStore) -> None:
+def test_a_near_duplicate_merges_raising_support_the_rest_is_stored(store: MemoryStore) -> None:  # noqa: F811
     memory = Memory(store)
     first = memory.add_or_merge(rec(1, ORDER))
     assert first.created and first.added == rec(1).id and first.merged == ()
@@ -71,7 +71,7 @@ def test_a_near_duplicate_merges_raising_support_the_rest_is_stored(store: Memor
 
 
 def test_a_record_whose_constraints_all_merged_is_kept_empty_and_never_served(
-    store: MemoryStore,
+    store: MemoryStore,  # noqa: F811
 ) -> None:
     memory = Memory(store)
     memory.add_or_merge(rec(1, ORDER, SIGNS))
@@ -83,7 +83,7 @@ def test_a_record_whose_constraints_all_merged_is_kept_empty_and_never_served(
     assert _served(memory) == {rec(1).id}
 
 
-def test_plain_add_builds_and_imports_do_not_dedup(store: MemoryStore) -> None:
+def test_plain_add_builds_and_imports_do_not_dedup(store: MemoryStore) -> None:  # noqa: F811
     memory = Memory(store)
     assert memory.add(rec(1, ORDER)) is True
     assert memory.add(rec(2, ORDER_AGAIN)) is True  # the default: stored as given
@@ -93,7 +93,7 @@ def test_plain_add_builds_and_imports_do_not_dedup(store: MemoryStore) -> None:
     assert memory.get(rec(2).id).constraints[0].support == 2  # the most similar one
 
 
-def test_other_buckets_and_flagged_records_are_never_merged_into(store: MemoryStore) -> None:
+def test_other_buckets_and_flagged_records_are_never_merged_into(store: MemoryStore) -> None:  # noqa: F811
     memory = Memory(store)
     memory.add(rec(1, ORDER, category="geometry"))
     memory.add(rec(2, ORDER))
@@ -104,7 +104,7 @@ def test_other_buckets_and_flagged_records_are_never_merged_into(store: MemorySt
 
 
 def test_a_quarantined_submission_is_stored_whole_unsupported_and_never_served(
-    store: MemoryStore,
+    store: MemoryStore,  # noqa: F811
 ) -> None:
     memory = Memory(store)
     memory.add_or_merge(rec(1, ORDER))
@@ -119,7 +119,7 @@ def test_a_quarantined_submission_is_stored_whole_unsupported_and_never_served(
 
 
 def test_trusted_near_duplicates_of_every_constraint_release_a_quarantined_record(
-    store: MemoryStore,
+    store: MemoryStore,  # noqa: F811
 ) -> None:
     memory = Memory(store)
     held_id = memory.add_or_merge(rec(1, ORDER, UNITS), status="quarantined").record_id
@@ -143,7 +143,7 @@ def test_trusted_near_duplicates_of_every_constraint_release_a_quarantined_recor
 
 
 def test_a_trusted_add_prefers_an_active_near_duplicate_to_a_quarantined_one(
-    store: MemoryStore,
+    store: MemoryStore,  # noqa: F811
 ) -> None:
     memory = Memory(store)
     memory.add_or_merge(rec(1, ORDER), status="quarantined")
