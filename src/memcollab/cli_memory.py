@@ -515,6 +515,24 @@ def memory_flag(
     console.print(f"{memory} {state} {record_id}{note}")
 
 
+@memory_app.command("release")
+def memory_release(
+    memory: MemoryArg,
+    record_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")],
+) -> None:
+    """Serve a quarantined record (one an untrusted API key added or imported)."""
+    from memcollab.memory import Memory
+    from memcollab.memory._status_shim import release, status_of
+
+    with Memory.open(memory, create=False) as mem:
+        mem.get(record_id)  # an unknown id is one clear error
+        changed = release(mem, record_id, reason, "cli")
+        status = status_of(mem, record_id)
+    note = "released: it is served now" if changed else f"was not quarantined ({status})"
+    console.print(f"{memory}: {record_id} {note}")
+
+
 @memory_app.command("review")
 def memory_review(
     memory: MemoryArg,

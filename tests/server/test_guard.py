@@ -8,9 +8,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from memcollab.server.context import ServerContext
 from memcollab.server.db import SERVER_SCHEMA_VERSION
-from tests.server.conftest import Service, make_record
+from memcollab.tasks.task import Task
+from tests.server.conftest import Service, make_record, service_for
 
 ORDER = {
     "when": "adding several amounts",
@@ -197,3 +200,40 @@ def test_keys_carry_their_trust_and_an_older_service_database_gains_the_tables(
     with sqlite3.connect(path) as conn:
         version = conn.execute("SELECT value FROM server_meta WHERE key = 'schema_version'")
         assert version.fetchone() == (SERVER_SCHEMA_VERSION,) == (2,)
+
+
+def test_the_cli_makes_an_untrusted_key_and_releases_its_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from memcollab.cli import main
+
+    def cli(*args: str) -> int:
+        try:
+            return main(list(args))
+        except SystemExit as exc:  # typer ends a successful command with SystemExit(0)
+            return int(exc.code or 0)
+
+    path = str(tmp_path / "m.sqlite")
+    create = ["keys", "create", "--namespace", "a", "--scope", "write", "--untrusted"]
+    assert cli(*create, "--memory", path) == 0
+    secret = capsys.readouterr().out.strip()
+    with ServerContext.open(path) as ctx:
+        svc = service_for(ctx)
+        headers = {"Authorization": f"Bearer {secret}"}
+        r = _add(svc, headers, "Add 2, 3 and 4.", ORDER)
+        assert r.json()["status"] == "quarantined", r.text
+        rid = r.json()["record"]["id"]
+    assert cli("keys", "list", "--memory", path) == 0
+    assert " no " in capsys.readouterr().out  # the trusted column
+    assert cli("memory", "release", path, rid, "--reason", "read it") == 0
+    assert f"{rid} released" in capsys.readouterr().out
+    assert cli("memory", "release", path, rid, "--reason", "again") == 0
+    assert "was not quarantined (active)" in capsys.readouterr().out
+    assert cli("memory", "release", path, "nope", "--reason", "x") == 2
+    with ServerContext.open(path) as ctx:
+        assert ctx.memory.history(rid)[-1]["actor"] == "cli"
+        label = type("L", (), {"category": "arithmetic", "subcategory": "sums"})()
+        found = ctx.memory.search(
+            Task(id="q", domain="math", prompt=QUERY["task"]), label=label, namespace="a"
+        )
+        assert [h.record.id for h in found.hits] == [rid]
