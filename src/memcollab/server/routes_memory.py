@@ -406,9 +406,10 @@ def _import(
     except MemoryFormatError as exc:
         raise HTTPException(422, str(exc).replace(scrub, "line")) from None
     mine = {r.id for r in ctx.memory.list(who.namespace, include_flagged=True)}
-    for item in [*records, *notes]:  # a note of another namespace is refused as a record
-        if item.namespace != who.namespace:
-            raise other_namespace(who, item.namespace)
+    # A note of another namespace is refused as a record of it is.
+    for named in [r.namespace for r in records] + [n.namespace for n in notes]:
+        if named != who.namespace:
+            raise other_namespace(who, named)
     for record in records:
         if record.id not in mine:
             try:
