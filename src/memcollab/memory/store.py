@@ -33,9 +33,11 @@ harmed); `memory_flags` (the records withheld from retrieval, with the reason) a
 `memory_flag_history` (every flag and unflag); `memory_notes` (namespace, key, json: a
 namespace's notes, e.g. the utility gate's decision); `memory_baselines` (per namespace,
 model and bucket: the model's successes and failures without memory, the baseline of
-memory/utility.py); `memory_meta` (the version counter and the schema version). Schema 2
-added the flag tables, schema 3 the notes, schema 4 the baselines; opening an older store
-adds them.
+memory/utility.py); `memory_status`, `memory_changes` and `memory_versions` (statuses other
+than flagged, the change log, each namespace's latest version: memory/store_changes.py);
+`memory_meta` (the version counter and the schema version). Schema 2 added the flag
+tables, schema 3 the notes, schema 4 the baselines, schema 5 statuses and the change log;
+opening an older store adds them.
 
 Namespace notes: small JSON objects a namespace carries besides its records (`set_note`,
 `notes`). An export of a namespace writes its notes after its records, one line each

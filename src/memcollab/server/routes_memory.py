@@ -24,7 +24,7 @@ from memcollab.memory.store import (
     MemoryFormatError,
     MemoryNotFoundError,
     OnConflict,
-    read_jsonl,
+    read_export_with_history,
 )
 from memcollab.server.attempts import derive_task_id
 from memcollab.server.auth import AdminKey, Context, Principal, ReadKey, WriteKey, other_namespace
@@ -328,7 +328,8 @@ _IMPORT_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-        "description": "A JSONL export: one MemoryRecord per line, all of the key's namespace.",
+        "description": "A JSONL export: one MemoryRecord per line, all of the key's "
+        "namespace, then its notes and its change history (one line each).",
     }
 }
 
@@ -361,13 +362,13 @@ def _import(
 ) -> ImportResult:
     scrub = str(path)
     try:
-        records = read_jsonl(path)
+        records, _, changes = read_export_with_history(path)
     except MemoryFormatError as exc:
         raise HTTPException(422, str(exc).replace(scrub, "line")) from None
     mine = {r.id for r in ctx.memory.list(who.namespace, include_flagged=True)}
-    for record in records:
-        if record.namespace != who.namespace:
-            raise other_namespace(who, record.namespace)
+    for namespace in [r.namespace for r in records] + [c.namespace for c in changes]:
+        if namespace != who.namespace:
+            raise other_namespace(who, namespace)
     for record in records:
         if record.id not in mine:
             try:
@@ -388,6 +389,7 @@ def _import(
         present=counts.present,
         conflicts_skipped=counts.conflicts_skipped,
         replaced=counts.replaced,
+        changes=counts.changes,
     )
 
 

@@ -177,6 +177,9 @@ class ImportResult(BaseModel):
     present: int
     conflicts_skipped: int
     replaced: int
+    changes: int = Field(
+        default=0, description="history changes reproduced (a namespace new to this memory)"
+    )
 
 
 # --------------------------------------------------------------------------- search
