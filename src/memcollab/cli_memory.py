@@ -523,12 +523,11 @@ def memory_release(
 ) -> None:
     """Serve a quarantined record (one an untrusted API key added or imported)."""
     from memcollab.memory import Memory
-    from memcollab.memory._status_shim import release, status_of
 
     with Memory.open(memory, create=False) as mem:
         mem.get(record_id)  # an unknown id is one clear error
-        changed = release(mem, record_id, reason, "cli")
-        status = status_of(mem, record_id)
+        changed = mem.release(record_id, reason, "cli")
+        status = mem.status(record_id)
     note = "released: it is served now" if changed else f"was not quarantined ({status})"
     console.print(f"{memory}: {record_id} {note}")
 
@@ -553,6 +552,8 @@ def memory_review(
         why = []
         if item.flag_reason is not None:
             why.append(f"flagged: {item.flag_reason}")
+        if item.status == "quarantined":
+            why.append("quarantined (memory release ID --reason ... serves it)")
         if item.withheld_from:
             why.append(f"withheld from {', '.join(item.withheld_from)}")
         if item.poison.refused:

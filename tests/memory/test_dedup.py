@@ -39,9 +39,7 @@ def _served(memory: Memory) -> set[str]:
 
 
 def _status(memory: Memory, rid: str) -> str:
-    from memcollab.memory._status_shim import status_of
-
-    return status_of(memory, rid)
+    return memory.status(rid)
 
 
 def test_the_pairs_used_here_are_near_duplicates_by_merge_py() -> None:

@@ -20,14 +20,13 @@ from __future__ import annotations
 import builtins
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from memcollab.memory._status_shim import add_with_status, status_of
-from memcollab.memory._status_shim import release as shim_release
 from memcollab.memory.build import BuildEvent, BuildSummary, build_memory
 from memcollab.memory.dedup import (
     AUTO_RELEASE_ACTOR,
@@ -49,15 +48,20 @@ from memcollab.memory.store import (
     MemoryFormatError,
     MemoryNotFoundError,
     MemoryStore,
+    MemoryVersionError,
     OnConflict,
     PostgresMemory,
+    RollbackCounts,
     open_memory,
-    read_export,
+    read_export_with_history,
 )
+from memcollab.memory.store_changes import Change, Status
 from memcollab.memory.utility import Estimate, UtilityPolicy, estimates
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
+SNAPSHOT_NOTE = "snapshot:"
+"""Prefix of the namespace notes that name a version (`Memory.snapshot`)."""
 RetrieverKey = tuple[str, int, str, bool, int, bool, bool, UtilityPolicy | None]
 
 
@@ -285,26 +289,36 @@ class Memory:
         *,
         screen: bool = True,
         dedup: bool = False,
+        status: Status = "active",
+        reason: str = "",
+        actor: str = "",
     ) -> bool:
         """Store one record (a mapping is validated as a `MemoryRecord` first); False when
         its id is already stored. With `screen` (the default) a record that carries
         instructions rather than reasoning (memory/poison.py) is refused with PoisonError
-        naming the reason, and counted in `poison`. With `dedup`, as `add_or_merge` (its
-        near-duplicate constraints merge into the bucket's); builds and imports do not."""
+        naming the reason, and counted in `poison`. `status="quarantined"` stores it
+        withheld until `release` (records of untrusted sources); the change is logged with
+        `reason` and `actor`. With `dedup`, as `add_or_merge` (its near-duplicate
+        constraints merge into the bucket's); builds and imports do not."""
         if dedup:
-            return bool(self.add_or_merge(record, screen=screen))
+            found = self.add_or_merge(
+                record, screen=screen, status=status, reason=reason, actor=actor
+            )
+            return bool(found)
         if not isinstance(record, MemoryRecord):
             record = MemoryRecord.model_validate(record)
         if screen:
             self._screen([record], "add")
-        return self.store.add(record)
+        if status == "active" and not reason and not actor:
+            return self.store.add(record)
+        return bool(self.store.add_records([record], status=status, reason=reason, actor=actor))
 
     def add_or_merge(
         self,
         record: MemoryRecord | Mapping[str, Any],
         *,
         screen: bool = True,
-        status: str = "active",
+        status: Status = "active",
         reason: str = "",
         actor: str = "",
         threshold: float = MERGE_THRESHOLD,
@@ -324,32 +338,33 @@ class Memory:
         return result
 
     def _add_or_merge(
-        self, record: MemoryRecord, status: str, reason: str, actor: str, threshold: float
+        self, record: MemoryRecord, status: Status, reason: str, actor: str, threshold: float
     ) -> AddResult:
         try:
             stored = self.store.get(record.id)
         except MemoryNotFoundError:
             pass
         else:
-            return AddResult(stored.id, False, status_of(self, stored.id))
+            return AddResult(stored.id, False, self.status(stored.id))
         if status != "active":
-            created = add_with_status(self, unsupported(record), status, reason, actor)
+            created = self.add(
+                unsupported(record), screen=False, status=status, reason=reason, actor=actor
+            )
             return AddResult(record.id, created, status, len(record.constraints) if created else 0)
         bucket = (record.namespace, record.domain, record.category, record.subcategory)
         active = self.store.records(*bucket)
+        withheld = self.statuses(record.namespace)
         held = [
             r
             for r in self.store.records(*bucket, include_flagged=True)
-            if status_of(self, r.id) == "quarantined"
+            if withheld.get(r.id) == "quarantined"
         ]
         kept, merges, changed, corroborated = plan(record, active, held, threshold)
-        created = self.add(record.with_constraints(kept), screen=False)
+        created = self.add(record.with_constraints(kept), screen=False, reason=reason, actor=actor)
         if changed:
             self.store.save(changed)
         why = f"corroborated: each constraint nearly duplicated by a trusted add (last {record.id})"
-        released = tuple(
-            rid for rid in corroborated if shim_release(self, rid, why, AUTO_RELEASE_ACTOR)
-        )
+        released = tuple(rid for rid in corroborated if self.release(rid, why, AUTO_RELEASE_ACTOR))
         return AddResult(record.id, created, "active", len(kept), tuple(merges), released)
 
     def _screen(self, records: builtins.list[MemoryRecord], source: str) -> None:
@@ -374,6 +389,97 @@ class Memory:
     def unflag(self, record_id: str, reason: str, actor: str = "") -> bool:
         """Serve a flagged record again; False if it was not flagged."""
         return self.store.unflag(record_id, reason, actor)
+
+    def release(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Serve a quarantined record (quarantined -> active); False if it was active."""
+        return self.store.transition(record_id, "release", reason, actor)
+
+    def quarantine(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Withhold an active record until it is released; False if already quarantined."""
+        return self.store.transition(record_id, "quarantine", reason, actor)
+
+    def archive(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Withhold a record for good (kept, exported, restorable); False if archived."""
+        return self.store.transition(record_id, "archive", reason, actor)
+
+    def restore(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Put an archived record back in the status it was archived from."""
+        return self.store.transition(record_id, "restore", reason, actor)
+
+    def status(self, record_id: str) -> Status:
+        """ "active" (served), "flagged", "quarantined" or "archived"."""
+        return self.store.status(record_id)
+
+    def statuses(self, namespace: str = "default") -> dict[str, Status]:
+        """id -> status of the namespace's records that are not served (not active)."""
+        return self.store.statuses(namespace)
+
+    # -- versions
+    def version(self, namespace: str = "default") -> int:
+        """The namespace's version: how many changes its records have had."""
+        return self.store.namespace_version(namespace)
+
+    def changes(
+        self,
+        namespace: str = "default",
+        *,
+        record_id: str | None = None,
+        since: int = 0,
+        until: int | None = None,
+    ) -> builtins.list[Change]:
+        """The namespace's change log (of one record, when given), oldest first."""
+        return self.store.changes(namespace, record_id=record_id, since=since, until=until)
+
+    def snapshot(self, namespace: str, name: str, actor: str = "") -> int:
+        """Name the namespace's current version (kept as the note "snapshot:NAME", exported
+        with it); returns that version. A name is given once: naming another version with
+        it is refused with MemoryVersionError."""
+        if not name.strip() or any(ch.isspace() for ch in name):
+            raise MemoryVersionError(
+                f"snapshot name {name!r} is empty or holds spaces", "give a name like v1"
+            )
+        version = self.version(namespace)
+        taken = self.note(namespace, SNAPSHOT_NOTE + name)
+        if taken is not None and taken.get("version") != version:
+            raise MemoryVersionError(
+                f"snapshot {name!r} of namespace {namespace!r} already names version "
+                f"{taken.get('version')}",
+                "choose another name",
+            )
+        if taken is None:
+            value = {"version": version, "at": time.time(), "actor": actor}
+            self.set_note(namespace, SNAPSHOT_NOTE + name, value)
+        return version
+
+    def snapshots(self, namespace: str = "default") -> dict[str, int]:
+        """Snapshot name -> the version it names."""
+        return {
+            key.removeprefix(SNAPSHOT_NOTE): int(value["version"])
+            for key, value in self.notes(namespace).items()
+            if key.startswith(SNAPSHOT_NOTE)
+        }
+
+    def rollback(
+        self, namespace: str, to: int | str, reason: str, actor: str = ""
+    ) -> RollbackCounts:
+        """Set the namespace's records back to their status and content at a version (a
+        number or a snapshot name), as new changes: a later rollback can undo it."""
+        version = to
+        if isinstance(to, str):
+            if to.isdigit():
+                version = int(to)
+            else:
+                known = self.snapshots(namespace)
+                if to not in known:
+                    names = ", ".join(sorted(known)) or "none"
+                    raise MemoryVersionError(
+                        f"namespace {namespace!r} has no snapshot {to!r} (snapshots: {names})",
+                        "give a version number or a snapshot name",
+                    )
+                version = known[to]
+        with self._lock:
+            self._retrievers.clear()
+        return self.store.rollback(namespace, int(version), reason, actor)
 
     def flagged(self, namespace: str | None = None) -> dict[str, str]:
         """Flagged record id -> reason."""
@@ -444,7 +550,7 @@ class Memory:
         (memory/poison.py) is refused whole with PoisonError, nothing imported."""
         if namespace is None and not screen:
             return self.store.import_jsonl(path, on_conflict=on_conflict)
-        records, notes = read_export(path)
+        records, notes, changes = read_export_with_history(path)
         if namespace is not None:
             held = sorted({r.namespace for r in records} | {n.namespace for n in notes})
             if len(held) > 1:
@@ -455,9 +561,10 @@ class Memory:
                 )
             records = [_refiled(r, namespace) for r in records]
             notes = [n.model_copy(update={"namespace": namespace}) for n in notes]
+            changes = []  # its record ids changed: the history cannot follow them
         if screen:
             self._screen(records, str(path))
-        return self.store.import_parsed(records, notes, on_conflict, str(path))
+        return self.store.import_parsed(records, notes, on_conflict, str(path), changes)
 
     # -- namespace notes
     def set_note(self, namespace: str, key: str, value: Mapping[str, Any]) -> bool:

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memcollab.memory._status_shim import release as shim_release
 from memcollab.memory.dedup import AddResult
 from memcollab.memory.poison import POISON_REASONS, PoisonVerdict, refusal, screen_record
 from memcollab.memory.record import MemoryRecord
@@ -173,7 +172,7 @@ def release(context: Any, who: Principal, record_id: str, reason: str) -> bool:
     """Release a quarantined record for `who` (the caller checked it is theirs and that
     the key is trusted), counted; False when it was not quarantined."""
     with context.db.write():
-        changed = bool(shim_release(context.memory, record_id, reason, who.actor))
+        changed = bool(context.memory.release(record_id, reason, who.actor))
         if changed:
             context.counters.bump(who.namespace, {"released": 1})
     return changed

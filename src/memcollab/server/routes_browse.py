@@ -28,7 +28,6 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from memcollab.memory._status_shim import status_of
 from memcollab.memory.utility import Estimate
 from memcollab.server.auth import Context, ReadKey
 from memcollab.server.routes_memory import record_out
@@ -126,10 +125,11 @@ def browse(
     records = ctx.memory.list(who.namespace, include_flagged=True)
     page = records[offset : offset + limit]
     flags = ctx.memory.flagged(who.namespace)
+    statuses = ctx.memory.statuses(who.namespace)
     provenance = ctx.provenance.many([r.id for r in page])
     out = []
     for record in page:
-        item = record_out(record, flags, provenance, status_of(ctx.memory, record.id))
+        item = record_out(record, flags, provenance, statuses.get(record.id, "active"))
         usage = ctx.memory.usage(record.id)
         item["usage"] = Usage(**usage)
         item["history"] = ctx.memory.history(record.id)

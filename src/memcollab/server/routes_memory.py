@@ -16,7 +16,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from memcollab.memory._status_shim import status_of
 from memcollab.memory.guidance import UNLABELLED
 from memcollab.memory.record import Constraint, MemoryRecord, record_id, task_hash
 from memcollab.memory.store import (
@@ -25,7 +24,7 @@ from memcollab.memory.store import (
     MemoryFormatError,
     MemoryNotFoundError,
     OnConflict,
-    read_export,
+    read_export_with_history,
 )
 from memcollab.server import guard
 from memcollab.server.attempts import derive_task_id
@@ -184,10 +183,11 @@ def list_records(
         offset=offset,
     )
     flags = ctx.memory.flagged(who.namespace)
+    statuses = ctx.memory.statuses(who.namespace)
     provenance = ctx.provenance.many([r.id for r in page])
     end = offset + len(page)
     return {
-        "records": [record_out(r, flags, provenance, status_of(ctx.memory, r.id)) for r in page],
+        "records": [record_out(r, flags, provenance, statuses.get(r.id, "active")) for r in page],
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -207,9 +207,7 @@ def get_record(record_id: RecordIdPath, who: ReadKey, ctx: Context) -> dict[str,
     """One record with its flag state, provenance and per-model usage counts."""
     record = own_record(ctx, who, record_id)
     flags = ctx.memory.flagged(who.namespace)
-    out = record_out(
-        record, flags, ctx.provenance.many([record.id]), status_of(ctx.memory, record.id)
-    )
+    out = record_out(record, flags, ctx.provenance.many([record.id]), ctx.memory.status(record.id))
     out["usage"] = Usage(**ctx.memory.usage(record.id))
     return out
 
@@ -293,9 +291,7 @@ def release_record(
     if not who.trusted:
         raise HTTPException(403, "this key is untrusted: it cannot release records")
     changed = guard.release(ctx, who, record_id, body.reason)
-    return ReleaseResult(
-        record_id=record_id, status=status_of(ctx.memory, record_id), changed=changed
-    )
+    return ReleaseResult(record_id=record_id, status=ctx.memory.status(record_id), changed=changed)
 
 
 def _flag(
@@ -367,7 +363,8 @@ _IMPORT_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-        "description": "A JSONL export: one MemoryRecord per line, all of the key's namespace.",
+        "description": "A JSONL export: one MemoryRecord per line, all of the key's "
+        "namespace, then its notes and its change history (one line each).",
     }
 }
 
@@ -402,14 +399,15 @@ def _import(
 ) -> ImportResult:
     scrub = str(path)
     try:
-        records, notes = read_export(path)
+        records, notes, changes = read_export_with_history(path)
     except MemoryFormatError as exc:
         raise HTTPException(422, str(exc).replace(scrub, "line")) from None
     mine = {r.id for r in ctx.memory.list(who.namespace, include_flagged=True)}
-    # A note of another namespace is refused as a record of it is.
-    for named in [r.namespace for r in records] + [n.namespace for n in notes]:
-        if named != who.namespace:
-            raise other_namespace(who, named)
+    # A note or a change of another namespace is refused as a record of it is.
+    named = [r.namespace for r in records] + [n.namespace for n in notes]
+    for namespace in named + [c.namespace for c in changes]:
+        if namespace != who.namespace:
+            raise other_namespace(who, namespace)
     for record in records:
         if record.id not in mine:
             try:
@@ -423,6 +421,8 @@ def _import(
         if on_conflict == "replace" or notes:
             what = "replace records" if on_conflict == "replace" else "import namespace notes"
             raise HTTPException(403, f"this key is untrusted: it cannot {what}")
+        # The file's history is not reproduced: each record is quarantined as a new change
+        # of this memory (the response's `changes` stays 0).
         try:
             found = guard.import_records(
                 ctx, guard.Submitter.of(who, "import"), records, on_conflict, "the import"
@@ -444,6 +444,7 @@ def _import(
         present=counts.present,
         conflicts_skipped=counts.conflicts_skipped,
         replaced=counts.replaced,
+        changes=counts.changes,
     )
 
 

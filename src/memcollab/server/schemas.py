@@ -219,6 +219,9 @@ class ImportResult(BaseModel):
     present: int
     conflicts_skipped: int
     replaced: int
+    changes: int = Field(
+        default=0, description="history changes reproduced (a namespace new to this memory)"
+    )
 
 
 # --------------------------------------------------------------------------- search
