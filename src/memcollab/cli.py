@@ -13,7 +13,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from memcollab import __version__
+from memcollab import (
+    __version__,
+    cli_versions,  # noqa: F401 - registers memory versions|snapshot|rollback|archive
+)
 from memcollab.cli_cache import cache_app
 from memcollab.cli_collect import collect_command, recheck_command
 from memcollab.cli_common import err_console

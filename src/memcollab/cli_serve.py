@@ -217,15 +217,24 @@ def keys_create(
     namespace: Annotated[str, typer.Option(help="The only namespace the key may use.")],
     scope: Annotated[str, typer.Option(help="read, write (read + add) or admin (+ flag, import).")],
     label: Annotated[str, typer.Option(help="A note shown by `keys list`.")] = "",
+    untrusted: Annotated[
+        bool,
+        typer.Option(
+            "--untrusted",
+            help="What this key adds or imports is quarantined (never served) until a"
+            " trusted admin key or `memcollab memory release` releases it.",
+        ),
+    ] = False,
     memory: MemoryOption = None,
 ) -> None:
     """Create an API key. Its secret goes to stdout, alone, this once; only a hash is kept."""
     with _key_store(memory, create=True) as keys:
-        key_id, secret = keys.create(namespace, scope, label)
+        key_id, secret = keys.create(namespace, scope, label, trusted=not untrusted)
     typer.echo(secret)
+    trust = ", untrusted: its records are quarantined" if untrusted else ""
     err_console.print(
-        f"created key {key_id} (namespace {namespace!r}, scope {scope}); the secret above "
-        "is shown only now: store it",
+        f"created key {key_id} (namespace {namespace!r}, scope {scope}{trust}); the secret "
+        "above is shown only now: store it",
         highlight=False,
         soft_wrap=True,
     )
@@ -245,7 +254,7 @@ def keys_list(
         found = keys.list(namespace)
     table = Table()
     table.add_column("key id", no_wrap=True, min_width=16)
-    for title in ("namespace", "scope", "label"):
+    for title in ("namespace", "scope", "trusted", "label"):
         table.add_column(title)
     for title in ("created (UTC)", "revoked (UTC)"):
         table.add_column(title, no_wrap=True)
@@ -254,6 +263,7 @@ def keys_list(
             key.key_id,
             escape(key.namespace),
             key.scope,
+            "yes" if key.trusted else "no",
             escape(key.label),
             _when(key.created_at),
             _when(key.revoked_at),

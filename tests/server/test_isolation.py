@@ -30,6 +30,7 @@ class World:
     flagged_rid: str  # b's flagged record
     attempt_id: str  # b's attempt
     task_id: str  # b's task (with a cross-model contrast)
+    quarantined_rid: str  # b's quarantined record (from an untrusted key)
 
     @property
     def a(self) -> dict[str, str]:
@@ -52,6 +53,8 @@ def world(storage: Storage, kind: str) -> World:
     rid = svc.add("b", B_TEXT)
     flagged = svc.add("b", "Solve 6x = 42.")
     svc.context.memory.flag(flagged, "b's own flag")
+    held = make_record("b", "Solve 9x = 81.")
+    svc.context.memory.add_or_merge(held, status="quarantined", reason="untrusted")
     hb = svc.key("b", "write")
     att = svc.client.post(
         "/v1/attempts",
@@ -79,11 +82,11 @@ def world(storage: Storage, kind: str) -> World:
         },
         headers=hb,
     )
-    return World(svc, rid, flagged, "b-att", "b-task")
+    return World(svc, rid, flagged, "b-att", "b-task", held.id)
 
 
 def _no_b_ids(w: World, text: str) -> None:
-    for secret in (w.rid, w.flagged_rid, w.attempt_id, w.task_id, B_TEXT):
+    for secret in (w.rid, w.flagged_rid, w.attempt_id, w.task_id, B_TEXT, w.quarantined_rid):
         assert secret not in text
 
 
@@ -222,6 +225,15 @@ ROUTES: dict[tuple[str, str], tuple[str, Attack]] = {
         lambda w: (
             "POST",
             f"/v1/records/{w.flagged_rid}/unflag",
+            {"json": {"reason": "x"}},
+            _status(404),
+        ),
+    ),
+    ("POST", "/v1/records/{record_id}/release"): (
+        "admin",
+        lambda w: (
+            "POST",
+            f"/v1/records/{w.quarantined_rid}/release",
             {"json": {"reason": "x"}},
             _status(404),
         ),

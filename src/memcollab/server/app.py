@@ -33,7 +33,7 @@ from memcollab.memory.store import (
 from memcollab.server import routes_attempts, routes_learn, routes_memory, routes_ops, routes_proxy
 from memcollab.server.attempts import AttemptConflictError, AttemptNotFoundError
 from memcollab.server.context import ServerContext, Settings
-from memcollab.server.metrics import Metrics, MetricsMiddleware
+from memcollab.server.metrics import GuardCollector, Metrics, MetricsMiddleware
 from memcollab.server.routes_browse import router as browse_router
 
 log = logging.getLogger("memcollab.server")
@@ -105,6 +105,7 @@ def create_app(context: ServerContext, *, owns_context: bool = False) -> FastAPI
     app.state.context = context
     app.state.metrics = Metrics()
     app.state.metrics.registry.register(routes_learn.LearningCollector(context.learning))
+    app.state.metrics.registry.register(GuardCollector(context.counters))
     app.include_router(routes_ops.router)
     app.include_router(routes_memory.router)
     app.include_router(routes_attempts.router)

@@ -20,6 +20,7 @@ from memcollab.memory.guidance import Labeller
 from memcollab.memory.store import PostgresMemory
 from memcollab.server.attempts import AttemptStore
 from memcollab.server.db import ServerDB
+from memcollab.server.guard import CounterStore
 from memcollab.server.judge import TaskJudge
 from memcollab.server.keys import KeyStore
 from memcollab.server.learn_queue import LearnQueue
@@ -89,6 +90,7 @@ class ServerContext:
         self.keys = KeyStore(self.db)
         self.attempts = AttemptStore(self.db)
         self.provenance = ProvenanceStore(self.db)
+        self.counters = CounterStore(self.db)
         self.judge = TaskJudge(self.settings.data_dir)
         self.fleet = fleet
         self.labeller = labeller

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from memcollab.server.db import Cursor, ServerDB
 
-Via = Literal["add", "import"]
+Via = Literal["add", "import", "mcp"]
 LEARNED_FIELDS = (
     "namespace",
     "task_id",

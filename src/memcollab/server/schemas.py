@@ -121,7 +121,7 @@ class Provenance(BaseModel):
     created_at: float
     key_id: str | None = None
     via: str | None = Field(
-        None, description="add | import | learn; none for records built offline"
+        None, description="add | import | mcp | learn; none for records built offline"
     )
     added_at: float | None = None
     learned: LearnedProvenance | None = Field(
@@ -141,6 +141,11 @@ class RecordOut(BaseModel):
     constraints: list[ConstraintOut]
     flagged: bool
     flag_reason: str | None = None
+    status: str = Field(
+        "active",
+        description="active (served), quarantined (from an untrusted key: never "
+        "served until released), or another status of the memory's records",
+    )
     provenance: Provenance
 
 
@@ -176,11 +181,48 @@ class RecordIn(_In):
     model_neg: Name | None = None
     pair_type: PairType = "mixed"
     distiller: Name = "api"
+    dedup: bool = Field(
+        True,
+        description="merge constraints that nearly duplicate a stored one of the same bucket "
+        "into it (raising its support) instead of storing them again; false: store all",
+    )
+
+
+class MergedOut(BaseModel):
+    """A submitted constraint merged into a stored near-duplicate."""
+
+    position: int = Field(description="its position in the submitted constraints (0-based)")
+    record_id: str = Field(description="the record it merged into")
+    index: int = Field(description="the constraint's position in that record (0-based)")
+    support: int = Field(description="that constraint's support now")
+    status: str = Field(description="that record's status (quarantined: not served yet)")
 
 
 class AddResult(BaseModel):
     created: bool = Field(description="false: the same record was already stored")
+    status: str = Field("active", description="active, or quarantined (untrusted key)")
+    added: str | None = Field(
+        None, description="the new record's id if it was stored with constraints of its own"
+    )
+    merged: list[MergedOut] = Field(
+        default_factory=list, description="submitted constraints merged into stored ones"
+    )
+    released: list[str] = Field(
+        default_factory=list,
+        description="quarantined records this add corroborated (each constraint nearly "
+        "duplicated by a trusted source) and so released",
+    )
     record: RecordOut
+
+
+class ReleaseRequest(_In):
+    reason: Phrase
+
+
+class ReleaseResult(BaseModel):
+    record_id: str
+    status: str = Field(description="the record's status after the call")
+    changed: bool = Field(description="false: it was not quarantined")
 
 
 class FlagRequest(_In):
@@ -210,6 +252,9 @@ class ImportResult(BaseModel):
     present: int
     conflicts_skipped: int
     replaced: int
+    changes: int = Field(
+        default=0, description="history changes reproduced (a namespace new to this memory)"
+    )
 
 
 # --------------------------------------------------------------------------- search
@@ -349,6 +394,11 @@ class Stats(BaseModel):
     memory: dict[str, Any] = Field(description="records and constraints per bucket, pair, ...")
     flagged: int
     attempts: dict[str, Any] = Field(description="total, by_verdict, by_model")
+    guard: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the write path: refused (total) and refusals per screen reason, "
+        "records stored, constraints merged (dedup), quarantined, released, auto_released",
+    )
 
 
 class WhoAmI(BaseModel):
