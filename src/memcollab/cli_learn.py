@@ -134,10 +134,13 @@ def learn_command(
 def _run(worker: LearningWorker, once: bool) -> None:
     stop = threading.Event()
     seen = {"done": 0, "exists": 0, "refused": 0, "failed": 0, "retry": 0, "lost": 0}
+    seen |= {"quarantined": 0, "merged": 0}
     errors: list[BaseException] = []
 
     def on_outcome(outcome: Outcome) -> None:
         seen[outcome.status] += 1
+        seen["merged"] += outcome.merged
+        seen["quarantined"] += outcome.status == "done" and outcome.record_status == "quarantined"
 
     def work() -> None:
         try:
@@ -183,7 +186,8 @@ def _run(worker: LearningWorker, once: bool) -> None:
 def _line(worker: LearningWorker, seen: dict[str, int]) -> str:
     queue = worker.queue.counts()["queue"]
     return (
-        f"distilled {seen['done']} (already stored {seen['exists']}), refused {seen['refused']},"
+        f"distilled {seen['done']} (quarantined {seen['quarantined']}, constraints merged"
+        f" {seen['merged']}, already stored {seen['exists']}), refused {seen['refused']},"
         f" failed {seen['failed']}, retried {seen['retry']}; queue: {queue['pending']} pending,"
         f" {queue['claimed']} claimed"
     )

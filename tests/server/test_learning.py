@@ -40,6 +40,15 @@ class StubLabeller:
         return Label()
 
 
+def key_of(ctx: ServerContext, namespace: str = "a", *, trusted: bool = True) -> str:
+    """The id of a (trusted, or untrusted) write key of the namespace, made once."""
+    label = "learning-test" if trusted else "learning-test-untrusted"
+    for info in ctx.keys.list(namespace):
+        if info.label == label:
+            return info.key_id
+    return ctx.keys.create(namespace, "write", label, trusted=trusted)[0]
+
+
 def submit(
     ctx: ServerContext,
     model: str,
@@ -47,12 +56,13 @@ def submit(
     task_id: str = "t1",
     namespace: str = "a",
     text: str = MATH.prompt,
+    key_id: str | None = None,
 ) -> str:
-    """An attempt with its verdict; returns its id."""
+    """An attempt with its verdict, sent by `key_id` (else a trusted key); returns its id."""
     answer = "72" if verdict == "correct" else "24"
     attempt, _ = ctx.attempts.add(
         namespace,
-        "key",
+        key_id or key_of(ctx, namespace),
         NewAttempt(
             model=model,
             task_text=text,
@@ -152,7 +162,7 @@ def test_verdict_set_later_enqueues(storage: Storage) -> None:
     submit(ctx, "m1", "correct")
     later = submit(ctx, "m2", "unknown")
     assert ctx.learning.items() == []
-    ctx.attempts.set_verdict("a", later, "incorrect", "key")
+    ctx.attempts.set_verdict("a", later, "incorrect", key_of(ctx))
     assert len(ctx.learning.items()) == 1
 
 

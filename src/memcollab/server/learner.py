@@ -7,10 +7,18 @@ distils the pair (memory/distill.py, the v2 screen by default), labels the task 
 trained labeller, or the LLM one), makes the record exactly as a batch build does
 (memory/build.py `pair_record`) and screens it whole (memory/poison.py: the task text too).
 Then, in ONE transaction: the queue row becomes "done" (only while this worker still holds
-its lease), the record is added under the attempts' namespace, and its provenance
-(attempts, models, distiller, prompt version, worker, time) is written. A crash before the
-commit leaves the row claimed; after its lease another worker does it again, and the
-distiller's calls come from the call cache when they had finished.
+its lease), the record is filed under the attempts' namespace through `Memory.add_or_merge`
+(memory/dedup.py: a learned constraint that nearly duplicates one of its bucket merges
+into it, raising its support), and its provenance (attempts, models, distiller, prompt
+version, worker, time) is written. A crash before the commit leaves the row claimed; after
+its lease another worker does it again, and the distiller's calls come from the call cache
+when they had finished. The change log names the worker (actor "learn:WORKER") and the
+attempts (the reason).
+
+A learned record is active: the worker distils judged attempts only. But when an attempt
+of the pair, or its verdict, came from an untrusted key (server/guard.py; or a key id the
+service does not know), the record is filed quarantined, as that key's own adds are:
+never served, never merged into others, until released.
 
 Outcomes that make no record are refusals with a reason: the v2 / form screen or the
 content screen rejected every constraint ("poison:override", "vague", ...: the most
@@ -29,20 +37,23 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal
 
 from memcollab.llm.base import Message
 from memcollab.memory.build import pair_record
+from memcollab.memory.dedup import AddResult
 from memcollab.memory.distill import Distiller, DistillResult, prompts
 from memcollab.memory.guidance import Labeller
 from memcollab.memory.pairs import Pair
 from memcollab.memory.poison import POISON_REASONS, screen_record
+from memcollab.memory.record import MemoryRecord
 from memcollab.memory.semantic import SEMANTIC_REJECT_REASONS
 from memcollab.server.attempts import Attempt
 from memcollab.server.context import ServerContext
+from memcollab.server.keys import ApiKeyError
 from memcollab.server.learn_queue import LearnQueue, LeaseLostError, QueueItem, attempt_turns
 from memcollab.server.proxy import guess_domain, message_text
 from memcollab.tasks.task import Task, known_domain
@@ -134,6 +145,24 @@ class Outcome:
     status: Status
     reason: str | None = None
     record_id: str | None = None
+    record_status: str | None = None
+    """The filed record's status (active, or quarantined: an untrusted source)."""
+    merged: int = 0
+    """Constraints of the record that merged into near-duplicates of its bucket."""
+
+
+def untrusted_keys(ctx: ServerContext, attempts: Sequence[Attempt]) -> list[str]:
+    """The ids of the keys behind `attempts` (each one's sender and verdict giver) that
+    are not trusted: marked untrusted, or unknown to the service (sorted, unique)."""
+    found: set[str] = set()
+    for key_id in {k for a in attempts for k in (a.key_id, a.verdict_key_id) if k}:
+        try:
+            trusted = ctx.keys.get(key_id).trusted
+        except ApiKeyError:  # not a key of this service: nothing vouches for it
+            trusted = False
+        if not trusted:
+            found.add(key_id)
+    return sorted(found)
 
 
 class LearningWorker:
@@ -209,25 +238,42 @@ class LearningWorker:
         if verdict.refused:
             detail["where"] = verdict.where
             return self._refuse(item, f"record:poison:{verdict.reason}", detail)
-        created = self.commit(item, record, pos, neg, detail)
-        status: Status = "done" if created else "exists"
-        return Outcome(item.namespace, item.task_id, status, record_id=record.id)
+        filed = self.commit(item, record, pos, neg, detail)
+        status: Status = "done" if filed.created else "exists"
+        return Outcome(
+            item.namespace,
+            item.task_id,
+            status,
+            record_id=record.id,
+            record_status=filed.status,
+            merged=len(filed.merged),
+        )
 
     def commit(
         self,
         item: QueueItem,
-        record: Any,
+        record: MemoryRecord,
         pos: Attempt,
         neg: Attempt,
         detail: Mapping[str, Any],
-    ) -> bool:
-        """In one transaction: the row done, the record added, its provenance; returns
-        whether the record was new (False: a record of that id was stored already)."""
+    ) -> AddResult:
+        """In one transaction: the row done, the record filed (dedup on add; quarantined
+        when an untrusted key stands behind the pair), its provenance. Returns what the
+        add did (`created` False: a record of that id was stored already)."""
+        untrusted = untrusted_keys(self.ctx, (pos, neg))
+        reason = f"learned from attempts {pos.id} (correct) and {neg.id} (incorrect)"
+        if untrusted:
+            reason += f"; untrusted key {', '.join(untrusted)}"
         with self.ctx.db.write() as cur:
             self.queue.finish(
                 cur, item, self.owner, state="done", record_id=record.id, detail=detail
             )
-            created = self.ctx.memory.add(record)
+            result = self.ctx.memory.add_or_merge(
+                record,
+                status="quarantined" if untrusted else "active",
+                reason=reason,
+                actor=f"learn:{self.owner}",
+            )
             self.ctx.provenance.record_learned(
                 cur,
                 record.id,
@@ -244,7 +290,7 @@ class LearningWorker:
                     "at": time.time(),
                 },
             )
-        return created
+        return result
 
     def run(
         self,
