@@ -157,8 +157,8 @@ def test_the_pair_is_chosen_by_the_near_miss_rule(storage: Storage, kind: str) -
     assert (item.model_pos, item.model_neg) == ("mid", "strong")
 
 
-def test_verdict_set_later_enqueues(storage: Storage) -> None:
-    ctx = storage.new("sqlite")
+def test_verdict_set_later_enqueues(storage: Storage, kind: str) -> None:
+    ctx = storage.new(kind)
     submit(ctx, "m1", "correct")
     later = submit(ctx, "m2", "unknown")
     assert ctx.learning.items() == []
@@ -166,8 +166,8 @@ def test_verdict_set_later_enqueues(storage: Storage) -> None:
     assert len(ctx.learning.items()) == 1
 
 
-def test_verdicts_through_the_api_enqueue_per_namespace(storage: Storage) -> None:
-    svc = service_for(storage.new("sqlite"))
+def test_verdicts_through_the_api_enqueue_per_namespace(storage: Storage, kind: str) -> None:
+    svc = service_for(storage.new(kind))
     h = svc.key("a", "write")
     for model, verdict in (("m1", "correct"), ("m2", None)):
         body = {
@@ -233,8 +233,8 @@ def test_lease_expiry_and_reclaim(storage: Storage, kind: str) -> None:
     assert ctx.memory.stats("a")["records"] == 1
 
 
-def test_expired_past_the_last_try_fails(storage: Storage) -> None:
-    ctx = storage.new("sqlite")
+def test_expired_past_the_last_try_fails(storage: Storage, kind: str) -> None:
+    ctx = storage.new(kind)
     submit(ctx, "m1", "correct")
     submit(ctx, "m2", "incorrect")
     clock = Clock()
@@ -246,8 +246,8 @@ def test_expired_past_the_last_try_fails(storage: Storage) -> None:
     assert queue.counts("a")["failed"] == {"lease_expired": 1}
 
 
-def test_errors_retry_then_fail(storage: Storage) -> None:
-    ctx = storage.new("sqlite", Settings(learn_max_tries=2))
+def test_errors_retry_then_fail(storage: Storage, kind: str) -> None:
+    ctx = storage.new(kind, Settings(learn_max_tries=2))
     submit(ctx, "m1", "correct")
     submit(ctx, "m2", "incorrect")
     w, model = worker(ctx)
@@ -358,8 +358,8 @@ def test_a_failing_commit_rolls_back_record_and_row(storage: Storage, kind: str)
 # --------------------------------------------------------------------------- provenance
 
 
-def test_provenance_through_the_record_endpoint(storage: Storage) -> None:
-    svc = service_for(storage.new("sqlite"))
+def test_provenance_through_the_record_endpoint(storage: Storage, kind: str) -> None:
+    svc = service_for(storage.new(kind))
     ctx = svc.context
     pos = submit(ctx, "m1", "correct")
     neg = submit(ctx, "m2", "incorrect")

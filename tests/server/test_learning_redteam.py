@@ -34,12 +34,12 @@ def _cases() -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("screen", ["v1", "v2"])
 def test_poisoned_distillations_of_proxied_attempts_are_refused(
-    storage: Storage, screen: ScreenVersion
+    storage: Storage, kind: str, screen: ScreenVersion
 ) -> None:
     """Under v2 the semantic rules refuse most of them first ("unsupported": they are not
     about the attempts); under v1 the content screen names most attacks (a few break a
     form rule first)."""
-    svc = service_for(storage.new("sqlite"))
+    svc = service_for(storage.new(kind))
     svc.context.fleet = Fleet(
         [
             ModelSpec(name="good", provider="scripted", responses=["The answer is 72."]),
