@@ -44,6 +44,12 @@ ScreenOption = Annotated[
 ]
 
 
+STOP_GRACE_S = 2.0
+"""After SIGTERM / Ctrl-C: how long a distillation in progress may still finish (and be
+filed); past it the pair is given back (pending again, the try not counted) and the
+process exits, so a stop never waits on a slow model call."""
+
+
 def make_worker(
     ctx: ServerContext,
     distiller: str,
@@ -165,13 +171,13 @@ def _run(worker: LearningWorker, once: bool) -> None:
             bar = progress.add_task("learning")
             thread.start()
             try:
-                while thread.is_alive():
+                while thread.is_alive() and not stop.is_set():
                     thread.join(0.25)
                     progress.update(bar, description=_line(worker, seen))
             except KeyboardInterrupt:
                 stop.set()
             stop.set()
-            thread.join(10.0)
+            thread.join(STOP_GRACE_S)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if thread.is_alive():  # a model call still running: give the pair back and leave now
