@@ -486,8 +486,25 @@ class Memory:
         return self.store.flagged(namespace)
 
     def history(self, record_id: str) -> builtins.list[dict[str, Any]]:
-        """Every flag and unflag of a record, oldest first."""
-        return self.store.flag_history(record_id)
+        """Every status change of a record, oldest first: action (flag, unflag,
+        quarantine, release, archive, restore, rollback), reason, actor, at, and where the
+        store keeps versions the namespace's version and the status it left. `changes`
+        has the full log (adds and content changes too)."""
+        if not self.store.keeps_history:
+            return self.store.flag_history(record_id)
+        namespace = self.get(record_id).namespace
+        return [
+            {
+                "action": c.op,
+                "reason": c.reason,
+                "actor": c.actor,
+                "at": c.at,
+                "version": c.version,
+                "status": c.status_after,
+            }
+            for c in self.changes(namespace, record_id=record_id)
+            if c.op not in ("add", "replace")
+        ]
 
     def record_outcome(self, record_id: str, model: str, helped: bool) -> None:
         """Count that the record, given to `model`, helped (True) or harmed (False) it."""

@@ -236,10 +236,14 @@ class FlagResult(BaseModel):
 
 
 class FlagEvent(BaseModel):
-    action: Literal["flag", "unflag"]
+    """One status change of a record (memory/store_changes.py)."""
+
+    action: Literal["flag", "unflag", "quarantine", "release", "archive", "restore", "rollback"]
     reason: str
     actor: str
     at: float
+    version: int | None = Field(default=None, description="the namespace's version it made")
+    status: str | None = Field(default=None, description="the record's status after it")
 
 
 class History(BaseModel):
