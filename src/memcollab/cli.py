@@ -13,12 +13,16 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from memcollab import __version__
+from memcollab import (
+    __version__,
+    cli_versions,  # noqa: F401 - registers memory versions|snapshot|rollback|archive
+)
 from memcollab.cli_cache import cache_app
 from memcollab.cli_collect import collect_command, recheck_command
 from memcollab.cli_common import err_console
 from memcollab.cli_data import data_app
 from memcollab.cli_experiment import demo, experiment_app
+from memcollab.cli_learn import learn_command
 from memcollab.cli_mcp import mcp_command
 from memcollab.cli_memory import distill_command, memory_app, solve_command
 from memcollab.cli_models import models_app
@@ -39,6 +43,7 @@ app.add_typer(trajectories_app, name="trajectories")
 app.add_typer(data_app, name="data")
 app.command("demo")(demo)
 app.command("serve")(serve_command)
+app.command("learn")(learn_command)
 app.add_typer(keys_app, name="keys")
 app.command("mcp")(mcp_command)
 

@@ -515,6 +515,23 @@ def memory_flag(
     console.print(f"{memory} {state} {record_id}{note}")
 
 
+@memory_app.command("release")
+def memory_release(
+    memory: MemoryArg,
+    record_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")],
+) -> None:
+    """Serve a quarantined record (one an untrusted API key added or imported)."""
+    from memcollab.memory import Memory
+
+    with Memory.open(memory, create=False) as mem:
+        mem.get(record_id)  # an unknown id is one clear error
+        changed = mem.release(record_id, reason, "cli")
+        status = mem.status(record_id)
+    note = "released: it is served now" if changed else f"was not quarantined ({status})"
+    console.print(f"{memory}: {record_id} {note}")
+
+
 @memory_app.command("review")
 def memory_review(
     memory: MemoryArg,
@@ -535,6 +552,8 @@ def memory_review(
         why = []
         if item.flag_reason is not None:
             why.append(f"flagged: {item.flag_reason}")
+        if item.status == "quarantined":
+            why.append("quarantined (memory release ID --reason ... serves it)")
         if item.withheld_from:
             why.append(f"withheld from {', '.join(item.withheld_from)}")
         if item.poison.refused:

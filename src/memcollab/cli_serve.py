@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -22,6 +23,7 @@ from memcollab.errors import UserError
 from memcollab.paths import default_memory
 
 if TYPE_CHECKING:
+    from memcollab.server.context import ServerContext
     from memcollab.server.keys import KeyStore
 
 MemoryOption = Annotated[
@@ -76,6 +78,20 @@ def serve_command(
             " connections per worker (unless MEMCOLLAB_PG_POOL_SIZE says otherwise).",
         ),
     ] = 16,
+    learn: Annotated[
+        bool,
+        typer.Option(
+            "--learn",
+            help="Run the online-learning worker in this process (a background thread):"
+            " contrasting attempts are distilled into records as verdicts land.",
+        ),
+    ] = False,
+    distiller: Annotated[
+        str | None, typer.Option("--distiller", help="--learn: the fleet model that distils.")
+    ] = None,
+    learn_labeller: Annotated[
+        str, typer.Option("--learn-labeller", help="--learn: trained (default) or llm.")
+    ] = "trained",
 ) -> None:
     """Serve a memory over HTTP: the REST API under /v1, OpenAPI docs at /docs.
 
@@ -99,6 +115,11 @@ def serve_command(
         from memcollab.memory.labeller import make_labeller
 
         chosen = make_labeller("trained", data_dir=data_dir)
+    if learn and (distiller is None or workers > 1):
+        raise UserError(
+            "--learn needs --distiller MODEL and one worker process",
+            "with --workers N, run `memcollab learn` beside the service instead",
+        )
     location = memory or default_memory()
     settings = Settings(
         upstream_timeout_s=upstream_timeout,
@@ -123,7 +144,13 @@ def serve_command(
             soft_wrap=True,
         )
         if workers == 1:
-            uvicorn.run(create_app(context), host=host, port=port, log_level=log_level)
+            app = create_app(context)
+            stop = _start_learning(context, distiller, learn_labeller, data_dir) if learn else None
+            try:
+                uvicorn.run(app, host=host, port=port, log_level=log_level)
+            finally:
+                if stop is not None:
+                    stop()
             return
     finally:
         context.close()
@@ -147,6 +174,30 @@ def serve_command(
     )
 
 
+def _start_learning(
+    context: ServerContext, distiller: str | None, labeller: str, data_dir: Path | None
+) -> Callable[[], None]:
+    """Start the online-learning worker on a daemon thread; returns its stop function."""
+    import threading
+
+    from memcollab.cli_learn import make_worker
+
+    assert distiller is not None
+    worker = make_worker(context, distiller, labeller=labeller, data_dir=data_dir)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="learner", daemon=True)
+    thread.start()
+    console.print(f"online learning: distiller {distiller}, worker {worker.owner}", highlight=False)
+
+    def stopper() -> None:
+        stop.set()
+        thread.join(10.0)
+        if thread.is_alive():  # a model call still running: its pair goes back to pending
+            worker.queue.release(worker.owner)
+
+    return stopper
+
+
 @contextmanager
 def _key_store(memory: str | None, *, create: bool) -> Iterator[KeyStore]:
     from memcollab.memory.api import Memory
@@ -166,15 +217,24 @@ def keys_create(
     namespace: Annotated[str, typer.Option(help="The only namespace the key may use.")],
     scope: Annotated[str, typer.Option(help="read, write (read + add) or admin (+ flag, import).")],
     label: Annotated[str, typer.Option(help="A note shown by `keys list`.")] = "",
+    untrusted: Annotated[
+        bool,
+        typer.Option(
+            "--untrusted",
+            help="What this key adds or imports is quarantined (never served) until a"
+            " trusted admin key or `memcollab memory release` releases it.",
+        ),
+    ] = False,
     memory: MemoryOption = None,
 ) -> None:
     """Create an API key. Its secret goes to stdout, alone, this once; only a hash is kept."""
     with _key_store(memory, create=True) as keys:
-        key_id, secret = keys.create(namespace, scope, label)
+        key_id, secret = keys.create(namespace, scope, label, trusted=not untrusted)
     typer.echo(secret)
+    trust = ", untrusted: its records are quarantined" if untrusted else ""
     err_console.print(
-        f"created key {key_id} (namespace {namespace!r}, scope {scope}); the secret above "
-        "is shown only now: store it",
+        f"created key {key_id} (namespace {namespace!r}, scope {scope}{trust}); the secret "
+        "above is shown only now: store it",
         highlight=False,
         soft_wrap=True,
     )
@@ -194,7 +254,7 @@ def keys_list(
         found = keys.list(namespace)
     table = Table()
     table.add_column("key id", no_wrap=True, min_width=16)
-    for title in ("namespace", "scope", "label"):
+    for title in ("namespace", "scope", "trusted", "label"):
         table.add_column(title)
     for title in ("created (UTC)", "revoked (UTC)"):
         table.add_column(title, no_wrap=True)
@@ -203,6 +263,7 @@ def keys_list(
             key.key_id,
             escape(key.namespace),
             key.scope,
+            "yes" if key.trusted else "no",
             escape(key.label),
             _when(key.created_at),
             _when(key.revoked_at),

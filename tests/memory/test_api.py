@@ -215,4 +215,4 @@ def test_a_schema_1_store_gains_the_flag_and_note_tables(tmp_path: Path) -> None
     conn = sqlite3.connect(path)
     found = conn.execute("SELECT value FROM memory_meta WHERE key = 'schema_version'").fetchone()
     conn.close()
-    assert found[0] == SCHEMA_VERSION == 4
+    assert found[0] == SCHEMA_VERSION == 5

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memcollab.memory import Memory, MemoryRecord
-from memcollab.memory.record import Constraint, record_id, task_hash
+from memcollab.memory.record import MEMORY_FORMAT_VERSION, Constraint, record_id, task_hash
 from memcollab.memory.store import (
     MemoryConflictError,
     MemoryFormatError,
@@ -59,13 +59,14 @@ def test_notes_survive_export_and_import_and_an_export_without_notes_is_unchange
         memory.add(_record(1))
         memory.add(_record(2, "elsewhere"))
         memory.export(tmp_path / "plain.jsonl", "ns")
-        plain = (tmp_path / "plain.jsonl").read_text()
-        assert plain == _record(1).model_dump_json() + "\n"  # records only, as before
+        plain = (tmp_path / "plain.jsonl").read_text().splitlines()
+        assert plain[0] == _record(1).model_dump_json()  # the record, then its history
+        assert [json.loads(line)["change"]["op"] for line in plain[1:]] == ["add"]
         memory.set_note("ns", "gate", GATE)
         memory.set_note("elsewhere", "gate", {"rule": "other"})
         assert memory.export(tmp_path / "ns.jsonl", "ns") == 1
     lines = (tmp_path / "ns.jsonl").read_text().splitlines()
-    assert lines[0] + "\n" == plain and len(lines) == 2  # only this namespace's note
+    assert [lines[0], lines[2]] == plain and len(lines) == 3  # only this namespace's note
     assert json.loads(lines[1]) == {
         "format_version": 3,
         "note": {"namespace": "ns", "key": "gate", "value": GATE},
@@ -111,7 +112,7 @@ def test_a_bad_note_line_is_one_clear_error_and_a_backend_without_notes_refuses(
     with pytest.raises(MemoryFormatError, match=r"bad.jsonl:1: not a valid namespace note"):
         read_export(bad)
     newer = tmp_path / "newer.jsonl"
-    newer.write_text(json.dumps({"format_version": 4, "note": {}}) + "\n")
+    newer.write_text(json.dumps({"format_version": MEMORY_FORMAT_VERSION + 1, "note": {}}) + "\n")
     with pytest.raises(MemoryFormatError, match="newer memcollab"):
         read_export(newer)
     with Memory.open(tmp_path / "a.sqlite") as memory:

@@ -360,10 +360,12 @@ def test_export_import_round_trip(
     store.count_retrieved([records[0].id])
     first = tmp_path / "out" / "memory.jsonl"
     assert store.export_jsonl(first) == 4
-    assert len(first.read_text(encoding="utf-8").splitlines()) == 4
+    lines = first.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 8  # four records, then each namespace's history: one add each
+    assert [json.loads(line)["change"]["op"] for line in lines[4:]] == ["add"] * 4
 
     target = stores.new(target_kind)
-    assert target.import_jsonl(first) == ImportCounts(added=4)
+    assert target.import_jsonl(first) == ImportCounts(added=4, changes=4)
     for namespace in ("default", "other"):
         assert target.records(namespace) == store.records(namespace)
         assert target.stats(namespace) == store.stats(namespace)
@@ -381,7 +383,7 @@ def test_export_import_round_trip(
 
     only = tmp_path / "other.jsonl"
     assert store.export_jsonl(only, namespace="other") == 1
-    assert MemoryRecord.model_validate_json(only.read_text()) == records[2]
+    assert MemoryRecord.model_validate_json(only.read_text().splitlines()[0]) == records[2]
 
 
 def _write_lines(path: Path, lines: list[str]) -> Path:

@@ -128,13 +128,25 @@ def test_export_import_round_trip(storage: Storage, kind: str) -> None:
     assert export.status_code == 200
     assert export.headers["content-type"].startswith("application/x-ndjson")
     lines = export.text.splitlines()
-    assert len(lines) == 2 and all(json.loads(line)["namespace"] == "a" for line in lines)
+    assert len(lines) == 4 and all(json.loads(line)["namespace"] == "a" for line in lines[:2])
+    assert [json.loads(line)["change"]["namespace"] for line in lines[2:]] == ["a", "a"]
 
     h = target.key("a", "admin")
     r = target.client.post("/v1/import", content=export.content, headers=h)
-    assert r.json() == {"added": 2, "present": 0, "conflicts_skipped": 0, "replaced": 0}
+    assert r.json() == {
+        "added": 2,
+        "present": 0,
+        "conflicts_skipped": 0,
+        "replaced": 0,
+        "changes": 2,
+    }
     again = target.client.post("/v1/import", content=export.content, headers=h).json()
     assert again["added"] == 0 and again["present"] == 2
+    # a history line of another namespace is refused like a record of it (nothing written)
+    foreign = json.loads(lines[2])
+    foreign["change"]["namespace"] = "b"
+    body = "\n".join([lines[0], json.dumps(foreign)]).encode()
+    assert target.client.post("/v1/import", content=body, headers=h).status_code == 403
     listed = target.client.get("/v1/records", headers=h).json()["records"]
     assert {r["provenance"]["via"] for r in listed} == {"import"}
     # A changed record is a conflict: refused by default (nothing written), or replaced.
@@ -150,10 +162,10 @@ def test_export_import_round_trip(storage: Storage, kind: str) -> None:
     replaced = target.client.post("/v1/import?on_conflict=replace", content=body, headers=h)
     assert replaced.json()["replaced"] == 1
     # A bad line: one clear error naming the line, nothing imported.
-    bad = export.content + b"{not json}\n"
+    bad = export.content + b"{not json}\n"  # after 2 records and their 2 changes
     fresh = service_for(storage.new(kind))
     r = fresh.client.post("/v1/import", content=bad, headers=fresh.key("a", "admin"))
-    assert r.status_code == 422 and "line:3" in r.json()["error"]["message"]
+    assert r.status_code == 422 and "line:5" in r.json()["error"]["message"]
     assert fresh.context.memory.namespaces() == {}
 
 

@@ -30,6 +30,7 @@ class World:
     flagged_rid: str  # b's flagged record
     attempt_id: str  # b's attempt
     task_id: str  # b's task (with a cross-model contrast)
+    quarantined_rid: str  # b's quarantined record (from an untrusted key)
 
     @property
     def a(self) -> dict[str, str]:
@@ -52,6 +53,8 @@ def world(storage: Storage, kind: str) -> World:
     rid = svc.add("b", B_TEXT)
     flagged = svc.add("b", "Solve 6x = 42.")
     svc.context.memory.flag(flagged, "b's own flag")
+    held = make_record("b", "Solve 9x = 81.")
+    svc.context.memory.add_or_merge(held, status="quarantined", reason="untrusted")
     hb = svc.key("b", "write")
     att = svc.client.post(
         "/v1/attempts",
@@ -79,11 +82,11 @@ def world(storage: Storage, kind: str) -> World:
         },
         headers=hb,
     )
-    return World(svc, rid, flagged, "b-att", "b-task")
+    return World(svc, rid, flagged, "b-att", "b-task", held.id)
 
 
 def _no_b_ids(w: World, text: str) -> None:
-    for secret in (w.rid, w.flagged_rid, w.attempt_id, w.task_id, B_TEXT):
+    for secret in (w.rid, w.flagged_rid, w.attempt_id, w.task_id, B_TEXT, w.quarantined_rid):
         assert secret not in text
 
 
@@ -151,6 +154,19 @@ def _contrasting(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], No
     return "GET", "/v1/tasks/contrasting", {}, check
 
 
+def _learning(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], None]]:
+    def check(r: Any) -> None:
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["namespace"] == "a" and body["waiting"] == 0
+        assert sum(body["queue"].values()) == 0 and body["deferred"] == 0
+        _no_b_ids(w, r.text)
+
+    # b's contrasting task is queued in b (its verdicts offered it), never counted for a.
+    assert w.svc.context.learning.counts("b")["queue"]["pending"] == 1
+    return "GET", "/v1/learning", {}, check
+
+
 def _whoami(w: World) -> tuple[str, str, dict[str, Any], Callable[[Any], None]]:
     def check(r: Any) -> None:
         assert r.json()["namespace"] == "a"
@@ -213,6 +229,15 @@ ROUTES: dict[tuple[str, str], tuple[str, Attack]] = {
             _status(404),
         ),
     ),
+    ("POST", "/v1/records/{record_id}/release"): (
+        "admin",
+        lambda w: (
+            "POST",
+            f"/v1/records/{w.quarantined_rid}/release",
+            {"json": {"reason": "x"}},
+            _status(404),
+        ),
+    ),
     ("GET", "/v1/export"): ("read", lambda w: ("GET", "/v1/export", {}, _ok_without_b(w))),
     ("GET", "/v1/browse"): ("read", lambda w: ("GET", "/v1/browse", {}, _ok_without_b(w))),
     ("POST", "/v1/import"): ("admin", _import_b),
@@ -238,6 +263,7 @@ ROUTES: dict[tuple[str, str], tuple[str, Attack]] = {
     ),
     ("GET", "/v1/tasks/contrasting"): ("read", _contrasting),
     ("GET", "/v1/whoami"): ("read", _whoami),
+    ("GET", "/v1/learning"): ("read", _learning),
 }
 
 

@@ -26,6 +26,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: E402
 from memcollab.server.app import create_app  # noqa: E402
 from tests.server.mcp_cases import (  # noqa: E402
     McpWorld,
+    check_add_constraint,
     check_b_sees_its_own,
     check_bad_arguments,
     check_each_tool,
@@ -85,6 +86,8 @@ def test_every_tool_over_http_bound_to_the_keys_namespace(world: McpWorld, base_
             await check_read_scope(session, world)
         async with session_for(url, world.key("b", "admin")) as session:
             await check_b_sees_its_own(session, world)
+        async with session_for(url, world.key("a", "write")) as session:
+            await check_add_constraint(session, world)
 
     anyio.run(main)
 

@@ -21,6 +21,7 @@ from mcp.client.stdio import stdio_client  # noqa: E402
 from memcollab.cli import main  # noqa: E402
 from tests.server.mcp_cases import (  # noqa: E402
     McpWorld,
+    check_add_constraint,
     check_b_sees_its_own,
     check_bad_arguments,
     check_each_tool,
@@ -57,6 +58,7 @@ def test_every_tool_over_stdio_bound_to_the_keys_namespace(world: McpWorld) -> N
             await check_each_tool(s, world)
             await check_isolation(s, world)
             await check_bad_arguments(s, world)
+            await check_add_constraint(s, world)
 
     anyio.run(main_)
 

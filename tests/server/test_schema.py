@@ -13,7 +13,7 @@ from memcollab.memory.api import Memory
 from memcollab.memory.store import SCHEMA_VERSION, MemoryFormatError, PostgresMemory, SQLiteMemory
 from memcollab.server.context import ServerContext
 from memcollab.server.db import SERVER_SCHEMA_VERSION
-from tests.server.conftest import make_record
+from tests.server.conftest import Storage, make_record
 
 
 def _tables(path: Path) -> set[str]:
@@ -42,6 +42,11 @@ def test_an_existing_schema_2_file_gains_only_the_server_tables(tmp_path: Path) 
         "server_keys",
         "server_attempts",
         "server_record_provenance",
+        "server_key_trust",
+        "server_counters",
+        "server_learn_queue",
+        "server_learn_counts",
+        "server_learned_provenance",
     }
     with sqlite3.connect(path) as conn:
         assert conn.execute(
@@ -55,6 +60,53 @@ def test_an_existing_schema_2_file_gains_only_the_server_tables(tmp_path: Path) 
         assert memory.flagged() and memory.namespaces() == {"default": 1}
     with ServerContext.open(path) as ctx:
         assert len(ctx.keys.list()) == 1
+
+
+GUARD_TABLES = ("server_key_trust", "server_counters")  # step 2
+LEARNING_TABLES = ("server_learn_queue", "server_learn_counts", "server_learned_provenance")
+LACKING = {1: GUARD_TABLES + LEARNING_TABLES, 2: LEARNING_TABLES}
+"""What a service database of each older layout lacks (db.py's SERVER_SCHEMA_VERSION steps)."""
+
+
+def _present(ctx: ServerContext, tables: tuple[str, ...]) -> set[str]:
+    if ctx.db.postgres:
+        rows = ctx.db.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+    else:
+        rows = ctx.db.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {str(r[0]) for r in rows} & set(tables)
+
+
+@pytest.mark.parametrize("version", sorted(LACKING))
+def test_an_older_service_database_gains_what_it_lacks(
+    storage: Storage, kind: str, version: int
+) -> None:
+    ctx = storage.new(kind)
+    key_id, secret = ctx.keys.create("default", "write")
+    record = make_record("default", "Solve 5x = 10.")
+    ctx.memory.add(record)
+    with ctx.db.write() as cur:  # as the service of that layout wrote it
+        for table in LACKING[version]:
+            cur.execute(f"DROP TABLE {table}")
+        cur.execute("UPDATE server_meta SET value = ? WHERE key = 'schema_version'", (version,))
+    assert not _present(ctx, LACKING[version])
+    ctx.close()
+
+    again = storage.again(ctx)
+    assert _present(again, LACKING[version]) == set(LACKING[version])
+    assert again.db.query("SELECT value FROM server_meta WHERE key = 'schema_version'") == [
+        (SERVER_SCHEMA_VERSION,)
+    ]
+    # What was there is kept, and what was added works.
+    assert [r.id for r in again.memory.list()] == [record.id]
+    info = again.keys.verify(secret)
+    assert info.key_id == key_id
+    # A key of version 1 has no trust row: it reads as trusted; version 2 kept its row.
+    assert info.trusted
+    again.counters.bump("default", {"stored": 1})
+    assert again.counters.of("default") == {"stored": 1}
+    assert again.learning.counts()["distilled"] == 0
 
 
 def test_a_newer_service_schema_is_refused(tmp_path: Path) -> None:

@@ -18,13 +18,23 @@ searches with one setting rank against an index built once per store version.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from memcollab.memory.build import BuildEvent, BuildSummary, build_memory
+from memcollab.memory.dedup import (
+    AUTO_RELEASE_ACTOR,
+    AddResult,
+    DedupCounts,
+    plan,
+    unsupported,
+)
 from memcollab.memory.distill import Distiller
 from memcollab.memory.guidance import Labeller, LabelLike
 from memcollab.memory.merge import MERGE_THRESHOLD, MergeSummary, merge_namespace
@@ -36,15 +46,22 @@ from memcollab.memory.review import ReviewItem, review
 from memcollab.memory.store import (
     ImportCounts,
     MemoryFormatError,
+    MemoryNotFoundError,
     MemoryStore,
+    MemoryVersionError,
     OnConflict,
+    PostgresMemory,
+    RollbackCounts,
     open_memory,
-    read_export,
+    read_export_with_history,
 )
+from memcollab.memory.store_changes import Change, Status
 from memcollab.memory.utility import Estimate, UtilityPolicy, estimates
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
+SNAPSHOT_NOTE = "snapshot:"
+"""Prefix of the namespace notes that name a version (`Memory.snapshot`)."""
 RetrieverKey = tuple[str, int, str, bool, int, bool, bool, UtilityPolicy | None]
 
 
@@ -56,6 +73,8 @@ class Memory:
         self.poison = PoisonCounts()
         """What the content screen (memory/poison.py) checked and refused in `add` and
         `import_`, per reason."""
+        self.dedup = DedupCounts()
+        """What `add_or_merge` stored and merged, per namespace (memory/dedup.py)."""
         self._retrievers: dict[RetrieverKey, Retriever] = {}
         self._lock = threading.Lock()
 
@@ -264,16 +283,89 @@ class Memory:
             offset=offset,
         )
 
-    def add(self, record: MemoryRecord | Mapping[str, Any], *, screen: bool = True) -> bool:
+    def add(
+        self,
+        record: MemoryRecord | Mapping[str, Any],
+        *,
+        screen: bool = True,
+        dedup: bool = False,
+        status: Status = "active",
+        reason: str = "",
+        actor: str = "",
+    ) -> bool:
         """Store one record (a mapping is validated as a `MemoryRecord` first); False when
         its id is already stored. With `screen` (the default) a record that carries
         instructions rather than reasoning (memory/poison.py) is refused with PoisonError
-        naming the reason, and counted in `poison`."""
+        naming the reason, and counted in `poison`. `status="quarantined"` stores it
+        withheld until `release` (records of untrusted sources); the change is logged with
+        `reason` and `actor`. With `dedup`, as `add_or_merge` (its near-duplicate
+        constraints merge into the bucket's); builds and imports do not."""
+        if dedup:
+            found = self.add_or_merge(
+                record, screen=screen, status=status, reason=reason, actor=actor
+            )
+            return bool(found)
         if not isinstance(record, MemoryRecord):
             record = MemoryRecord.model_validate(record)
         if screen:
             self._screen([record], "add")
-        return self.store.add(record)
+        if status == "active" and not reason and not actor:
+            return self.store.add(record)
+        return bool(self.store.add_records([record], status=status, reason=reason, actor=actor))
+
+    def add_or_merge(
+        self,
+        record: MemoryRecord | Mapping[str, Any],
+        *,
+        screen: bool = True,
+        status: Status = "active",
+        reason: str = "",
+        actor: str = "",
+        threshold: float = MERGE_THRESHOLD,
+    ) -> AddResult:
+        """Add one record as the service does (memory/dedup.py): screened like `add`; each
+        constraint that nearly duplicates one of an active record of its bucket (else of a
+        quarantined one) merges into it, raising its support; the rest are stored as the
+        record. `status="quarantined"` (an untrusted source): stored whole, never served,
+        never merged. Says what happened (an `AddResult`); counted in `dedup`."""
+        if not isinstance(record, MemoryRecord):
+            record = MemoryRecord.model_validate(record)
+        if screen:
+            self._screen([record], "add")
+        with _serialised(self.store, record.namespace):
+            result = self._add_or_merge(record, status, reason, actor, threshold)
+        self.dedup.count(record.namespace, result)
+        return result
+
+    def _add_or_merge(
+        self, record: MemoryRecord, status: Status, reason: str, actor: str, threshold: float
+    ) -> AddResult:
+        try:
+            stored = self.store.get(record.id)
+        except MemoryNotFoundError:
+            pass
+        else:
+            return AddResult(stored.id, False, self.status(stored.id))
+        if status != "active":
+            created = self.add(
+                unsupported(record), screen=False, status=status, reason=reason, actor=actor
+            )
+            return AddResult(record.id, created, status, len(record.constraints) if created else 0)
+        bucket = (record.namespace, record.domain, record.category, record.subcategory)
+        active = self.store.records(*bucket)
+        withheld = self.statuses(record.namespace)
+        held = [
+            r
+            for r in self.store.records(*bucket, include_flagged=True)
+            if withheld.get(r.id) == "quarantined"
+        ]
+        kept, merges, changed, corroborated = plan(record, active, held, threshold)
+        created = self.add(record.with_constraints(kept), screen=False, reason=reason, actor=actor)
+        if changed:
+            self.store.save(changed)
+        why = f"corroborated: each constraint nearly duplicated by a trusted add (last {record.id})"
+        released = tuple(rid for rid in corroborated if self.release(rid, why, AUTO_RELEASE_ACTOR))
+        return AddResult(record.id, created, "active", len(kept), tuple(merges), released)
 
     def _screen(self, records: builtins.list[MemoryRecord], source: str) -> None:
         """Refuse the records (all of them) if the content screen refuses one."""
@@ -298,13 +390,121 @@ class Memory:
         """Serve a flagged record again; False if it was not flagged."""
         return self.store.unflag(record_id, reason, actor)
 
+    def release(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Serve a quarantined record (quarantined -> active); False if it was active."""
+        return self.store.transition(record_id, "release", reason, actor)
+
+    def quarantine(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Withhold an active record until it is released; False if already quarantined."""
+        return self.store.transition(record_id, "quarantine", reason, actor)
+
+    def archive(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Withhold a record for good (kept, exported, restorable); False if archived."""
+        return self.store.transition(record_id, "archive", reason, actor)
+
+    def restore(self, record_id: str, reason: str, actor: str = "") -> bool:
+        """Put an archived record back in the status it was archived from."""
+        return self.store.transition(record_id, "restore", reason, actor)
+
+    def status(self, record_id: str) -> Status:
+        """ "active" (served), "flagged", "quarantined" or "archived"."""
+        return self.store.status(record_id)
+
+    def statuses(self, namespace: str = "default") -> dict[str, Status]:
+        """id -> status of the namespace's records that are not served (not active)."""
+        return self.store.statuses(namespace)
+
+    # -- versions
+    def version(self, namespace: str = "default") -> int:
+        """The namespace's version: how many changes its records have had."""
+        return self.store.namespace_version(namespace)
+
+    def changes(
+        self,
+        namespace: str = "default",
+        *,
+        record_id: str | None = None,
+        since: int = 0,
+        until: int | None = None,
+    ) -> builtins.list[Change]:
+        """The namespace's change log (of one record, when given), oldest first."""
+        return self.store.changes(namespace, record_id=record_id, since=since, until=until)
+
+    def snapshot(self, namespace: str, name: str, actor: str = "") -> int:
+        """Name the namespace's current version (kept as the note "snapshot:NAME", exported
+        with it); returns that version. A name is given once: naming another version with
+        it is refused with MemoryVersionError."""
+        if not name.strip() or any(ch.isspace() for ch in name):
+            raise MemoryVersionError(
+                f"snapshot name {name!r} is empty or holds spaces", "give a name like v1"
+            )
+        version = self.version(namespace)
+        taken = self.note(namespace, SNAPSHOT_NOTE + name)
+        if taken is not None and taken.get("version") != version:
+            raise MemoryVersionError(
+                f"snapshot {name!r} of namespace {namespace!r} already names version "
+                f"{taken.get('version')}",
+                "choose another name",
+            )
+        if taken is None:
+            value = {"version": version, "at": time.time(), "actor": actor}
+            self.set_note(namespace, SNAPSHOT_NOTE + name, value)
+        return version
+
+    def snapshots(self, namespace: str = "default") -> dict[str, int]:
+        """Snapshot name -> the version it names."""
+        return {
+            key.removeprefix(SNAPSHOT_NOTE): int(value["version"])
+            for key, value in self.notes(namespace).items()
+            if key.startswith(SNAPSHOT_NOTE)
+        }
+
+    def rollback(
+        self, namespace: str, to: int | str, reason: str, actor: str = ""
+    ) -> RollbackCounts:
+        """Set the namespace's records back to their status and content at a version (a
+        number or a snapshot name), as new changes: a later rollback can undo it."""
+        version = to
+        if isinstance(to, str):
+            if to.isdigit():
+                version = int(to)
+            else:
+                known = self.snapshots(namespace)
+                if to not in known:
+                    names = ", ".join(sorted(known)) or "none"
+                    raise MemoryVersionError(
+                        f"namespace {namespace!r} has no snapshot {to!r} (snapshots: {names})",
+                        "give a version number or a snapshot name",
+                    )
+                version = known[to]
+        with self._lock:
+            self._retrievers.clear()
+        return self.store.rollback(namespace, int(version), reason, actor)
+
     def flagged(self, namespace: str | None = None) -> dict[str, str]:
         """Flagged record id -> reason."""
         return self.store.flagged(namespace)
 
     def history(self, record_id: str) -> builtins.list[dict[str, Any]]:
-        """Every flag and unflag of a record, oldest first."""
-        return self.store.flag_history(record_id)
+        """Every status change of a record, oldest first: action (flag, unflag,
+        quarantine, release, archive, restore, rollback), reason, actor, at, and where the
+        store keeps versions the namespace's version and the status it left. `changes`
+        has the full log (adds and content changes too)."""
+        if not self.store.keeps_history:
+            return self.store.flag_history(record_id)
+        namespace = self.get(record_id).namespace
+        return [
+            {
+                "action": c.op,
+                "reason": c.reason,
+                "actor": c.actor,
+                "at": c.at,
+                "version": c.version,
+                "status": c.status_after,
+            }
+            for c in self.changes(namespace, record_id=record_id)
+            if c.op not in ("add", "replace")
+        ]
 
     def record_outcome(self, record_id: str, model: str, helped: bool) -> None:
         """Count that the record, given to `model`, helped (True) or harmed (False) it."""
@@ -367,7 +567,7 @@ class Memory:
         (memory/poison.py) is refused whole with PoisonError, nothing imported."""
         if namespace is None and not screen:
             return self.store.import_jsonl(path, on_conflict=on_conflict)
-        records, notes = read_export(path)
+        records, notes, changes = read_export_with_history(path)
         if namespace is not None:
             held = sorted({r.namespace for r in records} | {n.namespace for n in notes})
             if len(held) > 1:
@@ -378,9 +578,10 @@ class Memory:
                 )
             records = [_refiled(r, namespace) for r in records]
             notes = [n.model_copy(update={"namespace": namespace}) for n in notes]
+            changes = []  # its record ids changed: the history cannot follow them
         if screen:
             self._screen(records, str(path))
-        return self.store.import_parsed(records, notes, on_conflict, str(path))
+        return self.store.import_parsed(records, notes, on_conflict, str(path), changes)
 
     # -- namespace notes
     def set_note(self, namespace: str, key: str, value: Mapping[str, Any]) -> bool:
@@ -398,8 +599,9 @@ class Memory:
         return {n.key: n.value for n in self.store.notes(namespace)}
 
     def stats(self, namespace: str = "default") -> dict[str, Any]:
-        """Records and constraints in a namespace, per bucket, source pair and distiller."""
-        return self.store.stats(namespace)
+        """Records and constraints in a namespace, per bucket, source pair and distiller;
+        `dedup`: what this handle's `add_or_merge` stored and merged there."""
+        return {**self.store.stats(namespace), "dedup": self.dedup.as_dict(namespace)}
 
     def namespaces(self) -> dict[str, int]:
         """Namespace -> record count."""
@@ -407,6 +609,23 @@ class Memory:
 
     def __repr__(self) -> str:
         return f"Memory({self.location!r})"
+
+
+@contextmanager
+def _serialised(store: MemoryStore, namespace: str) -> Iterator[None]:
+    """One transaction in which no other add_or_merge of the namespace runs (SQLite's
+    write transactions are serial already; PostgreSQL takes an advisory lock), so two
+    adds never both raise a support from the same stored value. A backend without
+    transactions runs the block as it is."""
+    transaction = getattr(store, "transaction", None)
+    if transaction is None:
+        yield
+        return
+    with transaction() as cur:
+        if isinstance(store, PostgresMemory):
+            key = int.from_bytes(hashlib.sha256(f"dedup:{namespace}".encode()).digest()[:8])
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (key - 2**63,))
+        yield
 
 
 def _refiled(record: MemoryRecord, namespace: str) -> MemoryRecord:

@@ -189,3 +189,22 @@ def _record(
 def _emit(on_event: Callable[[BuildEvent], None] | None, task_id: str, status: str) -> None:
     if on_event is not None:
         on_event(BuildEvent(task_id, status))
+
+
+def pair_record_id(pair: Pair, namespace: str, distiller: str) -> str:
+    """The id of the record a pair distils into (what a batch build would give it)."""
+    return _record_id(pair, namespace, distiller)
+
+
+def pair_record(
+    namespace: str,
+    task: Task,
+    pair: Pair,
+    result: DistillResult,
+    label: LabelLike,
+    distiller: str,
+) -> MemoryRecord:
+    """The record of one distilled pair, exactly as a batch build files it (online
+    learning, server/learner.py, reuses it)."""
+    rid = _record_id(pair, namespace, distiller)
+    return _record(rid, namespace, task, pair, result, label, distiller)

@@ -17,14 +17,16 @@ from pydantic import (
 
 from memcollab.tasks.task import known_domain
 
-MEMORY_FORMAT_VERSION = 3
+MEMORY_FORMAT_VERSION = 4
 """The newest export format this memcollab reads. Format 1: the paper's records; format 2:
 constraints may carry a `support` count above 1 (merged near-duplicates); format 3: an
-export may hold namespace notes (lines with a `note` key; records stay format 1 or 2). A
-record is written in the lowest format that holds it, so a memory without merges stays
-format 1."""
+export may hold namespace notes (lines with a `note` key; records stay format 1 or 2);
+format 4: an export may hold its namespaces' change history (lines with a `change` key,
+memory/store_changes.py). A record is written in the lowest format that holds it, so a
+memory without merges stays format 1."""
 SUPPORT_FORMAT = 2
 NOTE_FORMAT = 3
+CHANGE_FORMAT = 4
 
 PairType = Literal["mixed", "tie_break", "own_success", "own_failure", "self_contrast", "near_miss"]
 

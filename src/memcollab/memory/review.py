@@ -1,8 +1,9 @@
 """`memcollab memory review`: the records a person should look at, with their evidence.
 
-Three kinds, each listed with the record's per-model estimate (memory/utility.py:
+Four kinds, each listed with the record's per-model estimate (memory/utility.py:
 outcomes, helped, harmed, the baseline, p_harm, the verdict): records flagged by a person
-or a process (with the flag's reason and history), records withheld from some model by
+or a process (with the flag's reason and history), quarantined records (an untrusted
+source's, waiting to be released), records withheld from some model by
 confident harm (and still served to the others), and stored records that the content
 screen (memory/poison.py) would refuse today (stored before it existed, or written around
 it). Nothing here changes a record: records are never deleted; a flag is lifted with
@@ -29,6 +30,8 @@ class ReviewItem:
     history: tuple[dict[str, Any], ...]
     estimates: tuple[Estimate, ...]
     poison: PoisonVerdict = field(default_factory=PoisonVerdict)
+    status: str = "active"
+    """The record's status (memory/store_changes.py): active, flagged, quarantined."""
 
     @property
     def withheld_from(self) -> tuple[str, ...]:
@@ -46,6 +49,7 @@ class ReviewItem:
             "id": self.record.id,
             "bucket": [self.record.domain, self.record.category, self.record.subcategory],
             "flagged": self.flag_reason,
+            "status": self.status,
             "history": list(self.history),
             "withheld_from": list(self.withheld_from),
             "poison": list(self.poison.reasons),
@@ -56,10 +60,13 @@ class ReviewItem:
 def review(
     store: MemoryStore, namespace: str = "default", policy: UtilityPolicy | None = None
 ) -> list[ReviewItem]:
-    """Flagged, withheld-for-some-model and screen-refused records of a namespace, by id."""
+    """Flagged, quarantined, withheld-for-some-model and screen-refused records of a
+    namespace (archived ones left out), by id."""
     policy = policy or UtilityPolicy()
     records = store.records(namespace, include_flagged=True)
     flagged = store.flagged(namespace)
+    statuses = store.statuses(namespace)
+    records = [r for r in records if statuses.get(r.id) != "archived"]
     usage = store.usage_counts(namespace)
     models = sorted({m for _, m in usage})
     baselines = store.baselines(namespace)
@@ -74,7 +81,8 @@ def review(
     for record in sorted(records, key=lambda r: r.id):
         found = tuple(per_record[record.id])
         verdict = screen_record(record)
-        if record.id in flagged or verdict.refused or any(e.withhold for e in found):
+        status = statuses.get(record.id, "active")
+        if status != "active" or verdict.refused or any(e.withhold for e in found):
             items.append(
                 ReviewItem(
                     record,
@@ -82,6 +90,7 @@ def review(
                     tuple(store.flag_history(record.id)),
                     found,
                     verdict,
+                    status,
                 )
             )
     return items

@@ -33,9 +33,11 @@ harmed); `memory_flags` (the records withheld from retrieval, with the reason) a
 `memory_flag_history` (every flag and unflag); `memory_notes` (namespace, key, json: a
 namespace's notes, e.g. the utility gate's decision); `memory_baselines` (per namespace,
 model and bucket: the model's successes and failures without memory, the baseline of
-memory/utility.py); `memory_meta` (the version counter and the schema version). Schema 2
-added the flag tables, schema 3 the notes, schema 4 the baselines; opening an older store
-adds them.
+memory/utility.py); `memory_status`, `memory_changes` and `memory_versions` (statuses other
+than flagged, the change log, each namespace's latest version: memory/store_changes.py);
+`memory_meta` (the version counter and the schema version). Schema 2 added the flag
+tables, schema 3 the notes, schema 4 the baselines, schema 5 statuses and the change log;
+opening an older store adds them.
 
 Namespace notes: small JSON objects a namespace carries besides its records (`set_note`,
 `notes`). An export of a namespace writes its notes after its records, one line each
@@ -61,8 +63,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from memcollab.atomic import replace_when_done
 from memcollab.errors import UserError
 from memcollab.memory.record import MEMORY_FORMAT_VERSION, NOTE_FORMAT, MemoryRecord
+from memcollab.memory.store_changes import Change, Op, Status, export_lines, with_finals
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The layout of the store's tables; a store written by a newer layout is refused. Each
 migration step is named in store_sql.py (`MIGRATION_STEPS`)."""
 UPGRADE_HINT = "upgrade memcollab: pip install -U memcollab"
@@ -105,6 +108,25 @@ class NamespaceNote(BaseModel):
 
 class MemoryUnsupportedError(UserError):
     """An operation the memory's backend does not implement."""
+
+
+class MemoryVersionError(UserError):
+    """A version a namespace does not have (or a snapshot name it does not know)."""
+
+
+@dataclass(frozen=True)
+class RollbackCounts:
+    """What a rollback did: the namespace's versions before and after, the changes it
+    wrote (one per record whose status or content it set back), how many contents it
+    restored and how many records (added after the target version) it archived."""
+
+    namespace: str
+    to_version: int
+    from_version: int
+    new_version: int
+    changed: int
+    contents_restored: int
+    archived: int
 
 
 # --------------------------------------------------------------------------- interface
@@ -250,6 +272,77 @@ class MemoryStore(ABC):
     def flag_history(self, record_id: str) -> list[dict[str, Any]]:
         """Every flag and unflag of a record, oldest first: action, reason, actor, at."""
 
+    # -- statuses and versions (memory/store_changes.py); the SQL backends keep them
+    keeps_history: bool = False
+    """Whether the backend keeps record statuses beyond flags and a versioned change log."""
+
+    def add_records(
+        self,
+        records: Iterable[MemoryRecord],
+        *,
+        status: Status = "active",
+        reason: str = "",
+        actor: str = "",
+    ) -> list[str]:
+        """Store records in one transaction, each new one in `status` ("active" or
+        "quarantined"), its change logged with `reason` and `actor`; returns the ids that
+        were new. This default (no history) adds them active, one by one."""
+        if status != "active":
+            raise self._no_history(f"adding records {status}")
+        return [record.id for record in records if self.add(record)]
+
+    def transition(self, record_id: str, op: Op, reason: str, actor: str = "") -> bool:
+        """Change a record's status: flag (active -> flagged), unflag (flagged -> active),
+        quarantine (active -> quarantined), release (quarantined -> active), archive (any
+        -> archived), restore (archived -> what it was before). False when the record is
+        in the target status already; MemoryFlagError when the change does not apply to
+        its status or no reason is given. Logged as a new version of its namespace."""
+        if op == "flag":
+            return self.flag(record_id, reason, actor)
+        if op == "unflag":
+            return self.unflag(record_id, reason, actor)
+        raise self._no_history(op)
+
+    def status(self, record_id: str) -> Status:
+        """The record's status; MemoryNotFoundError when it is not stored."""
+        self.get(record_id)
+        return "flagged" if record_id in self.flagged() else "active"
+
+    def statuses(self, namespace: str = "default") -> dict[str, Status]:
+        """id -> status of the namespace's records that are not active."""
+        return {rid: "flagged" for rid in self.flagged(namespace)}
+
+    def changes(
+        self,
+        namespace: str = "default",
+        *,
+        record_id: str | None = None,
+        since: int = 0,
+        until: int | None = None,
+    ) -> list[Change]:
+        """The namespace's change log (of one record, when given), versions in
+        (since, until], oldest first."""
+        raise self._no_history("a change log")
+
+    def namespace_version(self, namespace: str = "default") -> int:
+        """The namespace's latest version (0 before its first change)."""
+        raise self._no_history("versions")
+
+    def rollback(
+        self, namespace: str, version: int, reason: str, actor: str = ""
+    ) -> RollbackCounts:
+        """Set every record of the namespace back to its status and content at `version`,
+        as new changes (nothing is deleted; records added later are archived), in one
+        transaction. MemoryVersionError for a version the namespace does not have."""
+        raise self._no_history("rollback")
+
+    def _no_history(self, what: str) -> MemoryUnsupportedError:
+        return MemoryUnsupportedError(
+            f"the memory at {self.location} ({type(self).__name__}) keeps no history: "
+            f"{what} is not available",
+            "use a SQLite or PostgreSQL memory",
+        )
+
     @abstractmethod
     def namespaces(self) -> dict[str, int]:
         """Namespace -> record count, for every namespace that holds a record."""
@@ -293,8 +386,9 @@ class MemoryStore(ABC):
         """Write the records (of one namespace, or all) as JSON Lines; returns the count.
 
         The file holds the records, one `MemoryRecord.model_dump_json()` per line ordered by
-        (created_at, id), then the namespaces' notes (if any), one line each; usage counters
-        are not exported. Written atomically (a temporary file renamed into place).
+        (created_at, id), then the namespaces' notes (if any), one line each, then (backends
+        that keep history) each namespace's change log, one change per line, oldest first;
+        usage counters are not exported. Written atomically (a temporary file renamed into place).
         `import_jsonl` of it into an empty store of either backend gives the same records
         and notes.
         """
@@ -305,6 +399,14 @@ class MemoryStore(ABC):
                 count += 1
             for note in self.notes(namespace):
                 fh.write(note.export_line() + "\n")
+            if self.keeps_history:
+                names = [namespace] if namespace is not None else sorted(self.namespaces())
+                for name in names:
+                    finals = {
+                        r.id: r.model_dump_json() for r in self.records(name, include_flagged=True)
+                    }
+                    for line in export_lines(self.changes(name), finals):
+                        fh.write(line + "\n")
         return count
 
     def import_jsonl(self, path: str | Path, on_conflict: OnConflict = "error") -> ImportCounts:
@@ -325,8 +427,8 @@ class MemoryStore(ABC):
             raise ValueError(
                 f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}"
             )
-        records, notes = read_export(path)
-        return self.import_parsed(records, notes, on_conflict, str(path))
+        records, notes, changes = read_export_with_history(path)
+        return self.import_parsed(records, notes, on_conflict, str(path), changes)
 
     def import_parsed(
         self,
@@ -334,13 +436,19 @@ class MemoryStore(ABC):
         notes: Sequence[NamespaceNote],
         on_conflict: OnConflict,
         source: str,
+        changes: Sequence[Change] = (),
     ) -> ImportCounts:
         """`import_jsonl` of records and notes already read (`source` names them in errors);
-        a note conflicts like a record (same namespace and key, another value)."""
+        a note conflicts like a record (same namespace and key, another value). A
+        namespace's change history (`changes`) is reproduced, versions included, where the
+        namespace has no history here yet; elsewhere the import is logged as changes of
+        this store. A backend without history ignores it."""
         if on_conflict not in ON_CONFLICT:
             raise ValueError(
                 f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}"
             )
+        if self.keeps_history and changes:
+            return self._import_with_notes(records, notes, on_conflict, source, changes)
         if not notes:
             return self._import_records(records, on_conflict, source)
         if not self.keeps_notes:
@@ -353,8 +461,9 @@ class MemoryStore(ABC):
         notes: Sequence[NamespaceNote],
         on_conflict: OnConflict,
         source: str,
+        changes: Sequence[Change] = (),
     ) -> ImportCounts:
-        """Records and notes in one transaction (backends with `keeps_notes`)."""
+        """Records, notes and history in one transaction (backends with `keeps_notes`)."""
         raise self._no_notes()
 
     @abstractmethod
@@ -395,6 +504,7 @@ class ImportCounts:
     conflicts_skipped: int = 0
     replaced: int = 0
     notes: int = 0  # namespace notes stored or replaced
+    changes: int = 0  # history changes reproduced from the file (memory/store_changes.py)
 
 
 class MemoryConflictError(UserError):
@@ -417,11 +527,20 @@ def read_jsonl(path: str | Path) -> list[MemoryRecord]:
 
 
 def read_export(path: str | Path) -> tuple[list[MemoryRecord], list[NamespaceNote]]:
-    """Parse a memory JSONL file into records and namespace notes; MemoryFormatError
-    (file:line) on anything else.
+    """Parse a memory JSONL file into records and namespace notes (its change history left
+    out: `read_export_with_history`)."""
+    records, notes, _ = read_export_with_history(path)
+    return records, notes
 
-    Blank lines are ignored; every other line must be one current-or-older-format record
-    or note.
+
+def read_export_with_history(
+    path: str | Path,
+) -> tuple[list[MemoryRecord], list[NamespaceNote], list[Change]]:
+    """Parse a memory JSONL file into records, namespace notes and changes;
+    MemoryFormatError (file:line) on anything else.
+
+    Blank lines are ignored; every other line must be one current-or-older-format record,
+    note or change.
     """
     path = Path(path)
     try:
@@ -432,6 +551,7 @@ def read_export(path: str | Path) -> tuple[list[MemoryRecord], list[NamespaceNot
         raise MemoryFormatError(f"cannot read memory file {path}: {exc}") from None
     records = []
     notes: list[NamespaceNote] = []
+    changes: list[Change] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -463,6 +583,8 @@ def read_export(path: str | Path) -> tuple[list[MemoryRecord], list[NamespaceNot
         try:
             if "note" in obj:
                 notes.append(NamespaceNote.model_validate(obj["note"]))
+            elif "change" in obj:
+                changes.append(Change.model_validate(obj["change"]))
             else:
                 records.append(MemoryRecord.model_validate_json(line))
         except ValidationError as exc:
@@ -470,11 +592,13 @@ def read_export(path: str | Path) -> tuple[list[MemoryRecord], list[NamespaceNot
             loc = ".".join(str(part) for part in first["loc"]) or "record"
             more = f" and {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
             what = "namespace note" if "note" in obj else "memory record"
+            what = "change" if "change" in obj else what
             raise MemoryFormatError(
                 f"{where}: not a valid {what} ({loc}: {first['msg']}{more})",
-                "each line must be one memory record (or note) as written by export_jsonl",
+                "each line must be one memory record (or note, or change) as written by "
+                "export_jsonl",
             ) from None
-    return records, notes
+    return records, notes, with_finals(changes, records)
 
 
 Opener = Callable[[str, bool], "MemoryStore"]
@@ -553,11 +677,14 @@ __all__ = [
     "MemoryStore",
     "NamespaceNote",
     "MemoryUnsupportedError",
+    "MemoryVersionError",
     "OnConflict",
     "PostgresMemory",
+    "RollbackCounts",
     "SQLiteMemory",
     "open_memory",
     "read_export",
+    "read_export_with_history",
     "read_jsonl",
     "register_backend",
 ]

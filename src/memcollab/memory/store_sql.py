@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from memcollab.domains import DOMAINS
+from memcollab.memory import store_changes as changelog
 from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
 from memcollab.memory.store import (
     SCHEMA_VERSION,
@@ -28,10 +29,13 @@ from memcollab.memory.store import (
     MemoryFormatError,
     MemoryNotFoundError,
     MemoryStore,
+    MemoryVersionError,
     NamespaceNote,
     OnConflict,
+    RollbackCounts,
     conflict_error,
 )
+from memcollab.memory.store_changes import SERVED_SQL, Change, Op, Status
 
 _RECORD_COLUMNS = (
     "id, namespace, domain, category, subcategory, task_hash, model_pos, model_neg, "
@@ -62,6 +66,17 @@ def _row(record: MemoryRecord) -> tuple[Any, ...]:
         record.created_at,
         record.format_version,
     )
+
+
+_TRANSITIONS: dict[Op, tuple[tuple[Status, ...], Status]] = {
+    "flag": (("active",), "flagged"),
+    "unflag": (("flagged",), "active"),
+    "quarantine": (("active",), "quarantined"),
+    "release": (("quarantined",), "active"),
+    "archive": (("active", "flagged", "quarantined"), "archived"),
+    "restore": (("archived",), "active"),  # back to the status it was archived from
+}
+"""Status change -> (the statuses it applies to, the status it leaves)."""
 
 
 def _marks(n: int) -> str:
@@ -183,28 +198,58 @@ class _SQLMemory(MemoryStore):
             return list(conn.execute(self._sql(statement), tuple(params)).fetchall())
 
     # -- records
+    keeps_history = True
+
     def add(self, record: MemoryRecord) -> bool:
         return self.add_many([record]) == 1
 
     def add_many(self, records: Iterable[MemoryRecord]) -> int:
-        rows = [_row(record) for record in records]
+        return len(self.add_records(records))
+
+    def add_records(
+        self,
+        records: Iterable[MemoryRecord],
+        *,
+        status: Status = "active",
+        reason: str = "",
+        actor: str = "",
+    ) -> list[str]:
+        if status not in ("active", "quarantined"):
+            raise ValueError(f"a record is added active or quarantined, not {status!r}")
+        rows: dict[str, tuple[Any, ...]] = {}
+        for record in records:  # an id given twice: the first one is added
+            rows.setdefault(record.id, _row(record))
         if not rows:
-            return 0
+            return []
         insert = self._sql(
             f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({_marks(14)}) "
-            "ON CONFLICT (id) DO NOTHING"
+            "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
+        added: list[tuple[str, Any]] = []
+        now = time.time()
         with self._write() as cur:
-            if len(rows) == 1:
-                cur.execute(insert, rows[0])
-            else:
-                cur.executemany(insert, rows)
-            added = max(cur.rowcount, 0)
+            # One statement per record: RETURNING says which were new, also when another
+            # PostgreSQL transaction inserted one of them meanwhile.
+            for rid, row in rows.items():
+                cur.execute(insert, row)
+                if cur.fetchone() is not None:
+                    added.append((rid, row))
+                    if status != "active":
+                        changelog.set_status(cur, self._sql, rid, status, reason, actor, now)
             if added:
-                cur.execute(
-                    self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
+                changelog.log(
+                    cur,
+                    self._sql,
+                    [(row[1], rid, "add", None, status, row[11]) for rid, row in added],
+                    reason,
+                    actor,
                 )
-        return added
+                self._bump(cur)
+        return [rid for rid, _ in added]
+
+    def _bump(self, cur: Any) -> None:
+        """Raise the version counter retrieval watches (inside the write transaction)."""
+        cur.execute(self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'"))
 
     def _import_records(
         self, records: Sequence[MemoryRecord], on_conflict: OnConflict, source: str
@@ -217,6 +262,7 @@ class _SQLMemory(MemoryStore):
         notes: Sequence[NamespaceNote],
         on_conflict: OnConflict,
         source: str,
+        changes: Sequence[Change] = (),
     ) -> ImportCounts:
         rows = [_row(record) for record in records]
         added = present = 0
@@ -241,6 +287,7 @@ class _SQLMemory(MemoryStore):
                 (new if blob is None or record.id in new else changed)[record.id] = row
             if conflicts and on_conflict == "error":
                 raise conflict_error(source, conflicts)
+            history = self._history_to_reproduce(cur, changes, records, source)
             stored_notes = self._put_notes(cur, notes, on_conflict, source)
             if new:
                 cur.executemany(
@@ -265,12 +312,108 @@ class _SQLMemory(MemoryStore):
                     ),
                     [row[1:] + row[:1] for row in changed.values()],
                 )
-            if new or changed:
-                cur.execute(
-                    self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'")
-                )
+            reproduced = self._reproduce(cur, history)
+            befores = changelog.statuses(cur, self._sql, sorted(changed))
+            self._log_import(
+                cur,
+                [(row[1], rid, "add", None, "active", row[11]) for rid, row in new.items()]
+                + [
+                    (row[1], rid, "replace", befores[rid], befores[rid], row[11])
+                    for rid, row in changed.items()
+                ],
+                history,
+                source,
+            )
+            if new or changed or reproduced:
+                self._bump(cur)
         skipped = 0 if on_conflict == "replace" else len(conflicts)
-        return ImportCounts(added, present, skipped, len(conflicts) - skipped, stored_notes)
+        return ImportCounts(
+            added, present, skipped, len(conflicts) - skipped, stored_notes, reproduced
+        )
+
+    def _log_import(
+        self,
+        cur: Any,
+        entries: list[tuple[str, str, Op, Status | None, Status, str | None]],
+        history: dict[str, list[Change]],
+        source: str,
+    ) -> None:
+        """Log an import's added and replaced records, except in namespaces whose history
+        the file carried and the import reproduced (their changes say it already)."""
+        mine = [entry for entry in entries if entry[0] not in history]
+        changelog.log(cur, self._sql, mine, f"import from {source}", "")
+
+    def _history_to_reproduce(
+        self, cur: Any, changes: Sequence[Change], records: Sequence[MemoryRecord], source: str
+    ) -> dict[str, list[Change]]:
+        """The file's change history per namespace that this import reproduces: namespaces
+        with no history (and no records) here yet. A namespace with history here keeps its
+        own; the import's records are then logged as changes of this store. A history that
+        does not end in the file's records is refused (MemoryFormatError)."""
+        by_namespace: dict[str, list[Change]] = {}
+        for change in changes:
+            by_namespace.setdefault(change.namespace, []).append(change)
+        reproduce: dict[str, list[Change]] = {}
+        for namespace, log in by_namespace.items():
+            log.sort(key=lambda c: c.version)
+            if [c.version for c in log] != list(range(1, len(log) + 1)):
+                raise MemoryFormatError(
+                    f"{source}: the history of namespace {namespace!r} is not versions "
+                    f"1..{len(log)} in order; nothing was imported",
+                    "import a file written by `memory export`",
+                )
+            try:
+                final = changelog.state_at(log)
+            except KeyError as exc:
+                raise MemoryFormatError(
+                    f"{source}: the history of namespace {namespace!r} changes record {exc} "
+                    "before adding it; nothing was imported",
+                    "import a file written by `memory export`",
+                ) from None
+            given = {r.id: r.model_dump_json() for r in records if r.namespace == namespace}
+            ended = {
+                rid: MemoryRecord.model_validate(content).model_dump_json()
+                for rid, (_, content) in final.items()
+            }
+            if given != ended:
+                raise MemoryFormatError(
+                    f"{source}: the history of namespace {namespace!r} does not end in the "
+                    "file's records of that namespace; nothing was imported",
+                    "import a file written by `memory export`",
+                )
+            if changelog.current_version(cur, self._sql, namespace) == 0 and not self._query(
+                "SELECT 1 FROM memory_records WHERE namespace = ? LIMIT 1", (namespace,)
+            ):
+                reproduce[namespace] = log
+        return reproduce
+
+    def _reproduce(self, cur: Any, history: dict[str, list[Change]]) -> int:
+        """Write the histories `_history_to_reproduce` chose, with their own versions, and
+        put every record in the status its history ends in. Returns the changes written."""
+        written = 0
+        for namespace, log in history.items():
+            changelog.write(cur, self._sql, log)
+            cur.execute(
+                self._sql(
+                    "INSERT INTO memory_versions (namespace, version) VALUES (?, ?) "
+                    "ON CONFLICT (namespace) DO UPDATE SET version = excluded.version"
+                ),
+                (namespace, log[-1].version),
+            )
+            last = {c.record_id: c for c in log}
+            for rid, change in last.items():
+                if change.status_after != "active":
+                    changelog.set_status(
+                        cur,
+                        self._sql,
+                        rid,
+                        change.status_after,
+                        change.reason,
+                        change.actor,
+                        change.at,
+                    )
+            written += len(log)
+        return written
 
     # -- namespace notes
     keeps_notes = True
@@ -384,7 +527,7 @@ class _SQLMemory(MemoryStore):
     ) -> list[MemoryRecord]:
         where, params = self._where(namespace, domain, category, subcategory)
         if not include_flagged:
-            where += " AND id NOT IN (SELECT record_id FROM memory_flags)"
+            where += f" AND {SERVED_SQL}"
         rows = self._query(
             f"SELECT json FROM memory_records WHERE {where} ORDER BY created_at, id", params
         )
@@ -405,7 +548,7 @@ class _SQLMemory(MemoryStore):
             raise ValueError("limit and offset must not be negative")
         where, params = self._where(namespace, domain, category, subcategory)
         if not include_flagged:
-            where += " AND id NOT IN (SELECT record_id FROM memory_flags)"
+            where += f" AND {SERVED_SQL}"
         # LIMIT/OFFSET in SQL: only the page's records are read and parsed.
         rows = self._query(
             f"SELECT json FROM memory_records WHERE {where} ORDER BY created_at, id "
@@ -536,40 +679,162 @@ class _SQLMemory(MemoryStore):
         rows = self._query(statement, params)
         return {(m, d, c, s): (int(k), int(f)) for m, d, c, s, k, f in sorted(rows)}
 
-    # -- flags
-    def _flag_event(self, record_id: str, action: str, reason: str, actor: str) -> bool:
+    # -- statuses and versions (memory/store_changes.py)
+    def transition(self, record_id: str, op: Op, reason: str, actor: str = "") -> bool:
+        if op not in _TRANSITIONS:
+            raise ValueError(f"{op!r} is not a status change")
         if not reason.strip():
-            raise MemoryFlagError(f"{action} of {record_id!r} needs a reason")
+            raise MemoryFlagError(f"{op} of {record_id!r} needs a reason")
+        allowed, target = _TRANSITIONS[op]
         now = time.time()
         with self._write() as cur:
             self._require(cur, [record_id])
-            if action == "flag":
+            before = changelog.statuses(cur, self._sql, [record_id])[record_id]
+            if op == "restore" and before == "archived":
+                target = self._status_before_archive(cur, record_id)
+            if before == target:
+                return False
+            if before not in allowed:
+                raise MemoryFlagError(
+                    f"record {record_id!r} is {before}: {op} applies to a record that is "
+                    f"{' or '.join(allowed)}"
+                )
+            changelog.set_status(cur, self._sql, record_id, target, reason, actor, now)
+            if op in ("flag", "unflag"):  # the flag history kept since schema 2
                 cur.execute(
                     self._sql(
-                        "INSERT INTO memory_flags (record_id, reason, actor, at) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING"
+                        "INSERT INTO memory_flag_history (record_id, action, reason, actor, at) "
+                        "VALUES (?, ?, ?, ?, ?)"
                     ),
-                    (record_id, reason, actor, now),
+                    (record_id, op, reason, actor, now),
                 )
-            else:
-                cur.execute(self._sql("DELETE FROM memory_flags WHERE record_id = ?"), (record_id,))
-            if cur.rowcount < 1:
-                return False
-            cur.execute(
-                self._sql(
-                    "INSERT INTO memory_flag_history (record_id, action, reason, actor, at) "
-                    "VALUES (?, ?, ?, ?, ?)"
-                ),
-                (record_id, action, reason, actor, now),
+            namespace = self._namespace_of(cur, record_id)
+            changelog.log(
+                cur, self._sql, [(namespace, record_id, op, before, target, None)], reason, actor
             )
-            cur.execute(self._sql("UPDATE memory_meta SET value = value + 1 WHERE key = 'version'"))
+            self._bump(cur)
         return True
 
+    def _namespace_of(self, cur: Any, record_id: str) -> str:
+        cur.execute(self._sql("SELECT namespace FROM memory_records WHERE id = ?"), (record_id,))
+        return str(cur.fetchone()[0])
+
+    def _status_before_archive(self, cur: Any, record_id: str) -> Status:
+        """What an archived record was before its last change into "archived" (active if
+        that change created it)."""
+        cur.execute(
+            self._sql(
+                "SELECT status_before FROM memory_changes WHERE record_id = ? "
+                "AND status_after = 'archived' ORDER BY version DESC LIMIT 1"
+            ),
+            (record_id,),
+        )
+        row = cur.fetchone()
+        return "active" if row is None or row[0] in (None, "archived") else row[0]
+
+    def status(self, record_id: str) -> Status:
+        self.get(record_id)
+        with self._connection() as conn:
+            return changelog.statuses(conn.cursor(), self._sql, [record_id])[record_id]
+
+    def statuses(self, namespace: str = "default") -> dict[str, Status]:
+        rows = self._query(
+            "SELECT f.record_id, 'flagged' FROM memory_flags f JOIN memory_records r "
+            "ON r.id = f.record_id WHERE r.namespace = ? UNION ALL "
+            "SELECT s.record_id, s.status FROM memory_status s JOIN memory_records r "
+            "ON r.id = s.record_id WHERE r.namespace = ?",
+            (namespace, namespace),
+        )
+        return dict(sorted(rows))
+
+    def changes(
+        self,
+        namespace: str = "default",
+        *,
+        record_id: str | None = None,
+        since: int = 0,
+        until: int | None = None,
+    ) -> list[Change]:
+        with self._connection() as conn:
+            return changelog.read(
+                conn.cursor(), self._sql, namespace, record_id=record_id, since=since, until=until
+            )
+
+    def namespace_version(self, namespace: str = "default") -> int:
+        with self._connection() as conn:
+            return changelog.current_version(conn.cursor(), self._sql, namespace)
+
+    def rollback(
+        self, namespace: str, version: int, reason: str, actor: str = ""
+    ) -> RollbackCounts:
+        if not reason.strip():
+            raise MemoryFlagError(f"a rollback of namespace {namespace!r} needs a reason")
+        with self._write() as cur:
+            latest = changelog.current_version(cur, self._sql, namespace)
+            if not 0 <= version <= latest:
+                raise MemoryVersionError(
+                    f"namespace {namespace!r} has versions 0..{latest}, not {version}",
+                    "`memcollab memory versions` lists them",
+                )
+            target = changelog.state_at(changelog.read(cur, self._sql, namespace, until=version))
+            later = changelog.read(cur, self._sql, namespace, since=version)
+            touched = list(dict.fromkeys(c.record_id for c in later))
+            now_status = changelog.statuses(cur, self._sql, touched)
+            now_json = self._stored_json(cur, touched)
+            entries: list[tuple[str, str, Op, Status | None, Status, str | None]] = []
+            restored = archived = 0
+            for rid in touched:
+                status: Status = "archived"  # added after `version`: archived
+                blob: str | None = None
+                if rid in target:
+                    status = target[rid][0]
+                    canonical = MemoryRecord.model_validate(target[rid][1]).model_dump_json()
+                    blob = None if canonical == now_json[rid] else canonical
+                if blob is None and status == now_status[rid]:
+                    continue
+                if blob is not None:
+                    row = _row(MemoryRecord.model_validate_json(blob))
+                    columns = _RECORD_COLUMNS.split(", ")[1:]
+                    cur.execute(
+                        self._sql(
+                            f"UPDATE memory_records SET {', '.join(f'{c} = ?' for c in columns)} "
+                            "WHERE id = ?"
+                        ),
+                        row[1:] + row[:1],
+                    )
+                    restored += 1
+                if status != now_status[rid]:
+                    changelog.set_status(
+                        cur,
+                        self._sql,
+                        rid,
+                        status,
+                        f"rollback to version {version}: {reason}",
+                        actor,
+                        time.time(),
+                    )
+                archived += rid not in target
+                entries.append((namespace, rid, "rollback", now_status[rid], status, blob))
+            written = changelog.log(
+                cur, self._sql, entries, f"rollback to version {version}: {reason}", actor
+            )
+            if written:
+                self._bump(cur)
+        return RollbackCounts(
+            namespace=namespace,
+            to_version=version,
+            from_version=latest,
+            new_version=written[-1].version if written else latest,
+            changed=len(written),
+            contents_restored=restored,
+            archived=archived,
+        )
+
     def flag(self, record_id: str, reason: str, actor: str = "") -> bool:
-        return self._flag_event(record_id, "flag", reason, actor)
+        return self.transition(record_id, "flag", reason, actor)
 
     def unflag(self, record_id: str, reason: str, actor: str = "") -> bool:
-        return self._flag_event(record_id, "unflag", reason, actor)
+        return self.transition(record_id, "unflag", reason, actor)
 
     def flagged(self, namespace: str | None = None) -> dict[str, str]:
         statement = "SELECT f.record_id, f.reason FROM memory_flags f"
@@ -702,6 +967,7 @@ def _schema(text_type: str, real_type: str, int_type: str, serial: str) -> list[
             value {int_type} NOT NULL
         )""",
         *_migration_baselines(text_type, int_type),
+        *changelog.schema(text_type, real_type, int_type),
         "INSERT INTO memory_meta (key, value) VALUES ('version', 0) ON CONFLICT (key) DO NOTHING",
         f"INSERT INTO memory_meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION}) "
         "ON CONFLICT (key) DO NOTHING",
@@ -710,13 +976,15 @@ def _schema(text_type: str, real_type: str, int_type: str, serial: str) -> list[
         # added the flag tables: a version-1 memcollab would serve flagged records, so it
         # must refuse this store. Schema 2 -> 3 added memory_notes: a version-2 memcollab
         # would export a namespace without its notes (the utility gate's decision). Schema
-        # 3 -> 4 added memory_baselines (memory/utility.py).
+        # 3 -> 4 added memory_baselines (memory/utility.py). Schema 4 -> 5 added statuses
+        # and the change log (memory/store_changes.py): a version-4 memcollab would serve
+        # quarantined and archived records and write changes the log does not hold.
         f"UPDATE memory_meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version' "
         f"AND value < {SCHEMA_VERSION}",
     ]
 
 
-MIGRATION_STEPS = {2: "flags", 3: "notes", 4: "baselines"}
+MIGRATION_STEPS = {2: "flags", 3: "notes", 4: "baselines", 5: "changes"}
 """Schema version -> the named step that reached it (SCHEMA_VERSION is the last one)."""
 
 

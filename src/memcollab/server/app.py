@@ -30,10 +30,10 @@ from memcollab.memory.store import (
     MemoryConnectionError,
     MemoryNotFoundError,
 )
-from memcollab.server import routes_attempts, routes_memory, routes_ops, routes_proxy
+from memcollab.server import routes_attempts, routes_learn, routes_memory, routes_ops, routes_proxy
 from memcollab.server.attempts import AttemptConflictError, AttemptNotFoundError
 from memcollab.server.context import ServerContext, Settings
-from memcollab.server.metrics import Metrics, MetricsMiddleware
+from memcollab.server.metrics import GuardCollector, Metrics, MetricsMiddleware
 from memcollab.server.routes_browse import router as browse_router
 
 log = logging.getLogger("memcollab.server")
@@ -104,9 +104,12 @@ def create_app(context: ServerContext, *, owns_context: bool = False) -> FastAPI
     )
     app.state.context = context
     app.state.metrics = Metrics()
+    app.state.metrics.registry.register(routes_learn.LearningCollector(context.learning))
+    app.state.metrics.registry.register(GuardCollector(context.counters))
     app.include_router(routes_ops.router)
     app.include_router(routes_memory.router)
     app.include_router(routes_attempts.router)
+    app.include_router(routes_learn.router)
     app.include_router(browse_router)  # the memory browser page at /browse
     # POST /v1/import takes a larger body: FastAPI's per-router limit overrides the app's.
     app.include_router(routes_memory.import_router, max_body_size=context.settings.import_limit)

@@ -22,6 +22,7 @@ import secrets
 import time
 import typing
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -149,6 +150,13 @@ class AttemptStore:
 
     def __init__(self, db: ServerDB) -> None:
         self.db = db
+        self.listeners: builtins.list[Callable[[Attempt], None]] = []
+        """Called with an attempt after a verdict of it is stored (online learning's
+        enqueue); a listener must not raise."""
+
+    def _verdict_landed(self, attempt: Attempt) -> None:
+        for listener in self.listeners:
+            listener(attempt)
 
     def add(self, namespace: str, key_id: str, new: NewAttempt) -> tuple[Attempt, bool]:
         """Record an attempt; returns (attempt, created). With a client-given `id` (or
@@ -196,8 +204,11 @@ class AttemptStore:
                     body,
                 ),
             )
-            if cur.rowcount == 1:
-                return attempt, True
+            created = cur.rowcount == 1
+        if created:
+            if attempt.verdict != "unknown":
+                self._verdict_landed(attempt)
+            return attempt, True
         # Not inserted: the id (or the response id) is already recorded.
         stored = self._find(namespace, attempt.id)
         if stored is None and attempt.response_id is not None:
@@ -251,7 +262,9 @@ class AttemptStore:
             )
             if cur.rowcount != 1:
                 raise AttemptNotFoundError(f"no attempt with id {attempt_id!r}")
-        return self.get(namespace, attempt_id)
+        updated = self.get(namespace, attempt_id)
+        self._verdict_landed(updated)
+        return updated
 
     def settle(
         self, namespace: str, attempt_id: str, verdict: Verdict, key_id: str
@@ -268,7 +281,10 @@ class AttemptStore:
                 (verdict, time.time(), key_id, namespace, attempt_id),
             )
             settled = cur.rowcount == 1
-        return self.get(namespace, attempt_id), settled
+        attempt = self.get(namespace, attempt_id)
+        if settled:
+            self._verdict_landed(attempt)
+        return attempt, settled
 
     def claim_verdict(
         self, namespace: str, attempt_id: str, verdict: Verdict, key_id: str

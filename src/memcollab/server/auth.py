@@ -18,7 +18,9 @@ Scopes (read < write < admin; a key may use every endpoint of its scope and belo
   GET /v1/whoami, GET /v1/browse (the browser page's data), GET /v1/models;
 * write: POST /v1/records, POST /v1/attempts, POST /v1/attempts/{id}/verdict,
   POST /v1/chat/completions (it records an attempt), POST /v1/feedback;
-* admin: POST /v1/records/{id}/flag, POST /v1/records/{id}/unflag, POST /v1/import.
+* admin: POST /v1/records/{id}/flag, POST /v1/records/{id}/unflag, POST /v1/import,
+  POST /v1/records/{id}/release (a trusted admin key only: an untrusted key's records
+  are quarantined, and it cannot release any).
 
 No key is needed for GET /v1/health, GET /v1/ready, GET /metrics, /docs and /openapi.json,
 and the browser page /browse with its script and style (they show no memory content).
@@ -34,7 +36,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from memcollab.server.context import ServerContext
-from memcollab.server.keys import NAMESPACE_PATTERN, InvalidKeyError, Scope
+from memcollab.server.keys import NAMESPACE_PATTERN, InvalidKeyError, KeyInfo, Scope
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -51,6 +53,13 @@ class Principal:
     key_id: str
     namespace: str
     scope: Scope
+    trusted: bool = True
+    """False for a key created untrusted: what it adds or imports is quarantined."""
+
+    @classmethod
+    def of(cls, info: KeyInfo) -> Principal:
+        """The caller holding the key `info`."""
+        return cls(info.key_id, info.namespace, info.scope, info.trusted)
 
     @property
     def actor(self) -> str:
@@ -99,7 +108,7 @@ def require(scope: Scope) -> Callable[..., Principal]:
             info = get_context(request).keys.verify(credentials.credentials)
         except InvalidKeyError:
             raise unauthorized("invalid or revoked API key") from None
-        who = Principal(info.key_id, info.namespace, info.scope)
+        who = Principal.of(info)
         if not info.allows(scope):
             raise HTTPException(
                 403, f"this key's scope is {info.scope!r}; this endpoint needs {scope!r}"

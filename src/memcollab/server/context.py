@@ -20,8 +20,10 @@ from memcollab.memory.guidance import Labeller
 from memcollab.memory.store import PostgresMemory
 from memcollab.server.attempts import AttemptStore
 from memcollab.server.db import ServerDB
+from memcollab.server.guard import CounterStore
 from memcollab.server.judge import TaskJudge
 from memcollab.server.keys import KeyStore
+from memcollab.server.learn_queue import LearnQueue
 from memcollab.server.provenance import ProvenanceStore
 
 MiB = 1024 * 1024
@@ -54,6 +56,12 @@ class Settings:
     data_dir: str | None = None
     """Where feedback's server-side judge reads benchmark tasks (server/judge.py; None:
     MEMCOLLAB_DATA_DIR, else the default data directory)."""
+    learn_max_pending: int = 1000
+    """Online learning: most pending pairs in the queue (more wait for the backlog scan)."""
+    learn_lease_s: float = 600.0
+    """Online learning: how long a worker holds a claimed pair before another may take it."""
+    learn_max_tries: int = 3
+    """Online learning: claims of one pair before it fails."""
     threads: int = 16
     """Request threads of one process (the thread pool that runs the endpoints); a
     PostgreSQL memory's connection pool is sized to match unless MEMCOLLAB_PG_POOL_SIZE
@@ -82,9 +90,26 @@ class ServerContext:
         self.keys = KeyStore(self.db)
         self.attempts = AttemptStore(self.db)
         self.provenance = ProvenanceStore(self.db)
+        self.counters = CounterStore(self.db)
         self.judge = TaskJudge(self.settings.data_dir)
         self.fleet = fleet
         self.labeller = labeller
+        # Online learning's queue: every stored verdict offers its task (server/learn_queue.py).
+        self.learning = LearnQueue(
+            self.db,
+            self.attempts,
+            self.model_strength,
+            max_pending=self.settings.learn_max_pending,
+            lease_s=self.settings.learn_lease_s,
+            max_tries=self.settings.learn_max_tries,
+        )
+        self.attempts.listeners.append(self.learning.on_verdict)
+
+    def model_strength(self, model: str) -> int:
+        """A model's strength in the fleet (0 for a model the fleet does not name)."""
+        if self.fleet is None or model not in self.fleet.names():
+            return 0
+        return self.fleet.spec(model).strength
 
     @classmethod
     def open(

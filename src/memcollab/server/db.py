@@ -30,8 +30,17 @@ from memcollab.memory.store import (
     SQLiteMemory,
 )
 
-SERVER_SCHEMA_VERSION = 1
-"""The layout of the server tables; a database written by a newer layout is refused."""
+SERVER_SCHEMA_VERSION = 3
+"""The layout of the server tables; a database written by a newer layout is refused.
+1: server_meta, server_keys, server_attempts, server_record_provenance.
+2: the write guard (server/guard.py): `server_key_trust` (keys marked untrusted: their
+   records are quarantined) and `server_counters` (per namespace: screen refusals by
+   reason, dedup merges, quarantines, releases).
+3: online learning (server/learn_queue.py): server_learn_queue (one row per namespace and
+   task to distil, its pair and state), server_learn_counts (per-namespace counters such as
+   "deferred") and server_learned_provenance (attempts, models, distiller, prompt version of
+   each record the worker filed).
+Every step adds new tables only: a database of an older layout gains what it lacks on open."""
 _PG_SCHEMA_LOCK = 0x6D6373657276  # pg_advisory_xact_lock key serialising server-table creation
 
 
@@ -79,8 +88,61 @@ def _schema(text: str, real: str, big: str) -> list[str]:
             via {text} NOT NULL,
             at {real} NOT NULL
         )""",
+        f"""CREATE TABLE IF NOT EXISTS server_key_trust (
+            key_id {text} PRIMARY KEY,
+            trusted {big} NOT NULL,
+            at {real} NOT NULL
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS server_counters (
+            namespace {text} NOT NULL,
+            name {text} NOT NULL,
+            n {big} NOT NULL,
+            PRIMARY KEY (namespace, name)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS server_learn_queue (
+            namespace {text} NOT NULL,
+            task_id {text} NOT NULL,
+            state {text} NOT NULL,
+            pos_attempt {text} NOT NULL,
+            neg_attempt {text} NOT NULL,
+            model_pos {text} NOT NULL,
+            model_neg {text} NOT NULL,
+            tries {big} NOT NULL,
+            lease_owner {text},
+            lease_until {real},
+            enqueued_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            record_id {text},
+            reason {text},
+            detail TEXT,
+            PRIMARY KEY (namespace, task_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS server_learn_queue_state ON server_learn_queue "
+        "(state, enqueued_at)",
+        f"""CREATE TABLE IF NOT EXISTS server_learn_counts (
+            namespace {text} NOT NULL,
+            name {text} NOT NULL,
+            value {big} NOT NULL,
+            PRIMARY KEY (namespace, name)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS server_learned_provenance (
+            record_id {text} PRIMARY KEY,
+            namespace {text} NOT NULL,
+            task_id {text} NOT NULL,
+            pos_attempt {text} NOT NULL,
+            neg_attempt {text} NOT NULL,
+            model_pos {text} NOT NULL,
+            model_neg {text} NOT NULL,
+            distiller {text} NOT NULL,
+            prompt_version {text} NOT NULL,
+            worker {text} NOT NULL,
+            at {real} NOT NULL
+        )""",
         f"INSERT INTO server_meta (key, value) VALUES ('schema_version', {SERVER_SCHEMA_VERSION}) "
         "ON CONFLICT (key) DO NOTHING",
+        # An older database gained the tables above: say so (never lowers a newer version).
+        f"UPDATE server_meta SET value = {SERVER_SCHEMA_VERSION} "
+        f"WHERE key = 'schema_version' AND value < {SERVER_SCHEMA_VERSION}",
     ]
 
 

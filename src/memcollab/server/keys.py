@@ -9,6 +9,10 @@ guessing and one SHA-256 is enough (the same reasoning as GitHub's token storage
 
 Scopes are ordered read < write < admin; a key may do what its scope and every lower
 scope allow. Which endpoint needs which scope is listed in server/auth.py.
+
+A key is trusted unless created untrusted (`keys create --untrusted`; the mark lives in
+table `server_key_trust`, a key without a row there is trusted): what an untrusted key
+adds or imports is stored quarantined, never served until released (server/guard.py).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class KeyInfo:
     label: str = ""
     created_at: float = 0.0
     revoked_at: float | None = None
+    trusted: bool = True
 
     @property
     def revoked(self) -> bool:
@@ -89,7 +94,7 @@ def _digest(secret: str) -> str:
 
 
 def _info(row: tuple[object, ...]) -> KeyInfo:
-    key_id, namespace, scope, label, created_at, revoked_at = row
+    key_id, namespace, scope, label, created_at, revoked_at, trusted = row
     return KeyInfo(
         key_id=str(key_id),
         namespace=str(namespace),
@@ -97,10 +102,12 @@ def _info(row: tuple[object, ...]) -> KeyInfo:
         label=str(label),
         created_at=float(typing.cast(float, created_at)),
         revoked_at=None if revoked_at is None else float(typing.cast(float, revoked_at)),
+        trusted=trusted is None or bool(trusted),
     )
 
 
-_COLUMNS = "key_id, namespace, scope, label, created_at, revoked_at"
+_COLUMNS = "k.key_id, k.namespace, k.scope, k.label, k.created_at, k.revoked_at, t.trusted"
+_FROM = "FROM server_keys k LEFT JOIN server_key_trust t ON t.key_id = k.key_id"
 
 
 class KeyStore:
@@ -109,16 +116,24 @@ class KeyStore:
     def __init__(self, db: ServerDB) -> None:
         self.db = db
 
-    def create(self, namespace: str, scope: str, label: str = "") -> tuple[str, str]:
-        """A new key: returns (key id, secret). The secret is not stored; show it once."""
+    def create(
+        self, namespace: str, scope: str, label: str = "", *, trusted: bool = True
+    ) -> tuple[str, str]:
+        """A new key: returns (key id, secret). The secret is not stored; show it once.
+        An untrusted key's records are quarantined (see the module docstring)."""
         check_namespace(namespace)
         check_scope(scope)
         key_id, secret = _new_secret()
+        now = time.time()
         with self.db.write() as cur:
             cur.execute(
                 "INSERT INTO server_keys (key_id, namespace, scope, secret_sha256, label, "
                 "created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (key_id, namespace, scope, _digest(secret), label, time.time()),
+                (key_id, namespace, scope, _digest(secret), label, now),
+            )
+            cur.execute(
+                "INSERT INTO server_key_trust (key_id, trusted, at) VALUES (?, ?, ?)",
+                (key_id, int(trusted), now),
             )
         return key_id, secret
 
@@ -128,7 +143,7 @@ class KeyStore:
         match = _SECRET.match(secret.strip())
         rows = (
             self.db.query(
-                f"SELECT {_COLUMNS}, secret_sha256 FROM server_keys WHERE key_id = ?",
+                f"SELECT {_COLUMNS}, k.secret_sha256 {_FROM} WHERE k.key_id = ?",
                 (match.group(1),),
             )
             if match
@@ -146,7 +161,7 @@ class KeyStore:
 
     def get(self, key_id: str) -> KeyInfo:
         """One key by id (revoked ones included); ApiKeyError when there is none."""
-        rows = self.db.query(f"SELECT {_COLUMNS} FROM server_keys WHERE key_id = ?", (key_id,))
+        rows = self.db.query(f"SELECT {_COLUMNS} {_FROM} WHERE k.key_id = ?", (key_id,))
         if not rows:
             raise ApiKeyError(f"no key with id {key_id!r}", "`memcollab keys list` shows the ids")
         return _info(rows[0])
@@ -163,9 +178,9 @@ class KeyStore:
 
     def list(self, namespace: str | None = None) -> list[KeyInfo]:
         """Every key (of one namespace, or all), oldest first; never a secret."""
-        where, params = ("WHERE namespace = ?", (namespace,)) if namespace else ("", ())
+        where, params = ("WHERE k.namespace = ?", (namespace,)) if namespace else ("", ())
         rows = self.db.query(
-            f"SELECT {_COLUMNS} FROM server_keys {where} ORDER BY created_at, key_id", params
+            f"SELECT {_COLUMNS} {_FROM} {where} ORDER BY k.created_at, k.key_id", params
         )
         return [_info(row) for row in rows]
 

@@ -98,7 +98,7 @@ class McpEndpoint:
                 send, 503, "unavailable", "the MCP endpoint is not running (no app lifespan)"
             )
             return
-        scope[_PRINCIPAL] = Principal(info.key_id, info.namespace, info.scope)
+        scope[_PRINCIPAL] = Principal.of(info)
         await self.manager.handle_request(scope, receive, send)
 
 

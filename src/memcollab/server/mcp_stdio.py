@@ -21,7 +21,7 @@ from memcollab.server.mcp_tools import PrincipalOf, ToolError, build_server
 def key_principal(context: ServerContext, secret: str) -> Principal:
     """The Principal of a live key; InvalidKeyError otherwise."""
     info = context.keys.verify(secret)
-    return Principal(info.key_id, info.namespace, info.scope)
+    return Principal.of(info)
 
 
 def stdio_principal(context: ServerContext, secret: str) -> PrincipalOf:

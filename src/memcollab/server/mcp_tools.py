@@ -1,4 +1,5 @@
-"""The MCP tools of memcollab: `search_constraints`, `record_outcome`, `memory_stats`.
+"""The MCP tools of memcollab: `search_constraints`, `record_outcome`, `memory_stats`,
+`add_constraint`.
 
 One low-level `mcp.server.lowlevel.Server` (the official MCP SDK, major version 1) serves
 them over both transports: stdio (`memcollab mcp`, server/mcp_stdio.py) and streamable
@@ -6,8 +7,10 @@ HTTP at /mcp of `memcollab serve` (server/mcp_http.py). Each tool is a thin call
 `memcollab.Memory` and the service's stores, and acts on one namespace only: the caller's
 API key's, exactly as the REST API (server/auth.py). No tool takes a namespace argument.
 
-Scopes: `search_constraints` and `memory_stats` need a read key, `record_outcome` a write
-key. Arguments are validated against each tool's JSON schema by pydantic (not by the
+Scopes: `search_constraints` and `memory_stats` need a read key, `record_outcome` and
+`add_constraint` a write key. `add_constraint` takes the REST add's path (server/guard.py:
+content screen with counted refusals, dedup, quarantine for an untrusted key, provenance
+"mcp"). Arguments are validated against each tool's JSON schema by pydantic (not by the
 SDK's jsonschema check, whose messages do not name the argument); any bad argument, a
 key of too low a scope, a record or attempt that is not the key's, ends as one tool error
 result (`isError`) with one clear message, never a protocol error or a crash.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from memcollab import __version__
 from memcollab.errors import UserError
 from memcollab.memory.guidance import UNLABELLED
+from memcollab.memory.record import Constraint, MemoryRecord, record_id, task_hash
 from memcollab.memory.store import MemoryConnectionError, MemoryNotFoundError
-from memcollab.server.attempts import AttemptNotFoundError
+from memcollab.server import guard
+from memcollab.server.attempts import AttemptNotFoundError, derive_task_id
 from memcollab.server.auth import Principal
 from memcollab.server.context import ServerContext
 from memcollab.server.keys import SCOPE_RANK, Scope
@@ -40,7 +46,9 @@ from memcollab.server.schemas import (
     DomainName,
     Hit,
     LongText,
+    MergedOut,
     Name,
+    Phrase,
     RecordId,
     SearchResponse,
     Stats,
@@ -55,7 +63,8 @@ INSTRUCTIONS = (
     "search_constraints with the task text, its domain and your model name; follow the "
     "constraints of the hits. When the task is judged, call record_outcome with the "
     "record ids you were given (or the attempt id) and the verdict, so the memory learns "
-    "which records help which model. Every tool acts on your API key's namespace only."
+    "which records help which model. add_constraint files a lesson of your own. Every "
+    "tool acts on your API key's namespace only."
 )
 
 
@@ -129,6 +138,35 @@ class StatsArgs(_Args):
     pass
 
 
+class AddArgs(_Args):
+    when: Phrase = Field(description="The situation: 'When <when>, ...'.")
+    enforce: Phrase = Field(description="What to do: '..., enforce <enforce>; ...'.")
+    avoid: Phrase = Field(description="The error to avoid: '...; avoid <avoid>.'")
+    domain: DomainName = Field(description="The domain of the tasks it is for.")
+    category: Name = Field(description="The category in the domain's taxonomy.")
+    subcategory: Name = Field(description="The subcategory.")
+    task: LongText | None = Field(
+        None,
+        description="The task it was learnt on (searches rank records by their task's "
+        "text; default: the constraint's own sentence).",
+    )
+    model: Name | None = Field(None, description="The model that wrote it.")
+    dedup: bool = Field(
+        True,
+        description="Merge into a stored near-duplicate of the bucket instead of "
+        "storing it again (false: store it as given).",
+    )
+
+
+class AddOutcome(BaseModel):
+    record_id: str = Field(description="The submitted record's id (deterministic).")
+    created: bool = Field(description="false: the same submission was stored already")
+    status: str = Field(description="active, or quarantined (an untrusted key's)")
+    added: str | None = Field(description="The new record's id if stored with its constraint")
+    merged: list[MergedOut] = Field(description="Where the constraint merged instead")
+    released: list[str] = Field(description="Quarantined records this add corroborated")
+
+
 class Counted(BaseModel):
     record_id: str
     helped: int = Field(description="Outcomes of this model with this record: successes.")
@@ -181,6 +219,19 @@ TOOLS: dict[str, ToolSpec] = {
             "record ids and the model, or an attempt id / response id the service recorded. "
             "Counts per (record, model) how often the record helped or harmed; returns the "
             "new counts. Needs a write key.",
+            False,
+        ),
+        ToolSpec(
+            "add_constraint",
+            "write",
+            AddArgs,
+            AddOutcome,
+            'Add one constraint ("When <when>, enforce <enforce>; avoid <avoid>.") to the '
+            "memory under domain / category / subcategory. It passes the content screen "
+            "(reasoning only: no instructions, links, commands or secrets; a refusal names "
+            "its reason); if it nearly duplicates a stored constraint of the bucket it "
+            "merges into it, raising its support (`merged`); a key created untrusted stores "
+            "it quarantined (never served until released). Needs a write key.",
             False,
         ),
         ToolSpec(
@@ -370,6 +421,37 @@ class McpTools:
             memory=ctx.memory.stats(who.namespace),
             flagged=len(ctx.memory.flagged(who.namespace)),
             attempts=ctx.attempts.counts(who.namespace),
+            guard=guard.guard_summary(ctx.counters.of(who.namespace)),
+        )
+
+    def add_constraint(self, who: Principal, args: AddArgs) -> AddOutcome:
+        """The REST add's path (server/guard.py) for one constraint, provenance "mcp"."""
+        constraint = Constraint(when=args.when, enforce=args.enforce, avoid=args.avoid)
+        text = args.task or constraint.text()
+        source = derive_task_id(text)
+        distiller = args.model or "mcp"
+        record = MemoryRecord(
+            id=record_id(who.namespace, source, "mixed", None, None, distiller),
+            namespace=who.namespace,
+            domain=args.domain,
+            category=args.category,
+            subcategory=args.subcategory,
+            task_text=text,
+            task_hash=task_hash(text),
+            source_task_id=source,
+            constraints=(constraint,),
+            pair_type="mixed",
+            distiller=distiller,
+            created_at=time.time(),
+        )
+        result = guard.add(self.context, guard.Submitter.of(who, "mcp"), record, dedup=args.dedup)
+        return AddOutcome(
+            record_id=result.record_id,
+            created=result.created,
+            status=result.status,
+            added=result.added,
+            merged=[MergedOut(**m.__dict__) for m in result.merged],
+            released=list(result.released),
         )
 
     def _own_record(self, who: Principal, rid: str) -> None:

@@ -11,7 +11,8 @@ Records hold model-written text. The script builds every element with `textConte
 never parses data as HTML; the page's Content-Security-Policy (scripts and styles from
 this origin only, no inline script, no images) is a second wall, not the first.
 
-`GET /v1/browse` (read scope) is `GET /v1/records?include_flagged=true` with, per record,
+`GET /v1/browse` (read scope) is `GET /v1/records?include_flagged=true` (each record with
+its status: active, or quarantined when an untrusted key added it) with, per record,
 what the page shows beside it and would otherwise cost two calls per record: per-model
 usage counts, the flag history, and the utility estimate per model with outcomes
 (memory/utility.py, default `UtilityPolicy`).
@@ -124,10 +125,11 @@ def browse(
     records = ctx.memory.list(who.namespace, include_flagged=True)
     page = records[offset : offset + limit]
     flags = ctx.memory.flagged(who.namespace)
+    statuses = ctx.memory.statuses(who.namespace)
     provenance = ctx.provenance.many([r.id for r in page])
     out = []
     for record in page:
-        item = record_out(record, flags, provenance)
+        item = record_out(record, flags, provenance, statuses.get(record.id, "active"))
         usage = ctx.memory.usage(record.id)
         item["usage"] = Usage(**usage)
         item["history"] = ctx.memory.history(record.id)

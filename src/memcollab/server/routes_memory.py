@@ -24,8 +24,9 @@ from memcollab.memory.store import (
     MemoryFormatError,
     MemoryNotFoundError,
     OnConflict,
-    read_jsonl,
+    read_export_with_history,
 )
+from memcollab.server import guard
 from memcollab.server.attempts import derive_task_id
 from memcollab.server.auth import AdminKey, Context, Principal, ReadKey, WriteKey, other_namespace
 from memcollab.server.context import ServerContext
@@ -40,6 +41,8 @@ from memcollab.server.schemas import (
     RecordDetail,
     RecordIn,
     RecordPage,
+    ReleaseRequest,
+    ReleaseResult,
     SearchRequest,
     SearchResponse,
     Stats,
@@ -75,12 +78,14 @@ def record_out(
     record: MemoryRecord,
     flags: dict[str, str],
     provenance: dict[str, dict[str, Any]],
+    status: str = "active",
 ) -> dict[str, Any]:
     seen = provenance.get(record.id, {})
     return {
         **record_fields(record),
         "flagged": record.id in flags,
         "flag_reason": flags.get(record.id),
+        "status": status,
         "provenance": Provenance(
             namespace=record.namespace,
             model_pos=record.model_pos,
@@ -90,6 +95,7 @@ def record_out(
             key_id=seen.get("key_id"),
             via=seen.get("via"),
             added_at=seen.get("at"),
+            learned=seen.get("learned"),
         ),
     }
 
@@ -178,10 +184,11 @@ def list_records(
         offset=offset,
     )
     flags = ctx.memory.flagged(who.namespace)
+    statuses = ctx.memory.statuses(who.namespace)
     provenance = ctx.provenance.many([r.id for r in page])
     end = offset + len(page)
     return {
-        "records": [record_out(r, flags, provenance) for r in page],
+        "records": [record_out(r, flags, provenance, statuses.get(r.id, "active")) for r in page],
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -201,7 +208,7 @@ def get_record(record_id: RecordIdPath, who: ReadKey, ctx: Context) -> dict[str,
     """One record with its flag state, provenance and per-model usage counts."""
     record = own_record(ctx, who, record_id)
     flags = ctx.memory.flagged(who.namespace)
-    out = record_out(record, flags, ctx.provenance.many([record.id]))
+    out = record_out(record, flags, ctx.provenance.many([record.id]), ctx.memory.status(record.id))
     out["usage"] = Usage(**ctx.memory.usage(record.id))
     return out
 
@@ -213,7 +220,11 @@ def get_record(record_id: RecordIdPath, who: ReadKey, ctx: Context) -> dict[str,
     responses={200: {"model": AddResult, "description": "the same record was already stored"}},
 )
 def add_record(body: RecordIn, response: Response, who: WriteKey, ctx: Context) -> dict[str, Any]:
-    """Add a record (validated as a MemoryRecord). Its id is deterministic, so a retry adds
+    """Add a record (validated as a MemoryRecord), through the content screen (a refusal is
+    a 422 naming its reason, counted in GET /v1/stats). With `dedup` (the default) each
+    constraint that nearly duplicates a stored one of the bucket merges into it (listed in
+    `merged`); the rest are stored as the record. A key created untrusted stores it
+    quarantined: never served until released. Its id is deterministic, so a retry adds
     nothing (200, created false); the same id with other content is a 409."""
     if body.namespace is not None and body.namespace != who.namespace:
         raise other_namespace(who, body.namespace)
@@ -242,21 +253,46 @@ def add_record(body: RecordIn, response: Response, who: WriteKey, ctx: Context) 
         distiller=body.distiller,
         created_at=time.time(),
     )
-    with ctx.db.write():  # one transaction: the record and its provenance, or neither
-        created = ctx.memory.add(record)
-        if created:
-            ctx.provenance.record([rid], who.namespace, who.key_id, "add")
-    if not created:
-        stored = ctx.memory.get(rid)
-        same = stored.namespace == who.namespace and stored.model_dump(
-            exclude={"created_at"}
-        ) == record.model_dump(exclude={"created_at"})
-        if not same:
+    # One transaction: the record, the merges and its provenance, or none of them.
+    result = guard.add(ctx, guard.Submitter.of(who, "add"), record, dedup=body.dedup)
+    stored = ctx.memory.get(rid)
+    if not result.created:
+        if stored.namespace != who.namespace or not same_submission(stored, record):
             raise HTTPException(409, f"record {rid!r} is already stored with other content")
-        record = stored
         response.status_code = 200
     flags = ctx.memory.flagged(who.namespace)
-    return {"created": created, "record": record_out(record, flags, ctx.provenance.many([rid]))}
+    return {
+        "created": result.created,
+        "status": result.status,
+        "added": result.added,
+        "merged": [m.__dict__ for m in result.merged],
+        "released": list(result.released),
+        "record": record_out(stored, flags, ctx.provenance.many([rid]), result.status),
+    }
+
+
+def same_submission(stored: MemoryRecord, submitted: MemoryRecord) -> bool:
+    """Whether `stored` is what adding `submitted` left: the same fields, and constraints
+    that are submitted ones (those that merged elsewhere are missing; supports may have
+    grown since)."""
+    fields = {"created_at", "constraints", "format_version"}
+    if stored.model_dump(exclude=fields) != submitted.model_dump(exclude=fields):
+        return False
+    sent = [(c.when, c.enforce, c.avoid) for c in submitted.constraints]
+    return all((c.when, c.enforce, c.avoid) in sent for c in stored.constraints)
+
+
+@router.post("/records/{record_id}/release", response_model=ReleaseResult)
+def release_record(
+    record_id: RecordIdPath, body: ReleaseRequest, who: AdminKey, ctx: Context
+) -> ReleaseResult:
+    """Serve a quarantined record (one an untrusted key added or imported), with a reason
+    kept in its history. Needs a trusted admin key: an untrusted key releases nothing."""
+    own_record(ctx, who, record_id)
+    if not who.trusted:
+        raise HTTPException(403, "this key is untrusted: it cannot release records")
+    changed = guard.release(ctx, who, record_id, body.reason)
+    return ReleaseResult(record_id=record_id, status=ctx.memory.status(record_id), changed=changed)
 
 
 def _flag(
@@ -328,7 +364,8 @@ _IMPORT_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-        "description": "A JSONL export: one MemoryRecord per line, all of the key's namespace.",
+        "description": "A JSONL export: one MemoryRecord per line, all of the key's "
+        "namespace, then its notes and its change history (one line each).",
     }
 }
 
@@ -342,8 +379,10 @@ async def import_records(
 ) -> ImportResult:
     """Import a JSONL export, all or nothing. Every record must be of the key's namespace
     (else 403, nothing written); an id stored with other content is refused (409), kept
-    (`on_conflict=skip`) or overwritten (`replace`). The body limit here is the import
-    limit, not the general one."""
+    (`on_conflict=skip`) or overwritten (`replace`). A file holding one record the content
+    screen refuses is refused whole (422, every refusal counted by reason). An untrusted
+    key's records are stored quarantined (it may not replace records or import notes).
+    The body limit here is the import limit, not the general one."""
     if on_conflict not in ON_CONFLICT:
         raise HTTPException(422, f"on_conflict must be one of {', '.join(ON_CONFLICT)}")
     fd, name = tempfile.mkstemp(prefix="memcollab-import-", suffix=".jsonl")
@@ -361,13 +400,15 @@ def _import(
 ) -> ImportResult:
     scrub = str(path)
     try:
-        records = read_jsonl(path)
+        records, notes, changes = read_export_with_history(path)
     except MemoryFormatError as exc:
         raise HTTPException(422, str(exc).replace(scrub, "line")) from None
     mine = {r.id for r in ctx.memory.list(who.namespace, include_flagged=True)}
-    for record in records:
-        if record.namespace != who.namespace:
-            raise other_namespace(who, record.namespace)
+    # A note or a change of another namespace is refused as a record of it is.
+    named = [r.namespace for r in records] + [n.namespace for n in notes]
+    for namespace in named + [c.namespace for c in changes]:
+        if namespace != who.namespace:
+            raise other_namespace(who, namespace)
     for record in records:
         if record.id not in mine:
             try:
@@ -377,10 +418,26 @@ def _import(
             # Stored in another namespace: never overwritten, never merged into.
             raise HTTPException(409, f"record id {record.id!r} is taken; nothing was imported")
     new = [r.id for r in records if r.id not in mine]
+    if not who.trusted:
+        if on_conflict == "replace" or notes:
+            what = "replace records" if on_conflict == "replace" else "import namespace notes"
+            raise HTTPException(403, f"this key is untrusted: it cannot {what}")
+        # The file's history is not reproduced: each record is quarantined as a new change
+        # of this memory (the response's `changes` stays 0).
+        try:
+            found = guard.import_records(
+                ctx, guard.Submitter.of(who, "import"), records, on_conflict, "the import"
+            )
+        except MemoryConflictError as exc:
+            raise HTTPException(409, str(exc).replace("the import: ", "")) from None
+        return ImportResult(**found)
+    # Screened whole first (refusals counted per reason), then imported as it is.
+    guard.screen(ctx.counters, ctx.memory.poison, records, who.namespace, "the import")
     try:
         with ctx.db.write():  # one transaction: the records and their provenance
-            counts = ctx.memory.import_(path, on_conflict=on_conflict)
+            counts = ctx.memory.import_(path, on_conflict=on_conflict, screen=False)
             ctx.provenance.record(new, who.namespace, who.key_id, "import")
+            ctx.counters.bump(who.namespace, {"stored": counts.added})
     except MemoryConflictError as exc:
         raise HTTPException(409, str(exc).replace(scrub + ": ", "")) from None
     return ImportResult(
@@ -388,6 +445,7 @@ def _import(
         present=counts.present,
         conflicts_skipped=counts.conflicts_skipped,
         replaced=counts.replaced,
+        changes=counts.changes,
     )
 
 
@@ -397,10 +455,12 @@ def _import(
 @router.get("/stats", response_model=Stats)
 def stats(who: ReadKey, ctx: Context) -> dict[str, Any]:
     """Records and constraints of the key's namespace per bucket, model pair, pair type and
-    distiller; flagged records; attempts per verdict and per model."""
+    distiller; flagged records; attempts per verdict and per model; the write path's
+    counters (`guard`: screen refusals per reason, dedup merges, quarantines, releases)."""
     return {
         "namespace": who.namespace,
         "memory": ctx.memory.stats(who.namespace),
         "flagged": len(ctx.memory.flagged(who.namespace)),
         "attempts": ctx.attempts.counts(who.namespace),
+        "guard": guard.guard_summary(ctx.counters.of(who.namespace)),
     }

@@ -82,6 +82,34 @@ class ConstraintOut(BaseModel):
     text: str = Field(description="The constraint as the agent sees it.")
 
 
+class LearnedProvenance(BaseModel):
+    """How the online-learning worker made a record: the pair of attempts, their models,
+    the distiller and its prompt version, the worker, the time, the namespace."""
+
+    namespace: str
+    task_id: str
+    pos_attempt: str
+    neg_attempt: str
+    model_pos: str
+    model_neg: str
+    distiller: str
+    prompt_version: str
+    worker: str
+    at: float
+
+
+class Learning(BaseModel):
+    """Online learning in the key's namespace (server/learn_queue.py)."""
+
+    namespace: str
+    queue: dict[str, int] = Field(description="rows by state: pending, claimed, done, ...")
+    distilled: int = Field(description="pairs distilled into a record (queue rows done)")
+    refused: dict[str, int] = Field(description="refused pairs by reason (screens, empty, ...)")
+    failed: dict[str, int] = Field(description="failed pairs by reason (error, lease_expired)")
+    deferred: int = Field(description="offers put off by a full queue (the scan files them later)")
+    waiting: int = Field(description="tasks with a contrast and no queue row yet")
+
+
 class Provenance(BaseModel):
     """Where a record came from: its namespace, models and time, and (when it came in
     through the service) the key that added or imported it."""
@@ -92,8 +120,13 @@ class Provenance(BaseModel):
     distiller: str
     created_at: float
     key_id: str | None = None
-    via: str | None = Field(None, description="add | import; none for records built offline")
+    via: str | None = Field(
+        None, description="add | import | mcp | learn; none for records built offline"
+    )
     added_at: float | None = None
+    learned: LearnedProvenance | None = Field(
+        None, description="for records the online-learning worker distilled"
+    )
 
 
 class RecordOut(BaseModel):
@@ -108,6 +141,11 @@ class RecordOut(BaseModel):
     constraints: list[ConstraintOut]
     flagged: bool
     flag_reason: str | None = None
+    status: str = Field(
+        "active",
+        description="active (served), quarantined (from an untrusted key: never "
+        "served until released), or another status of the memory's records",
+    )
     provenance: Provenance
 
 
@@ -143,11 +181,48 @@ class RecordIn(_In):
     model_neg: Name | None = None
     pair_type: PairType = "mixed"
     distiller: Name = "api"
+    dedup: bool = Field(
+        True,
+        description="merge constraints that nearly duplicate a stored one of the same bucket "
+        "into it (raising its support) instead of storing them again; false: store all",
+    )
+
+
+class MergedOut(BaseModel):
+    """A submitted constraint merged into a stored near-duplicate."""
+
+    position: int = Field(description="its position in the submitted constraints (0-based)")
+    record_id: str = Field(description="the record it merged into")
+    index: int = Field(description="the constraint's position in that record (0-based)")
+    support: int = Field(description="that constraint's support now")
+    status: str = Field(description="that record's status (quarantined: not served yet)")
 
 
 class AddResult(BaseModel):
     created: bool = Field(description="false: the same record was already stored")
+    status: str = Field("active", description="active, or quarantined (untrusted key)")
+    added: str | None = Field(
+        None, description="the new record's id if it was stored with constraints of its own"
+    )
+    merged: list[MergedOut] = Field(
+        default_factory=list, description="submitted constraints merged into stored ones"
+    )
+    released: list[str] = Field(
+        default_factory=list,
+        description="quarantined records this add corroborated (each constraint nearly "
+        "duplicated by a trusted source) and so released",
+    )
     record: RecordOut
+
+
+class ReleaseRequest(_In):
+    reason: Phrase
+
+
+class ReleaseResult(BaseModel):
+    record_id: str
+    status: str = Field(description="the record's status after the call")
+    changed: bool = Field(description="false: it was not quarantined")
 
 
 class FlagRequest(_In):
@@ -161,10 +236,14 @@ class FlagResult(BaseModel):
 
 
 class FlagEvent(BaseModel):
-    action: Literal["flag", "unflag"]
+    """One status change of a record (memory/store_changes.py)."""
+
+    action: Literal["flag", "unflag", "quarantine", "release", "archive", "restore", "rollback"]
     reason: str
     actor: str
     at: float
+    version: int | None = Field(default=None, description="the namespace's version it made")
+    status: str | None = Field(default=None, description="the record's status after it")
 
 
 class History(BaseModel):
@@ -177,6 +256,9 @@ class ImportResult(BaseModel):
     present: int
     conflicts_skipped: int
     replaced: int
+    changes: int = Field(
+        default=0, description="history changes reproduced (a namespace new to this memory)"
+    )
 
 
 # --------------------------------------------------------------------------- search
@@ -316,6 +398,11 @@ class Stats(BaseModel):
     memory: dict[str, Any] = Field(description="records and constraints per bucket, pair, ...")
     flagged: int
     attempts: dict[str, Any] = Field(description="total, by_verdict, by_model")
+    guard: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the write path: refused (total) and refusals per screen reason, "
+        "records stored, constraints merged (dedup), quarantined, released, auto_released",
+    )
 
 
 class WhoAmI(BaseModel):

@@ -238,6 +238,7 @@
       head.append(badge);
       head.append(el("span", "flag-reason", r.flag_reason || ""));
     }
+    if (r.status && r.status !== "active") head.append(el("span", "flag-badge", r.status));
     card.append(head);
     const list = el("ol", "constraints");
     for (const c of r.constraints) list.append(constraintItem(c));
@@ -253,6 +254,7 @@
       r.pair_type,
       r.flag_reason || "",
       r.flagged ? "flagged" : "",
+      r.status || "",
       r.provenance.model_pos || "",
       r.provenance.model_neg || "",
       r.provenance.distiller,
