@@ -17,7 +17,7 @@ from memcollab.experiment.results import describe_phase, load_results
 from memcollab.experiment.runner import Experiment, ProgressEvent
 from memcollab.llm.cache import CallCache, Gateway
 from memcollab.llm.fleet import Fleet
-from memcollab.memory.store import SQLiteMemory
+from memcollab.memory.store import SQLiteMemory, read_jsonl
 from tests.experiment.scripted import experiment_dict, fleet_dict
 
 
@@ -83,7 +83,7 @@ def test_pipeline_end_to_end_then_resume_and_report(tmp_path: Path) -> None:
         assert by[(t, "wrong", "other")]["record_ids"][0] in {
             r.id for r in mem["own.right.by.right"]
         }
-    assert (out / "memories" / "memcollab.by.right.jsonl").read_text().count("\n") == 4
+    assert len(read_jsonl(out / "memories" / "memcollab.by.right.jsonl")) == 4
     assert {e.phase for e in events} == {"train", "memory", "eval"}
 
     stamps = experiment.eval_store.created_at()
