@@ -275,3 +275,18 @@ def test_a_backend_without_history_says_so(tmp_path: Path) -> None:
         mem.rollback("default", 0, "no")
     mem.export(tmp_path / "d.jsonl")
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 1  # records only
+
+
+def test_a_merge_logs_its_reason_and_actor(store: MemoryStore) -> None:
+    memory = Memory(store)
+    first = make(1, constraints=1)
+    memory.add(first)
+    twin = make(2, constraints=1).with_constraints(first.constraints)
+    result = memory.add_or_merge(twin, reason="attempts a1, a2", actor="learn:w1")
+    assert [m.record_id for m in result.merged] == [first.id]
+    last = memory.changes()[-1]
+    assert (last.record_id, last.op, last.actor) == (first.id, "replace", "learn:w1")
+    assert last.reason == f"merged a near-duplicate constraint of {twin.id}: attempts a1, a2"
+    assert last.record is not None and last.record["constraints"][0]["support"] == 2
+    store.save([first], reason="")  # no reason given: logged as a save
+    assert memory.changes()[-1].reason == "save"

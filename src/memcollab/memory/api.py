@@ -362,7 +362,10 @@ class Memory:
         kept, merges, changed, corroborated = plan(record, active, held, threshold)
         created = self.add(record.with_constraints(kept), screen=False, reason=reason, actor=actor)
         if changed:
-            self.store.save(changed)
+            merged_why = f"merged a near-duplicate constraint of {record.id}"
+            self.store.save(
+                changed, reason=f"{merged_why}: {reason}" if reason else merged_why, actor=actor
+            )
         why = f"corroborated: each constraint nearly duplicated by a trusted add (last {record.id})"
         released = tuple(rid for rid in corroborated if self.release(rid, why, AUTO_RELEASE_ACTOR))
         return AddResult(record.id, created, "active", len(kept), tuple(merges), released)

@@ -111,7 +111,7 @@ def merge_namespace(
         records = store.records(namespace, domain, category, subcategory)
         changed, merged = merge_bucket(records, threshold)
         if changed:
-            store.save(changed)
+            store.save(changed, reason="merge: near-duplicate constraints of the bucket")
         summary.buckets += 1
         summary.records += len(records)
         summary.merged += merged

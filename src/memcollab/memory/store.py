@@ -149,11 +149,14 @@ class MemoryStore(ABC):
     def add_many(self, records: Iterable[MemoryRecord]) -> int:
         """Store records in one transaction; returns how many were new (duplicates skipped)."""
 
-    def save(self, records: Sequence[MemoryRecord]) -> ImportCounts:
+    def save(
+        self, records: Sequence[MemoryRecord], *, reason: str = "", actor: str = ""
+    ) -> ImportCounts:
         """Store records in one transaction, replacing the stored ones of the same ids (a
         merge's changed records); `version()` changes when anything did. Counted as an
         import with on_conflict="replace": `added` new ids, `replaced` changed ones,
-        `present` unchanged ones."""
+        `present` unchanged ones. Backends with history log each change with `reason`
+        (default: "save") and `actor`."""
         return self._import_records(records, "replace", f"save into {self.location}")
 
     @abstractmethod

@@ -256,6 +256,17 @@ class _SQLMemory(MemoryStore):
     ) -> ImportCounts:
         return self._import_with_notes(records, (), on_conflict, source)
 
+    def save(
+        self, records: Sequence[MemoryRecord], *, reason: str = "", actor: str = ""
+    ) -> ImportCounts:
+        return self._import_with_notes(
+            records,
+            (),
+            "replace",
+            f"save into {self.location}",
+            logged_as=(reason or "save", actor),
+        )
+
     def _import_with_notes(
         self,
         records: Sequence[MemoryRecord],
@@ -263,6 +274,7 @@ class _SQLMemory(MemoryStore):
         on_conflict: OnConflict,
         source: str,
         changes: Sequence[Change] = (),
+        logged_as: tuple[str, str] | None = None,
     ) -> ImportCounts:
         rows = [_row(record) for record in records]
         added = present = 0
@@ -322,7 +334,7 @@ class _SQLMemory(MemoryStore):
                     for rid, row in changed.items()
                 ],
                 history,
-                source,
+                logged_as or (f"import from {source}", ""),
             )
             if new or changed or reproduced:
                 self._bump(cur)
@@ -336,12 +348,13 @@ class _SQLMemory(MemoryStore):
         cur: Any,
         entries: list[tuple[str, str, Op, Status | None, Status, str | None]],
         history: dict[str, list[Change]],
-        source: str,
+        logged_as: tuple[str, str],
     ) -> None:
-        """Log an import's added and replaced records, except in namespaces whose history
-        the file carried and the import reproduced (their changes say it already)."""
+        """Log an import's added and replaced records (with reason and actor), except in
+        namespaces whose history the file carried and the import reproduced (their changes
+        say it already)."""
         mine = [entry for entry in entries if entry[0] not in history]
-        changelog.log(cur, self._sql, mine, f"import from {source}", "")
+        changelog.log(cur, self._sql, mine, *logged_as)
 
     def _history_to_reproduce(
         self, cur: Any, changes: Sequence[Change], records: Sequence[MemoryRecord], source: str
