@@ -9,7 +9,12 @@ domain (task-aware retrieval backs off to the domain); `Memory.search` retrieves
 requested model's constraints with usage counting. They go into ONE system message (the
 agent's `<memory>` block) placed after the leading system/developer messages; no other
 message is touched, and every field but `model` and the proxy's own `metadata` keys
-(`memcollab`, `task_id`, `domain`) passes through.
+(`memcollab`, `task_id`, `domain`, `attempt_id`) passes through.
+
+A client-given attempt id (`x-memcollab-attempt-id` or `metadata.attempt_id`) makes a call
+idempotent: the exchange is stored under that id, and a retry with the same id (after a
+lost answer, a crash of either side) gets the stored answer back without a model call
+(`replayed_completion`), so a retried call never doubles its attempt.
 
 Memory status (the `x-memcollab-memory` response header): `applied` (records injected),
 `none` (nothing found, or no user turn to search with), `skipped` (the client opted out:
@@ -20,6 +25,7 @@ memory).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -29,13 +35,14 @@ from typing import Any, Literal
 
 from memcollab.agent import memory_block
 from memcollab.memory.guidance import UNLABELLED, Guidance
+from memcollab.server.attempts import ID_PATTERN, Attempt
 from memcollab.server.schemas import storable
 from memcollab.tasks.task import Task, known_domain
 
 log = logging.getLogger("memcollab.server.proxy")
 
 MemoryStatus = Literal["applied", "none", "skipped", "error"]
-OWN_METADATA = ("memcollab", "task_id", "domain")
+OWN_METADATA = ("memcollab", "task_id", "domain", "attempt_id")
 """`metadata` keys the proxy reads and removes before forwarding."""
 _CODE = re.compile(
     r"```|\bdef \w+\(|\bclass \w+[:(]|\bimport \w+|\bpython\b|\bfunction\b|\breturns?\b.*\blist\b"
@@ -43,6 +50,7 @@ _CODE = re.compile(
     re.IGNORECASE,
 )
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+_ATTEMPT_ID = re.compile(ID_PATTERN)
 
 
 class ProxyInputError(ValueError):
@@ -80,6 +88,8 @@ class ChatCall:
     task_id: str | None
     domain: str
     opted_out: bool
+    attempt_id: str | None = None
+    """The client's id for the exchange (idempotent retries); None: the service names it."""
 
 
 def _switch(value: Any, where: str) -> bool:
@@ -123,6 +133,14 @@ def parse_call(raw: bytes, headers: dict[str, str]) -> ChatCall:
             "the task id (x-memcollab-task-id or metadata.task_id) must be 1-200 letters, "
             "digits, '.', '_', ':', '/' or '-'"
         )
+    attempt_id = headers.get("x-memcollab-attempt-id") or metadata.get("attempt_id")
+    if attempt_id is not None and (
+        not isinstance(attempt_id, str) or not _ATTEMPT_ID.match(attempt_id)
+    ):
+        raise ProxyInputError(
+            "the attempt id (x-memcollab-attempt-id or metadata.attempt_id) must be 1-128 "
+            "letters, digits, '.', '_', ':' or '-'"
+        )
     users = [m for m in messages if m.get("role") == "user"]
     task = message_text(users[-1].get("content")) if users else ""
     try:
@@ -143,7 +161,33 @@ def parse_call(raw: bytes, headers: dict[str, str]) -> ChatCall:
         task_id=task_id,
         domain=str(domain) if domain is not None else guess_domain(task),
         opted_out=opted_out,
+        attempt_id=attempt_id,
     )
+
+
+def replayed_completion(attempt: Attempt) -> dict[str, Any]:
+    """The stored answer of an attempt as a `chat.completion` object: what a retry with the
+    attempt's id gets instead of a second model call (usage zero: nothing was generated)."""
+    message: dict[str, Any] = {"role": "assistant", "content": attempt.answer or ""}
+    tool_calls = attempt.metadata.get("tool_calls")
+    if tool_calls:
+        # Stored clipped at 2000 characters: a clipped list is left out.
+        with contextlib.suppress(json.JSONDecodeError):
+            message["tool_calls"] = json.loads(tool_calls)
+    return {
+        "id": attempt.response_id or f"chatcmpl-{attempt.id}",
+        "object": "chat.completion",
+        "created": int(attempt.created_at),
+        "model": attempt.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": attempt.metadata.get("finish_reason", "stop"),
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
 
 
 @dataclass(frozen=True)

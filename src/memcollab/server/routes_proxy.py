@@ -7,7 +7,10 @@ one system message (server/proxy.py), forwards the request to the model's upstre
 
 * `x-memcollab-memory`: applied | none | skipped | error;
 * `x-memcollab-records`: the injected record ids, comma-separated (when any);
-* `x-memcollab-attempt`: the id of the attempt that records the exchange.
+* `x-memcollab-attempt`: the id of the attempt that records the exchange;
+* `x-memcollab-replayed: true`: the answer of an attempt stored under the client's attempt
+  id (`x-memcollab-attempt-id`), sent again without a model call (an idempotent retry);
+  that id naming another model's or task's attempt is a 409.
 
 Every successful exchange is stored as an attempt before a JSON answer is returned; a
 streamed one when its stream has ended (a stream the client abandons, or that fails
@@ -39,6 +42,7 @@ from memcollab.server.attempts import (
     AttemptConflictError,
     AttemptNotFoundError,
     NewAttempt,
+    derive_task_id,
 )
 from memcollab.server.auth import Context, Principal, ReadKey, WriteKey
 from memcollab.server.context import ServerContext
@@ -52,10 +56,18 @@ from memcollab.server.proxy import (
     find_memory,
     forwarded_body,
     parse_call,
+    replayed_completion,
     stored_messages,
 )
 from memcollab.server.schemas import AttemptId, AttemptOut, Name
-from memcollab.server.upstream import HOP_HEADER, Answer, UpstreamError, Upstreams, sse
+from memcollab.server.upstream import (
+    HOP_HEADER,
+    Answer,
+    UpstreamError,
+    Upstreams,
+    chunks_of,
+    sse,
+)
 
 log = logging.getLogger("memcollab.server.proxy")
 
@@ -110,6 +122,45 @@ async def _memory(ctx: ServerContext, who: Principal, call: ChatCall) -> MemoryU
     except Exception as exc:  # noqa: BLE001 - memory never breaks a call: logged, status error
         log.warning("memory failed for a proxied request (%s: %s)", type(exc).__name__, exc)
         return MemoryUse("error")
+
+
+def _stored(ctx: ServerContext, who: Principal, call: ChatCall) -> Attempt | None:
+    """The attempt already stored under the client's attempt id, if any; another model's
+    or task's attempt under that id is an AttemptConflictError."""
+    assert call.attempt_id is not None
+    try:
+        stored = ctx.attempts.get(who.namespace, call.attempt_id)
+    except AttemptNotFoundError:
+        return None
+    task_id = call.task_id or derive_task_id(call.task)
+    if (stored.model, stored.task_id) != (call.model, task_id):
+        raise AttemptConflictError(
+            f"attempt {call.attempt_id!r} is already recorded for model {stored.model!r} on"
+            f" task {stored.task_id!r}",
+            "a new exchange needs a new attempt id",
+        )
+    return stored
+
+
+def _replay(stored: Attempt, call: ChatCall) -> Response:
+    """The stored exchange again, JSON or as a stream, with the memory headers it had."""
+    headers = {
+        "x-memcollab-memory": stored.metadata.get("memory", "none"),
+        "x-memcollab-attempt": stored.id,
+        "x-memcollab-replayed": "true",
+    }
+    if stored.injected_ids:
+        headers["x-memcollab-records"] = ",".join(stored.injected_ids)
+    obj = replayed_completion(stored)
+    if not call.stream:
+        return JSONResponse(obj, headers=headers)
+    options = call.body.get("stream_options")
+    usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    return StreamingResponse(
+        chunks_of(obj, usage),
+        headers={**headers, "cache-control": "no-cache"},
+        media_type="text/event-stream",
+    )
 
 
 def _store(
@@ -217,11 +268,18 @@ async def chat_completions(request: Request, who: WriteKey, ctx: Context) -> Res
             f"the model {call.model!r} does not exist here (models: {known})",
             "model_not_found",
         )
+    if call.attempt_id is not None:
+        try:
+            stored = await run_in_threadpool(_stored, ctx, who, call)
+        except AttemptConflictError as exc:
+            return openai_error(409, str(exc), "attempt_conflict")
+        if stored is not None:
+            return _replay(stored, call)
     use = await _memory(ctx, who, call)
     headers = _memory_headers(use)
     body = forwarded_body(call, use)
     upstream = _upstreams(request, ctx).get(call.model)
-    attempt_id = f"att_{secrets.token_hex(12)}"
+    attempt_id = call.attempt_id or f"att_{secrets.token_hex(12)}"
     try:
         answer = await (upstream.stream(body) if call.stream else upstream.complete(body))
     except UpstreamError as exc:
