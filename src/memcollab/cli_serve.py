@@ -92,6 +92,15 @@ def serve_command(
     learn_labeller: Annotated[
         str, typer.Option("--learn-labeller", help="--learn: trained (default) or llm.")
     ] = "trained",
+    learn_lease: Annotated[
+        float,
+        typer.Option(
+            "--learn-lease",
+            min=1.0,
+            help="--learn: seconds a claimed pair is held before another worker may take it"
+            " (after a crash, the pair waits this long).",
+        ),
+    ] = 600.0,
 ) -> None:
     """Serve a memory over HTTP: the REST API under /v1, OpenAPI docs at /docs.
 
@@ -125,6 +134,7 @@ def serve_command(
         upstream_timeout_s=upstream_timeout,
         threads=threads,
         data_dir=None if data_dir is None else str(data_dir),
+        learn_lease_s=learn_lease,
     )
     context = ServerContext.open(location, fleet=fleet, labeller=chosen, settings=settings)
     try:

@@ -33,6 +33,10 @@ merge = false                      # true: near-duplicate constraints merge (mem
 [eval]                             # benchmark name -> dataset spec
 gsm8k = "gsm8k:test[~50@1]"
 humaneval = "humaneval:test[~50@1]"
+exclude = ["../v2/eval_tasks.json"]   # optional: task ids left out of every benchmark (files
+                                   # relative to this one: a JSON list of ids, or an object
+                                   # with "tasks" / "train_tasks" lists and/or "benchmarks":
+                                   # name -> list; counted in plan.json)
 
 [condition.memcollab-p1]           # parameters of a condition (built-in or your own name)
 kind = "memcollab"
@@ -58,6 +62,7 @@ primary = "memcollab-p1"           # against baseline (default vanilla), per mod
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -149,6 +154,7 @@ class ExperimentConfig(_Section):
     train: TrainSettings = TrainSettings()
     memory: MemorySettings = MemorySettings()
     eval: dict[str, str]
+    eval_exclude: list[Path] = Field(default_factory=list)  # [eval] exclude: id files
     eval_models: list[str] | None = None  # default: every fleet model
     conditions: list[str] = Field(min_length=1)
     condition: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -169,7 +175,35 @@ class ExperimentConfig(_Section):
             del data["analysis"]
         if data["dev"] is None:
             del data["dev"]
+        if not data["eval_exclude"]:
+            del data["eval_exclude"]
         return data
+
+
+def excluded_task_ids(paths: list[Path]) -> set[str]:
+    """The task ids that `[eval] exclude` files name (see the module docstring)."""
+    ids: set[str] = set()
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExperimentConfigError(f"[eval] exclude: cannot read {path} ({exc})") from None
+        lists = [data] if isinstance(data, list) else []
+        if isinstance(data, dict):
+            lists += [data.get(key) for key in ("tasks", "train_tasks") if key in data]
+            benchmarks = data.get("benchmarks", {})
+            lists += list(benchmarks.values()) if isinstance(benchmarks, dict) else [benchmarks]
+        if not lists or not all(
+            isinstance(ids_, list) and all(isinstance(i, str) for i in ids_) for ids_ in lists
+        ):
+            raise ExperimentConfigError(
+                f"[eval] exclude: {path} holds no list of task ids",
+                'write a JSON list of ids, or an object with "tasks", "train_tasks" or'
+                ' "benchmarks" (name -> list of ids)',
+            )
+        for found in lists:
+            ids.update(found)
+    return ids
 
 
 def load_experiment(path: str | Path, data_dir: Path | None = None) -> ExperimentConfig:
@@ -199,6 +233,12 @@ def load_experiment(path: str | Path, data_dir: Path | None = None) -> Experimen
         raw["data_dir"] = str(Path(given).expanduser())
     if data_dir is not None:
         raw["data_dir"] = str(data_dir)
+    evaluated = raw.get("eval")
+    if isinstance(evaluated, dict) and isinstance(evaluated.get("exclude"), list):
+        # Like the file's other paths, the id files are relative to it.
+        evaluated["exclude"] = [
+            str((base / p).resolve()) if isinstance(p, str) else p for p in evaluated["exclude"]
+        ]
     for params in (raw.get("condition") or {}).values():
         # A condition's memory export, like the file's other paths, is relative to it.
         if isinstance(params, dict) and isinstance(params.get("memory"), str):
@@ -215,6 +255,11 @@ def parse_experiment(raw: dict[str, Any], source: str = "inline") -> ExperimentC
                 f"{source}: `conditions` landed in the [{table}] table",
                 "TOML puts a key in the table above it: write top-level keys before any [table]",
             )
+    evaluated = raw.get("eval")
+    if isinstance(evaluated, dict) and "exclude" in evaluated:
+        # [eval] maps benchmark names to specs; `exclude` is the one other key it takes.
+        raw = {**raw, "eval": {k: v for k, v in evaluated.items() if k != "exclude"}}
+        raw["eval_exclude"] = evaluated["exclude"]
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -35,7 +35,7 @@ from memcollab.agent import Agent, fleet_agent
 from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, MemoryRecipe, make_condition
-from memcollab.experiment.config import ExperimentConfig
+from memcollab.experiment.config import ExperimentConfig, excluded_task_ids
 from memcollab.experiment.estimate import (
     LABEL_TOKENS,
     FirstCalls,
@@ -178,6 +178,12 @@ class Experiment:
             bench: load_task_specs([spec], config.data_dir, config.seed)
             for bench, spec in config.eval.items()
         }
+        self.eval_excluded: dict[str, int] = {}  # [eval] exclude: tasks left out per benchmark
+        if config.eval_exclude:
+            left_out = excluded_task_ids(config.eval_exclude)
+            for bench, tasks in self.eval_sets.items():
+                kept = [t for t in tasks if t.id not in left_out]
+                self.eval_sets[bench], self.eval_excluded[bench] = kept, len(tasks) - len(kept)
         self.recipes: dict[str, MemoryRecipe] = {}
         for condition in self.conditions:
             for model in self.eval_models:
@@ -453,6 +459,7 @@ class Experiment:
             "benchmarks": {b: [t.id for t in ts] for b, ts in self.eval_sets.items()},
             "domains": {b: ts[0].domain for b, ts in self.eval_sets.items()},
             **({"dev": self.dev.plan()} if self.dev is not None else {}),
+            **({"eval_excluded": self.eval_excluded} if self.config.eval_exclude else {}),
         }
 
     # -- running ---------------------------------------------------------------------------
