@@ -188,7 +188,7 @@ def excluded_task_ids(paths: list[Path]) -> set[str]:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ExperimentConfigError(f"[eval] exclude: cannot read {path} ({exc})") from None
-        lists = [data] if isinstance(data, list) else []
+        lists: list[Any] = [data] if isinstance(data, list) else []
         if isinstance(data, dict):
             lists += [data.get(key) for key in ("tasks", "train_tasks") if key in data]
             benchmarks = data.get("benchmarks", {})

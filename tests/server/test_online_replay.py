@@ -1,0 +1,261 @@
+"""benchmarks/online_replay.py against a real `memcollab serve` subprocess whose fleet is
+scripted: with --chaos the service is SIGKILLed twice mid-stream and every check holds (0
+lost, 0 twice); a replay whose harness is itself killed resumes where it stopped; the eval
+step's experiment file leaves out what it must."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memcollab.experiment.config import load_experiment
+from memcollab.experiment.runner import Experiment
+from memcollab.llm.cache import Gateway
+from memcollab.memory.store import read_jsonl
+from tests.memory.distill_helpers import GOOD, line
+
+ROOT = Path(__file__).parents[2]
+SCRIPT = ROOT / "benchmarks" / "online_replay.py"
+GSM, MATH = 8, 6  # train rows written; the last 2 GSM8K rows stand for the dev slice
+
+
+def _data(root: Path) -> Path:
+    """A tiny benchmark folder: GSM8K train/test, MATH train/500, MBPP (test and train ids)."""
+    (root / "gsm8k").mkdir(parents=True)
+    (root / "math").mkdir()
+    (root / "mbpp").mkdir()
+
+    def rows(path: Path, items: list[dict[str, Any]]) -> None:
+        path.write_text("".join(json.dumps(r) + "\n" for r in items))
+
+    rows(
+        root / "gsm8k/train.jsonl",
+        [
+            {
+                "question": f"[G{i}] Add the fraction {i} over one period to itself.",
+                "answer": f"ok\n#### {2 * i}",
+            }
+            for i in range(GSM)
+        ],
+    )
+    rows(
+        root / "gsm8k/test.jsonl",
+        [{"question": f"[GT{i}] Add {i} and 1.", "answer": f"#### {i + 1}"} for i in range(12)],
+    )
+    rows(
+        root / "math/train.jsonl",
+        [
+            {
+                "problem": f"[M{i}] Triple {i}.",
+                "solution": f"\\boxed{{{3 * i}}}",
+                "subject": "Algebra",
+            }
+            for i in range(MATH)
+        ],
+    )
+    rows(
+        root / "math/math500_test.jsonl",
+        [
+            {
+                "problem": f"[MT{i}] Double {i}.",
+                "answer": str(2 * i),
+                "subject": "Algebra",
+                "unique_id": f"test/algebra/{i}.json",
+            }
+            for i in range(8)
+        ],  # fmt: skip
+    )
+    rows(
+        root / "mbpp/mbpp.jsonl",
+        [
+            {
+                "task_id": n,
+                "text": f"Return {n}.",
+                "code": f"def f():\n    return {n}",
+                "test_list": [f"assert f() == {n}"],
+                "test_setup_code": "",
+            }
+            for n in (*range(11, 19), 601, 602)
+        ],  # fmt: skip
+    )
+    return root
+
+
+def _fleet(path: Path, delay_s: float) -> Path:
+    """`good` answers the even GSM8K and MATH tasks right, `bad` none; `distiller` distils
+    every pair into one constraint (the semantic screen finds it supported by the GSM8K
+    texts, which speak of a fraction and a period, and refuses it for MATH's) and answers
+    "1" to the LLM labeller."""
+    right = {f"[G{i}]": 2 * i for i in range(0, GSM, 2)} | {
+        f"[M{i}]": 3 * i for i in range(0, MATH, 2)
+    }
+    lines = [
+        "[models.good]",
+        'provider = "scripted"',
+        "strength = 3",
+        'responses = ["The answer is \\\\boxed{-7}."]',
+    ]
+    lines += [f"delay_s = {delay_s}", "[models.good.rules]"]
+    lines += [
+        f'"{marker}" = "The answer is \\\\boxed{{{value}}}."' for marker, value in right.items()
+    ]
+    lines += ["[models.bad]", 'provider = "scripted"', "strength = 2", f"delay_s = {delay_s}"]
+    lines += ['responses = ["The answer is \\\\boxed{-1}."]']
+    lines += ["[models.distiller]", 'provider = "scripted"', 'responses = ["1"]']
+    lines += [
+        "[models.distiller.rules]",
+        f'"Attempt A is correct and attempt B is wrong" = "1. {line(*GOOD[0])}"',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _command(tmp: Path, step: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(SCRIPT), step, "--data-dir", str(tmp / "data"),
+        "--fleet", str(tmp / "fleet.toml"), "--models", "good", "bad",
+        "--distiller", "distiller", "--labeller", "llm", "--search-labeller", "none",
+        "--train-specs", "gsm8k:train", "math:train", "--dev-specs", "gsm8k:train[-2:]",
+        "--v2-eval", str(tmp / "v2_eval.json"), "--tasks", "8", "--seed", "5",
+        "--lease", "1", "--work", str(tmp / "work"), "--out", str(tmp / "out"), *extra,
+    ]  # fmt: skip
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "MEMCOLLAB_CACHE_DIR": str(tmp / "cache")}
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    _data(tmp_path / "data")
+    _fleet(tmp_path / "fleet.toml", delay_s=0.3)
+    (tmp_path / "v2_eval.json").write_text(
+        json.dumps({"benchmarks": {"gsm8k": ["gsm8k/test/0", "gsm8k/test/1"]}})
+    )
+    return tmp_path
+
+
+def _progress(tmp: Path) -> list[dict[str, Any]]:
+    path = tmp / "work" / "progress.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _assert_clean(report: dict[str, Any]) -> None:
+    checks = report["checks"]
+    assert checks["passed"], checks
+    assert checks["attempts_sent"] == checks["attempts_stored"] == 16
+    for name in ("attempts_lost", "attempts_extra", "attempts_doubled", "unjudged",
+                 "rows_unfinished", "contrasts_missing", "distilled_twice",
+                 "provenance_missing", "learned_outside"):  # fmt: skip
+        assert checks[name] == 0, (name, checks)
+    # good is right on the even tasks of each set: 2 of the 4 GSM8K (0-5) drawn and
+    # of the 4 MATH drawn, depending on the draw; every such task contrasts with bad.
+    assert checks["contrasting_tasks"] == checks["queue_rows"] >= 1
+    assert checks["rows_done"] >= 1
+    assert checks["rows_done"] == checks["records_stored"] + checks["records_merged_away"]
+    assert checks["rows_done"] + sum(report["learning"]["refused"].values()) == checks["queue_rows"]
+
+
+@pytest.mark.timeout(300)
+def test_chaos_kills_the_service_twice_and_nothing_is_lost_or_doubled(tmp: Path) -> None:
+    run = subprocess.run(
+        _command(tmp, "learn", "--chaos", "--kills", "2", "--kill-delay-max", "0.4"),
+        env=_env(tmp), capture_output=True, text=True, timeout=280, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp / "out" / "replay.json").read_text())
+    _assert_clean(report)
+    assert report["checks"]["kills"] == 2 and len(report["chaos"]["made"]) == 2
+    assert all(k["pid"] is not None for k in report["chaos"]["made"])  # really killed
+    assert report["chaos"]["starts"]["service"] == 3
+    tasks = json.loads((tmp / "work" / "tasks.json").read_text())
+    assert "gsm8k/train/6" not in tasks and "gsm8k/train/7" not in tasks  # the dev rows
+    assert sum(t.startswith("gsm8k/") for t in tasks) == 4
+    records = read_jsonl(tmp / "out" / "online.jsonl")
+    assert len(records) == report["checks"]["records_stored"] >= 1
+    assert report["exported_records"] == len(records)
+    assert report["command"].startswith("python ") and "--chaos" in report["command"]
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_replay_resumes_where_it_stopped(tmp: Path) -> None:
+    first = subprocess.Popen(
+        _command(tmp, "learn"), env=_env(tmp), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 200
+        while len(_progress(tmp)) < 5:
+            assert first.poll() is None, "the replay ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    before = _progress(tmp)
+    assert 5 <= len(before) < 16
+    second = subprocess.run(
+        _command(tmp, "learn"), env=_env(tmp), capture_output=True, text=True, timeout=250,
+        check=False,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    after = _progress(tmp)
+    assert after[: len(before)] == before  # kept, not redone
+    assert len(after) == 16 and len({(r["task"], r["model"]) for r in after}) == 16
+    report = json.loads((tmp / "out" / "replay.json").read_text())
+    _assert_clean(report)
+    assert report["this_run"]["calls"] == 16 - len(before)
+
+
+def test_the_eval_file_holds_out_training_dev_and_v2_tasks(tmp: Path) -> None:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "online.jsonl").write_text("")
+    (tmp / "v2.jsonl").write_text("")
+    run = subprocess.run(
+        _command(tmp, "eval", "--v2-memory", str(tmp / "v2.jsonl"), "--per-benchmark", "4",
+                 "--run-out", str(tmp / "runs")),
+        env=_env(tmp), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "memcollab experiment run" in run.stdout
+    toml = tmp / "out" / "experiment.toml"
+    config = load_experiment(toml, data_dir=tmp / "data")
+    assert config.analysis.primary == "online" and config.conditions == [
+        "vanilla", "online", "v2-batch",
+    ]  # fmt: skip
+    assert config.condition["online"]["memory"] == str((tmp / "out" / "online.jsonl").resolve())
+    assert config.condition["v2-batch"]["memory"] == str((tmp / "v2.jsonl").resolve())
+    excluded = json.loads((tmp / "out" / "excluded_tasks.json").read_text())["tasks"]
+    training = _training_ids(tmp)
+    assert set(training) <= set(excluded)
+    assert {"gsm8k/train/6", "gsm8k/train/7"} <= set(excluded)  # the dev slice
+    experiment = Experiment(config, Gateway(None))
+    held_out = {t.id for ts in experiment.eval_sets.values() for t in ts}
+    assert {bench: len(ts) for bench, ts in experiment.eval_sets.items()} == {
+        "gsm8k": 4, "math500": 4, "mbpp": 4,
+    }  # fmt: skip
+    assert not held_out & ({"gsm8k/test/0", "gsm8k/test/1"} | set(excluded))
+    assert experiment.plan_json()["eval_excluded"]["gsm8k"] >= 0
+
+
+def _training_ids(tmp: Path) -> list[str]:
+    """The learn step's draw, as the eval step makes it (same arguments)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import online_replay  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    args = online_replay.parse_args(_command(tmp, "eval")[2:])
+    tasks, _ = online_replay.training_tasks(args)
+    return [t.id for t in tasks]
