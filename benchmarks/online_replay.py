@@ -46,7 +46,8 @@ Step `eval` writes OUT/experiment.toml (vanilla, online = OUT/online.jsonl, v2-b
 (the replay's training tasks and the development slices): its held-out tasks are drawn
 from GSM8K test, MATH-500 and MBPP test (HumanEval's test split is the v2 run's
 evaluation whole), `[eval] exclude` leaves out those ids and the v2 evaluation list, and
-each draw is sized so that `--per-benchmark` tasks remain. It prints the command that runs
+each draw is sized so that `--per-benchmark` tasks remain. It needs both memories (an
+experiment file naming a missing export does not load) and prints the command that runs
 the evaluation; it does not run it.
 
     python benchmarks/online_replay.py learn --data-dir DATA [--tasks 300] [--chaos]
@@ -597,6 +598,13 @@ def _draw_spec(
 
 
 def eval_step(args: argparse.Namespace) -> dict[str, Any]:
+    # An experiment file whose memories are missing cannot load (and a committed one must).
+    for what, path in (("online memory", args.out / "online.jsonl"), ("v2 memory", args.v2_memory)):
+        if not Path(path).is_file():
+            raise ReplayError(
+                f"the {what} {path} does not exist yet: run the learn step (online) or the"
+                " v2 run's memory phase (v2) first"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     tasks, _ = training_tasks(args)
     dev = sorted({t.id for t in load_task_specs(args.dev_specs, args.data_dir)})
@@ -653,13 +661,11 @@ def eval_step(args: argparse.Namespace) -> dict[str, Any]:
     ]
     toml_path.write_text("\n".join(lines) + "\n")
     data = f" --data-dir {shlex.quote(str(args.data_dir))}" if args.data_dir else ""
-    command = f"memcollab experiment run {toml_path}{data}"
+    shown = (
+        os.path.relpath(toml_path) if toml_path.resolve().is_relative_to(Path.cwd()) else toml_path
+    )
+    command = f"memcollab experiment run {shown}{data}"
     print(f"wrote {toml_path}; run the evaluation with:\n  {command}")
-    if not Path(args.v2_memory).is_file():
-        print(
-            f"note: the v2 memory {args.v2_memory} does not exist yet"
-            " (the v2 run's memory phase writes it)"
-        )
     return {"toml": str(toml_path), "specs": specs, "command": command}
 
 

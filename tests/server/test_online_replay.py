@@ -218,6 +218,15 @@ def test_a_killed_replay_resumes_where_it_stopped(tmp: Path) -> None:
     assert report["this_run"]["calls"] == 16 - len(before)
 
 
+def test_the_eval_step_refuses_missing_memories(tmp: Path) -> None:
+    run = subprocess.run(
+        _command(tmp, "eval", "--v2-memory", str(tmp / "v2.jsonl")),
+        env=_env(tmp), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2 and "online memory" in run.stderr and "learn step" in run.stderr
+    assert not (tmp / "out" / "experiment.toml").exists()
+
+
 def test_the_eval_file_holds_out_training_dev_and_v2_tasks(tmp: Path) -> None:
     (tmp / "out").mkdir()
     (tmp / "out" / "online.jsonl").write_text("")
