@@ -233,6 +233,15 @@ def test_attempts_endpoints(any_service: Service) -> None:
     )
     v = c.post("/v1/attempts/run-7/verdict", json={"verdict": "incorrect"}, headers=h)
     assert v.json()["verdict"] == "incorrect"
+    # the first verdict counts the injected record's outcome once, as feedback does
+    usage = any_service.context.memory.usage(rid)["models"]
+    assert usage == {"small": {"helped": 0, "harmed": 1}}
+    again = c.post("/v1/attempts/run-7/verdict", json={"verdict": "incorrect"}, headers=h)
+    changed = c.post("/v1/attempts/run-7/verdict", json={"verdict": "correct"}, headers=h)
+    assert again.status_code == changed.status_code == 200
+    assert changed.json()["verdict"] == "correct"  # stored, but not counted again
+    assert any_service.context.memory.usage(rid)["models"] == usage
+    c.post("/v1/attempts/run-7/verdict", json={"verdict": "incorrect"}, headers=h)
     contrast = c.get("/v1/tasks/contrasting", headers=h).json()
     assert contrast["total"] == 1
     task = contrast["tasks"][0]

@@ -10,11 +10,13 @@ from fastapi import Path as PathParam
 
 from memcollab.server.attempts import (
     ID_PATTERN,
+    AttemptConflictError,
     AttemptNotFoundError,
     NewAttempt,
     Verdict,
 )
 from memcollab.server.auth import Context, ReadKey, WriteKey, other_namespace
+from memcollab.server.feedback import apply_feedback
 from memcollab.server.routes_memory import own_record
 from memcollab.server.schemas import (
     AttemptIn,
@@ -91,7 +93,18 @@ def submit_attempt(
 def set_verdict(
     attempt_id: AttemptIdPath, body: VerdictRequest, who: WriteKey, ctx: Context
 ) -> dict[str, Any]:
-    """Set (or change) an attempt's verdict: correct, incorrect or unknown."""
+    """Set (or change) an attempt's verdict: correct, incorrect or unknown. The first
+    correct / incorrect verdict of an attempt counts its outcomes once, as POST
+    /v1/feedback does (per injected record and model: helped or harmed); a later change is
+    stored but counts nothing again."""
+    attempt = ctx.attempts.get(who.namespace, attempt_id)
+    if attempt.verdict == "unknown" and body.verdict != "unknown":
+        try:
+            return apply_feedback(
+                ctx, who.namespace, who.key_id, attempt, body.verdict
+            ).attempt.model_dump()
+        except AttemptConflictError:
+            pass  # another caller set a verdict meanwhile: this one changes it, uncounted
     return ctx.attempts.set_verdict(
         who.namespace, attempt_id, body.verdict, who.key_id
     ).model_dump()
