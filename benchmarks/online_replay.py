@@ -13,6 +13,11 @@ benchmark task id, so POST /v1/feedback without a verdict has the service judge 
 `x-memcollab-attempt-id` = a client id derived from (namespace, task, model), so a retry
 after any crash replays the stored exchange instead of doubling it. Each finished
 (task, model) is a line of WORK/progress.jsonl: a rerun of the same command skips them.
+`--concurrency N` calls are in flight at once (worker threads; default: what the models'
+engines decode at once, the sum of their batch widths as `collect` sizes its workers, 32
+for the two Qwen models), in stream order, so both models of a task and several tasks are
+in flight together; one lock serializes the progress lines, and a line cut by a kill of
+the harness is dropped on resume (its call is redone, replayed by the proxy).
 At the end it waits until GET /v1/learning shows nothing pending, claimed or waiting, stops
 the processes, checks the database and exports the namespace to OUT/online.jsonl.
 
@@ -26,8 +31,10 @@ which and counts the overlap with that pool.
 `--chaos`: at `--kills` seeded points of the stream the service (or, with `--worker
 separate`, the worker or the service, a seeded choice) is killed with SIGKILL after a
 seeded delay in [0, --kill-delay-max] s from the start of that call (mid-call or between
-calls), restarted, and the stream goes on (a failed call is retried with the same client
-id). The end checks are the "zero lost, zero twice" numbers:
+calls), restarted, and the stream goes on: every call in flight then fails and is retried
+with the same client id (one stored but not yet answered comes back replayed; replay.json
+counts `chaos.replayed`, and each kill's `in_flight`). The end checks are the "zero lost,
+zero twice" numbers:
   attempts_lost      client ids sent but not stored              (must be 0)
   attempts_extra     stored attempts the client never sent       (must be 0)
   attempts_doubled   (task, model) with more than one attempt    (must be 0)
@@ -51,7 +58,7 @@ experiment file naming a missing export does not load) and prints the command th
 the evaluation; it does not run it.
 
     python benchmarks/online_replay.py learn --data-dir DATA [--tasks 300] [--chaos]
-        [--worker inline|separate] [--pool-from runs/v2/plan.json]
+        [--worker inline|separate] [--pool-from runs/v2/plan.json] [--concurrency N]
     python benchmarks/online_replay.py eval --data-dir DATA [--v2-memory PATH]
 
 Writes OUT/replay.json (the command recorded in it), OUT/online.jsonl, OUT/experiment.toml,
@@ -63,6 +70,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import functools
 import hashlib
 import json
@@ -78,6 +86,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +94,10 @@ from typing import Any
 import httpx
 import openai
 
+from memcollab.collect import MAX_DEFAULT_WORKERS, MIN_DEFAULT_WORKERS
 from memcollab.domains import get_domain
+from memcollab.errors import UserError
+from memcollab.llm.fleet import Fleet
 from memcollab.memory.api import Memory
 from memcollab.memory.store import MemoryNotFoundError
 from memcollab.server.context import ServerContext
@@ -137,7 +149,7 @@ def training_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, Any]
         rng = random.Random(f"{args.seed}:{spec}")
         per_dataset.append(rng.sample(candidates, want))
     tasks = [t for group in zip_longest_all(per_dataset) for t in group]
-    about = {
+    about: dict[str, Any] = {
         "train_specs": list(args.train_specs),
         "drawn_from": f"the v2 training pool ({args.pool_from})" if pool else "whole splits",
         "dev_specs_left_out": list(args.dev_specs),
@@ -182,12 +194,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 @dataclass
 class Processes:
-    """The service (and the separate worker), started and killed by their PIDs."""
+    """The service (and the separate worker), started and killed by their PIDs. Safe for
+    several threads: one lock around starting, health checks and kills, so calls failing
+    together after a kill restart the service once."""
 
     args: argparse.Namespace
     port: int
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     starts: Counter[str] = field(default_factory=Counter)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    up: bool = False  # answered /v1/health, and nothing killed or suspected since
+    closed: bool = False  # stopped: nothing starts again (a late worker thread, a timer)
+    starter: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="replay-starter")
+    )
 
     @property
     def url(self) -> str:
@@ -213,60 +233,95 @@ class Processes:
         return ["service", "worker"] if self.args.worker == "separate" else ["service"]
 
     def start(self, which: str) -> None:
-        log = (self.args.work / f"{which}.log").open("ab")
-        self.procs[which] = subprocess.Popen(
-            self._command(which), stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )  # fmt: skip
-        log.close()
+        # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the
+        # process: a service started from a call's worker thread or a kill's timer would be
+        # killed when that thread ends. So every start runs on one thread that lives as long
+        # as these processes.
+        self.procs[which] = self.starter.submit(self._popen, which).result()
         self.starts[which] += 1
+
+    def _popen(self, which: str) -> subprocess.Popen[bytes]:
+        with (self.args.work / f"{which}.log").open("ab") as log:
+            return subprocess.Popen(
+                self._command(which), stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
+
+    def _alive(self) -> bool:
+        return all(
+            (p := self.procs.get(which)) is not None and p.poll() is None for which in self.wanted()
+        )
 
     def ensure(self, timeout_s: float = 600.0) -> None:
         """Start what is not running and wait until the service answers /v1/health (a
         service killed meanwhile is started again; one that keeps exiting is an error)."""
-        for which in self.wanted():
+        with self.lock:
+            if self.closed:
+                raise ReplayError("the replay is stopping")
+            if self.up and self._alive():
+                return
+            self.up = False
+            for which in self.wanted():
+                proc = self.procs.get(which)
+                if proc is None or proc.poll() is not None:
+                    self.start(which)
+            deadline = time.monotonic() + timeout_s
+            restarts = 0
+            while True:
+                service = self.procs["service"]
+                if service.poll() is not None:
+                    restarts += 1
+                    if restarts > 3:
+                        log = self.args.work / "service.log"
+                        tail = log.read_text(errors="replace")[-2000:]
+                        raise ReplayError(f"the service exited with {service.returncode}:\n{tail}")
+                    self.start("service")
+                    continue
+                try:
+                    if httpx.get(self.url + "/v1/health", timeout=2.0).status_code == 200:
+                        self.up = True
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ReplayError(f"the service did not answer within {timeout_s:.0f} s")
+                time.sleep(0.1)
+
+    def suspect(self) -> None:
+        """A call failed in transport: check the service's health before the next one."""
+        with self.lock:
+            self.up = False
+
+    def kill(self, which: str, *, when_up: bool = False) -> int | None:
+        """SIGKILL `which` (with `when_up`, after starting it and waiting for the service's
+        health, so that a kill planned while a restart is under way still kills a running
+        process); its PID, or None if it was not running."""
+        with self.lock:
+            if when_up:
+                self.ensure()
             proc = self.procs.get(which)
             if proc is None or proc.poll() is not None:
-                self.start(which)
-        deadline = time.monotonic() + timeout_s
-        restarts = 0
-        while True:
-            service = self.procs["service"]
-            if service.poll() is not None:
-                restarts += 1
-                if restarts > 3:
-                    tail = (self.args.work / "service.log").read_text(errors="replace")[-2000:]
-                    raise ReplayError(f"the service exited with {service.returncode}:\n{tail}")
-                self.start("service")
-                continue
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise ReplayError(f"the service did not answer within {timeout_s:.0f} s")
-            time.sleep(0.1)
-
-    def kill(self, which: str) -> int | None:
-        proc = self.procs.get(which)
-        if proc is None or proc.poll() is not None:
-            return None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        return proc.pid
+                return None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            self.up = False
+            return proc.pid
 
     def stop(self) -> None:
         """SIGTERM (a worker gives its pair back), then SIGKILL after 30 s."""
-        for which in ("worker", "service"):
-            proc = self.procs.get(which)
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(30)
+        with self.lock:
+            self.up = False
+            self.closed = True
+            for which in ("worker", "service"):
+                proc = self.procs.get(which)
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(30)
+            self.starter.shutdown()
 
 
 def create_key(args: argparse.Namespace) -> str:
@@ -293,32 +348,46 @@ def create_key(args: argparse.Namespace) -> str:
 
 
 class Progress:
-    """WORK/progress.jsonl: one line per finished (task, model), one per kill made."""
+    """WORK/progress.jsonl: one line per finished (task, model), one per kill made.
+
+    Worker threads write through one lock, each line whole, flushed and fsynced. A last
+    line cut by a kill of the harness itself (no newline at its end) is cut off when the
+    file is read again, so the lines a resumed run appends after it stay readable.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.Lock()
         self.done: dict[tuple[str, str], dict[str, Any]] = {}
         self.kills: list[dict[str, Any]] = []
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill of the harness itself
-                    continue
-                if "kill" in row:
-                    self.kills.append(row)
-                else:
-                    self.done[(row["task"], row["model"])] = row
+        if not path.is_file():
+            return
+        data = path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) < len(data):
+            with path.open("r+b") as fh:
+                fh.truncate(len(whole))
+        for line in whole.decode("utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # not ours to read: skipped, its call redone
+                continue
+            if "kill" in row:
+                self.kills.append(row)
+            else:
+                self.done[(row["task"], row["model"])] = row
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if "kill" in row:
-            self.kills.append(row)
-        else:
-            self.done[(row["task"], row["model"])] = row
+        line = json.dumps(row) + "\n"
+        with self.lock:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if "kill" in row:
+                self.kills.append(row)
+            else:
+                self.done[(row["task"], row["model"])] = row
 
 
 def chaos_plan(args: argparse.Namespace, calls: int) -> list[dict[str, Any]]:
@@ -372,11 +441,120 @@ def one_call(
     }
 
 
+def default_concurrency(args: argparse.Namespace) -> int:
+    """Calls worth having in flight: what the models' engines serve at once, by collect's
+    rule (`default_workers`: the sum of their concurrency limits, a batching llama.cpp
+    engine's being its `batch_width`; models sharing an engine count once). Builds the
+    fleet's models without loading any weights."""
+    try:
+        fleet = Fleet.load(args.fleet)
+        limits = dict(fleet.model(m).concurrency() for m in args.models)
+    except UserError as exc:
+        raise ReplayError(f"cannot size --concurrency from the fleet: {exc}") from None
+    return max(MIN_DEFAULT_WORKERS, min(MAX_DEFAULT_WORKERS, sum(limits.values())))
+
+
+@dataclass
+class Stream:
+    """The calls of a replay, `concurrency` at a time on worker threads (the official
+    openai client is synchronous and thread-safe; threads keep one_call plain).
+
+    Pairs start in stream order (task by task, both models of a task next to each other),
+    so the engines of both models fill. A planned kill fires from a timer started with its
+    call; every call in flight then fails in transport and is retried with its own client
+    attempt id once the service is back, which is the window the proxy replays: an attempt
+    stored but not answered, or answered but not yet given feedback.
+    """
+
+    args: argparse.Namespace
+    procs: Processes
+    progress: Progress
+    client: openai.OpenAI
+    http: httpx.Client
+    plan: dict[int, dict[str, Any]]
+    counts: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    in_flight: int = 0
+
+    def _fire(self, kill: dict[str, Any]) -> None:
+        if self.stop.is_set():
+            return
+        with self.lock:
+            kill["in_flight"] = self.in_flight
+        try:
+            kill["pid"] = self.procs.kill(kill["target"], when_up=True)
+        except ReplayError as exc:
+            kill["pid"], kill["error"] = None, str(exc)
+
+    def run(self, step: int, task: Task, model: str) -> dict[str, Any]:
+        """One (task, model): the call (with its planned kill), then its progress line."""
+        kill = self.plan.get(step)
+        made = {k["kill"] for k in self.progress.kills}
+        timer = None
+        if kill is not None and kill["kill"] not in made:
+            kill = dict(kill)
+            timer = threading.Timer(kill["delay_s"], self._fire, (kill,))
+            timer.start()  # the kill lands mid-call or after it, as the delay falls
+        with self.lock:
+            self.in_flight += 1
+            self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.in_flight)
+        try:
+            row, retries = self._with_retries(
+                functools.partial(one_call, self.client, self.http, task, model, self.args)
+            )
+        except BaseException:
+            if timer is not None:
+                timer.cancel()
+            raise
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        if timer is not None and kill is not None:
+            timer.join()
+            self.progress.write({**kill, "at": time.time()})
+        row = {**row, "retries": retries}
+        self.progress.write(row)
+        with self.lock:
+            self.counts["calls"] += 1
+            self.counts["replayed"] += row["replayed"]
+        return row
+
+    def _with_retries(self, call: Any) -> tuple[dict[str, Any], int]:
+        """`call()` until it succeeds: a transport error or a 5xx (the service killed or
+        restarting) is retried with the same client id; any other error ends the replay.
+        Returns the result and the number of retries."""
+        for attempt in range(self.args.retries + 1):
+            if self.stop.is_set():
+                raise ReplayError("stopped: another call failed")
+            try:
+                self.procs.ensure()
+                result: dict[str, Any] = call()
+                return result, attempt
+            except RETRYABLE as exc:
+                failure: Exception = exc
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code < 500:
+                    raise ReplayError(f"the service refused a call: {exc}") from None
+                failure = exc
+            except openai.APIStatusError as exc:
+                raise ReplayError(f"the service refused a call: {exc}") from None
+            with self.lock:
+                self.counts["retries"] += 1
+            self.procs.suspect()
+            if attempt == self.args.retries:
+                raise ReplayError(f"gave up after {attempt + 1} tries: {failure}") from None
+            time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+
 def stream(
     args: argparse.Namespace, procs: Processes, key: str, tasks: list[Task], progress: Progress
 ) -> dict[str, int]:
-    plan = {k["step"]: k for k in chaos_plan(args, len(tasks) * len(args.models))}
-    made = {k["kill"] for k in progress.kills}
+    """Every (task, model) not yet in the progress file through the proxy, `--concurrency`
+    at a time; the first call that fails for good stops the others."""
+    steps = [(task, model) for task in tasks for model in args.models]
+    todo = [(i, t, m) for i, (t, m) in enumerate(steps) if (t.id, m) not in progress.done]
     client = openai.OpenAI(
         base_url=procs.url + "/v1", api_key=key, max_retries=0, timeout=args.call_timeout
     )
@@ -385,57 +563,26 @@ def stream(
         headers={"Authorization": f"Bearer {key}"},
         timeout=args.call_timeout,
     )
-    counts = Counter[str]()
-    step = -1
-    for task in tasks:
-        for model in args.models:
-            step += 1
-            if (task.id, model) in progress.done:
-                continue
-            kill = plan.get(step)
-            timer = None
-            if kill is not None and kill["kill"] not in made:
-                procs.ensure()
-
-                def fire(target: str = kill["target"], kill: dict[str, Any] = kill) -> None:
-                    kill["pid"] = procs.kill(target)
-
-                timer = threading.Timer(kill["delay_s"], fire)
-                timer.start()  # the kill lands mid-call or after it, as the delay falls
-            row = with_retries(
-                args, procs, counts, functools.partial(one_call, client, http, task, model, args)
-            )
-            if timer is not None and kill is not None:
-                timer.join()
-                progress.write({**kill, "at": time.time()})
-                procs.ensure()  # restart what was killed after the call had finished
-            progress.write({**row, "retries": counts["retries"]})
-            counts["calls"] += 1
-            counts["replayed"] += row["replayed"]
-            if counts["calls"] % 10 == 0 or counts["calls"] == 1:
-                print(f"{len(progress.done)}/{len(tasks) * len(args.models)} calls", flush=True)
+    plan = {k["step"]: k for k in chaos_plan(args, len(steps))}
+    run = Stream(args, procs, progress, client, http, plan)
+    procs.ensure()
+    pool = ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="replay")
+    try:
+        futures = [pool.submit(run.run, i, t, m) for i, t, m in todo]
+        for finished, future in enumerate(as_completed(futures), start=1):
+            future.result()
+            if finished % 10 == 0 or finished == 1 or finished == len(todo):
+                print(f"{len(progress.done)}/{len(steps)} calls", flush=True)
+    except BaseException:
+        run.stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     http.close()
-    return dict(counts)
-
-
-def with_retries(
-    args: argparse.Namespace, procs: Processes, counts: Counter[str], call: Any
-) -> dict[str, Any]:
-    """`call()` until it succeeds: a transport error or a 5xx (the service killed or
-    restarting) is retried with the same client id; any other error ends the replay."""
-    for attempt in range(args.retries + 1):
-        try:
-            procs.ensure()
-            result: dict[str, Any] = call()
-            return result
-        except RETRYABLE as exc:
-            counts["retries"] += 1
-            if attempt == args.retries:
-                raise ReplayError(f"gave up after {attempt + 1} tries: {exc}") from None
-            time.sleep(0.2)
-        except (openai.APIStatusError, httpx.HTTPStatusError) as exc:
-            raise ReplayError(f"the service refused a call: {exc}") from None
-    raise AssertionError("unreachable")
+    client.close()
+    counts = dict(run.counts)
+    counts["concurrency"] = args.concurrency
+    return counts
 
 
 def drain(args: argparse.Namespace, procs: Processes, key: str) -> dict[str, Any]:
@@ -546,9 +693,21 @@ def learn_step(args: argparse.Namespace) -> dict[str, Any]:
     began = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    lock = (args.work / "replay.lock").open("w")  # held until this process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ReplayError(f"another replay is running on {args.work}") from None
+    if args.concurrency is None:
+        args.concurrency = default_concurrency(args)
     tasks, about = training_tasks(args)
     (args.work / "tasks.json").write_text(json.dumps([t.id for t in tasks], indent=1))
     progress = Progress(args.work / "progress.jsonl")
+    print(
+        f"{len(progress.done)}/{len(tasks) * len(args.models)} calls done before;"
+        f" {args.concurrency} at a time",
+        flush=True,
+    )
     key = create_key(args)
     procs = Processes(args, free_port())
     try:
@@ -565,11 +724,14 @@ def learn_step(args: argparse.Namespace) -> dict[str, Any]:
         "models": list(args.models),
         "distiller": args.distiller,
         "worker": args.worker,
+        "concurrency": args.concurrency,
         "chaos": {
             "on": args.chaos,
             "planned": chaos_plan(args, len(tasks) * len(args.models)),
             "made": progress.kills,
             "starts": dict(procs.starts),
+            "replayed": sum(bool(r.get("replayed")) for r in progress.done.values()),
+            "retries": sum(int(r.get("retries", 0)) for r in progress.done.values()),
         },  # fmt: skip
         "tasks": {"count": len(tasks), **about},
         "this_run": {**counts, "wall_s": round(time.time() - began, 1)},
@@ -689,6 +851,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--worker", choices=["inline", "separate"], default="inline")
     parser.add_argument("--lease", type=float, default=120.0, help="seconds a claimed pair is held")
+    parser.add_argument(
+        "--concurrency", type=int, default=None,
+        help="calls in flight (default: the models' batch widths summed, as collect does)",
+    )  # fmt: skip
     parser.add_argument("--chaos", action="store_true")
     parser.add_argument("--kills", type=int, default=4)
     parser.add_argument("--kill-delay-max", type=float, default=20.0)
@@ -701,6 +867,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-benchmark", type=int, default=100)
     parser.add_argument("--run-out", type=Path, default=ROOT / "runs/online-eval")
     args = parser.parse_args(argv)
+    if args.concurrency is not None and args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
     args.eval_specs = dict(EVAL_SPECS)
     return args
 

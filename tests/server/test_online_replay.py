@@ -1,10 +1,13 @@
 """benchmarks/online_replay.py against a real `memcollab serve` subprocess whose fleet is
-scripted: with --chaos the service is SIGKILLed twice mid-stream and every check holds (0
-lost, 0 twice); a replay whose harness is itself killed resumes where it stopped; the eval
-step's experiment file leaves out what it must."""
+scripted: calls one at a time and four at a time end in the same checks; with --chaos and
+four calls in flight the service is SIGKILLed twice mid-stream, the calls in flight are
+retried with their own attempt ids and every check holds (0 lost, 0 twice); a replay whose
+harness is itself killed resumes where it stopped (a cut last progress line included); the
+eval step's experiment file leaves out what it must."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -118,14 +121,15 @@ def _fleet(path: Path, delay_s: float) -> Path:
     return path
 
 
-def _command(tmp: Path, step: str, *extra: str) -> list[str]:
+def _command(tmp: Path, step: str, *extra: str, run: str = "") -> list[str]:
     return [
         sys.executable, str(SCRIPT), step, "--data-dir", str(tmp / "data"),
         "--fleet", str(tmp / "fleet.toml"), "--models", "good", "bad",
         "--distiller", "distiller", "--labeller", "llm", "--search-labeller", "none",
         "--train-specs", "gsm8k:train", "math:train", "--dev-specs", "gsm8k:train[-2:]",
         "--v2-eval", str(tmp / "v2_eval.json"), "--tasks", "8", "--seed", "5",
-        "--lease", "1", "--work", str(tmp / "work"), "--out", str(tmp / "out"), *extra,
+        "--lease", "1", "--work", str(tmp / run / "work"), "--out", str(tmp / run / "out"),
+        *extra,
     ]  # fmt: skip
 
 
@@ -142,6 +146,17 @@ def tmp(tmp_path: Path) -> Path:
         json.dumps({"benchmarks": {"gsm8k": ["gsm8k/test/0", "gsm8k/test/1"]}})
     )
     return tmp_path
+
+
+def _learn(tmp: Path, *extra: str, run: str = "") -> dict[str, Any]:
+    """A learn step to its end (exit 0); its replay.json."""
+    done = subprocess.run(
+        _command(tmp, "learn", *extra, run=run), env=_env(tmp), capture_output=True, text=True,
+        timeout=250, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report: dict[str, Any] = json.loads((tmp / run / "out" / "replay.json").read_text())
+    return report
 
 
 def _progress(tmp: Path) -> list[dict[str, Any]]:
@@ -166,17 +181,38 @@ def _assert_clean(report: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_chaos_kills_the_service_twice_and_nothing_is_lost_or_doubled(tmp: Path) -> None:
-    run = subprocess.run(
-        _command(tmp, "learn", "--chaos", "--kills", "2", "--kill-delay-max", "0.4"),
-        env=_env(tmp), capture_output=True, text=True, timeout=280, check=False,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    report = json.loads((tmp / "out" / "replay.json").read_text())
+def test_one_call_at_a_time_and_four_at_once_end_the_same(tmp: Path) -> None:
+    one = _learn(tmp, "--concurrency", "1", run="one")
+    four = _learn(tmp, "--concurrency", "4", run="four")
+    for report in (one, four):
+        _assert_clean(report)
+    assert (one["concurrency"], one["this_run"]["max_in_flight"]) == (1, 1)
+    assert four["concurrency"] == 4 and four["this_run"]["max_in_flight"] > 1  # really at once
+    assert one["checks"] == four["checks"] and one["accuracy"] == four["accuracy"]
+    assert one["learning"] == four["learning"]
+
+    def verdicts(run: str) -> dict[tuple[str, str], str]:
+        rows = [json.loads(x) for x in (tmp / run / "work/progress.jsonl").read_text().splitlines()]
+        return {(r["task"], r["model"]): r["verdict"] for r in rows}
+
+    assert verdicts("one") == verdicts("four") and len(verdicts("one")) == 16
+    exported = [read_jsonl(tmp / run / "out/online.jsonl") for run in ("one", "four")]
+    assert len(exported[0]) == len(exported[1]) == one["checks"]["records_stored"] >= 1
+
+
+@pytest.mark.timeout(300)
+def test_chaos_with_calls_in_flight_loses_and_doubles_nothing(tmp: Path) -> None:
+    report = _learn(tmp, "--chaos", "--kills", "2", "--kill-delay-max", "0.4", "--concurrency", "4")
     _assert_clean(report)
     assert report["checks"]["kills"] == 2 and len(report["chaos"]["made"]) == 2
     assert all(k["pid"] is not None for k in report["chaos"]["made"])  # really killed
     assert report["chaos"]["starts"]["service"] == 3
+    # Calls were in flight when the service died; each was retried (same attempt id, so
+    # attempts_lost/doubled stay 0 above), and the counts add up across the progress file.
+    assert sum(k["in_flight"] for k in report["chaos"]["made"]) >= 1
+    assert report["chaos"]["retries"] == report["this_run"]["retries"] >= 1
+    rows = _progress(tmp)
+    assert report["chaos"]["replayed"] == sum(r.get("replayed", False) for r in rows)
     tasks = json.loads((tmp / "work" / "tasks.json").read_text())
     assert "gsm8k/train/6" not in tasks and "gsm8k/train/7" not in tasks  # the dev rows
     assert sum(t.startswith("gsm8k/") for t in tasks) == 4
@@ -205,17 +241,27 @@ def test_a_killed_replay_resumes_where_it_stopped(tmp: Path) -> None:
             first.kill()
     before = _progress(tmp)
     assert 5 <= len(before) < 16
-    second = subprocess.run(
-        _command(tmp, "learn"), env=_env(tmp), capture_output=True, text=True, timeout=250,
-        check=False,
-    )  # fmt: skip
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    after = _progress(tmp)
+    with (tmp / "work" / "progress.jsonl").open("a") as fh:
+        fh.write('{"task": "gsm8k/train/0", "mod')  # as a kill in the middle of a line cuts it
+    report = _learn(tmp)
+    after = _progress(tmp)  # the cut line is gone: every line reads
     assert after[: len(before)] == before  # kept, not redone
     assert len(after) == 16 and len({(r["task"], r["model"]) for r in after}) == 16
-    report = json.loads((tmp / "out" / "replay.json").read_text())
     _assert_clean(report)
     assert report["this_run"]["calls"] == 16 - len(before)
+    assert report["concurrency"] == 8  # the default: the scripted models' limits, 4 + 4
+
+
+def test_a_second_replay_on_the_same_work_folder_is_refused(tmp: Path) -> None:
+    (tmp / "work").mkdir()
+    with (tmp / "work" / "replay.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running replay holds it
+        run = subprocess.run(
+            _command(tmp, "learn"), env=_env(tmp), capture_output=True, text=True, timeout=120,
+            check=False,
+        )  # fmt: skip
+    assert run.returncode == 2 and "another replay is running" in run.stderr
+    assert not (tmp / "work" / "progress.jsonl").exists()
 
 
 def test_the_eval_step_refuses_missing_memories(tmp: Path) -> None:
