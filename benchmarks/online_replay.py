@@ -29,9 +29,10 @@ or with `--pool-from runs/v2/plan.json` from the v2 run's training pool (its
 which and counts the overlap with that pool.
 
 `--chaos`: at `--kills` seeded points of the stream the service (or, with `--worker
-separate`, the worker or the service, a seeded choice) is killed with SIGKILL after a
-seeded delay in [0, --kill-delay-max] s from the start of that call (mid-call or between
-calls), restarted, and the stream goes on: every call in flight then fails and is retried
+separate`, the worker or the service, a seeded choice) is killed with SIGKILL, every other
+kill after a seeded delay in [0, --kill-delay-max] s from the start of that call (mid-call
+or between calls), the others as soon as that call's answer arrives (before its feedback),
+restarted, and the stream goes on: every call in flight then fails and is retried
 with the same client id (one stored but not yet answered comes back replayed; replay.json
 counts `chaos.replayed`, and each kill's `in_flight`). The end checks are the "zero lost,
 zero twice" numbers:
@@ -85,7 +86,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,23 +392,33 @@ class Progress:
 
 
 def chaos_plan(args: argparse.Namespace, calls: int) -> list[dict[str, Any]]:
-    """The seeded kill points: call index, target, delay from the start of that call."""
+    """The seeded kill points: call index, target, and when: `delay` s from the start of
+    that call (kills 0, 2, ...), or as soon as its answer arrives, before its feedback
+    (kills 1, 3, ...: the retry then meets the stored exchange and is replayed)."""
     if not args.chaos or calls < 2:
         return []
     rng = random.Random(f"chaos:{args.seed}")
     points = sorted(rng.sample(range(1, calls), min(args.kills, calls - 1)))
     targets = ["service", "worker"] if args.worker == "separate" else ["service"]
-    return [
-        {"kill": n, "step": step, "target": rng.choice(targets),
-         "delay_s": round(rng.uniform(0.0, args.kill_delay_max), 3)}
-        for n, step in enumerate(points)
-    ]  # fmt: skip
+    plan = []
+    for n, step in enumerate(points):
+        kill: dict[str, Any] = {"kill": n, "step": step, "target": rng.choice(targets)}
+        delay = round(rng.uniform(0.0, args.kill_delay_max), 3)
+        kill |= {"when": "answered"} if n % 2 else {"when": "delay", "delay_s": delay}
+        plan.append(kill)
+    return plan
 
 
 def one_call(
-    client: openai.OpenAI, http: httpx.Client, task: Task, model: str, args: argparse.Namespace
+    client: openai.OpenAI,
+    http: httpx.Client,
+    task: Task,
+    model: str,
+    args: argparse.Namespace,
+    on_answer: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """The task to one model through the proxy, then feedback without a verdict."""
+    """The task to one model through the proxy, then feedback without a verdict
+    (`on_answer` runs between the two: a chaos kill in that window)."""
     domain = get_domain(task.domain)
     cid = client_id(task.id, model)
     raw = client.chat.completions.with_raw_response.create(
@@ -425,6 +436,8 @@ def one_call(
         },
     )
     raw.parse()
+    if on_answer is not None:
+        on_answer()
     records = raw.headers.get("x-memcollab-records")
     feedback = http.post("/v1/feedback", json={"attempt_id": cid})
     if feedback.status_code >= 500:
@@ -491,17 +504,27 @@ class Stream:
         """One (task, model): the call (with its planned kill), then its progress line."""
         kill = self.plan.get(step)
         made = {k["kill"] for k in self.progress.kills}
-        timer = None
+        timer = on_answer = None
         if kill is not None and kill["kill"] not in made:
             kill = dict(kill)
-            timer = threading.Timer(kill["delay_s"], self._fire, (kill,))
-            timer.start()  # the kill lands mid-call or after it, as the delay falls
+            if kill["when"] == "answered":
+                fired = threading.Event()
+
+                def on_answer(kill: dict[str, Any] = kill) -> None:
+                    if not fired.is_set():  # the first answer only, not a retry's
+                        fired.set()
+                        self._fire(kill)
+            else:
+                timer = threading.Timer(kill["delay_s"], self._fire, (kill,))
+                timer.start()  # the kill lands mid-call or after it, as the delay falls
         with self.lock:
             self.in_flight += 1
             self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.in_flight)
         try:
             row, retries = self._with_retries(
-                functools.partial(one_call, self.client, self.http, task, model, self.args)
+                functools.partial(
+                    one_call, self.client, self.http, task, model, self.args, on_answer
+                )
             )
         except BaseException:
             if timer is not None:
@@ -510,8 +533,9 @@ class Stream:
         finally:
             with self.lock:
                 self.in_flight -= 1
-        if timer is not None and kill is not None:
+        if timer is not None:
             timer.join()
+        if kill is not None and (timer is not None or on_answer is not None):
             self.progress.write({**kill, "at": time.time()})
         row = {**row, "retries": retries}
         self.progress.write(row)

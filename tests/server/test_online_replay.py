@@ -23,6 +23,7 @@ from memcollab.experiment.config import load_experiment
 from memcollab.experiment.runner import Experiment
 from memcollab.llm.cache import Gateway
 from memcollab.memory.store import read_jsonl
+from memcollab.server.context import ServerContext
 from tests.memory.distill_helpers import GOOD, line
 
 ROOT = Path(__file__).parents[2]
@@ -213,7 +214,14 @@ def test_chaos_with_calls_in_flight_loses_and_doubles_nothing(tmp: Path) -> None
     assert report["chaos"]["retries"] == report["this_run"]["retries"] >= 1
     rows = _progress(tmp)
     assert report["chaos"]["replayed"] == sum(r.get("replayed", False) for r in rows)
+    # The second kill lands when its call's answer arrives, before its feedback: the
+    # exchange is stored, so the retry (same attempt id) is replayed, not generated again.
     tasks = json.loads((tmp / "work" / "tasks.json").read_text())
+    assert [k["when"] for k in report["chaos"]["made"]] == ["delay", "answered"]
+    step = report["chaos"]["made"][1]["step"]
+    pair = (tasks[step // 2], ("good", "bad")[step % 2])
+    row = next(r for r in rows if (r.get("task"), r.get("model")) == pair)
+    assert row["replayed"] and row["retries"] >= 1 and report["chaos"]["replayed"] >= 1
     assert "gsm8k/train/6" not in tasks and "gsm8k/train/7" not in tasks  # the dev rows
     assert sum(t.startswith("gsm8k/") for t in tasks) == 4
     records = read_jsonl(tmp / "out" / "online.jsonl")
@@ -241,6 +249,15 @@ def test_a_killed_replay_resumes_where_it_stopped(tmp: Path) -> None:
             first.kill()
     before = _progress(tmp)
     assert 5 <= len(before) < 16
+    time.sleep(0.5)  # the service got SIGKILL with the harness (PR_SET_PDEATHSIG)
+    ctx = ServerContext.open(str(tmp / "work" / "memory.sqlite"), create=False)
+    try:
+        stored = {a.id for a in ctx.attempts.list("online", limit=100)[0]}
+    finally:
+        ctx.close()
+    # Calls in flight when the harness died whose exchange the service had stored: the
+    # resumed run sends them again under the same attempt id and gets them replayed.
+    unanswered = stored - {r["attempt"] for r in before}
     with (tmp / "work" / "progress.jsonl").open("a") as fh:
         fh.write('{"task": "gsm8k/train/0", "mod')  # as a kill in the middle of a line cuts it
     report = _learn(tmp)
@@ -249,6 +266,8 @@ def test_a_killed_replay_resumes_where_it_stopped(tmp: Path) -> None:
     assert len(after) == 16 and len({(r["task"], r["model"]) for r in after}) == 16
     _assert_clean(report)
     assert report["this_run"]["calls"] == 16 - len(before)
+    assert report["this_run"]["replayed"] == len(unanswered)
+    assert {r["attempt"] for r in after if r["replayed"]} == unanswered
     assert report["concurrency"] == 8  # the default: the scripted models' limits, 4 + 4
 
 
