@@ -517,6 +517,7 @@ class Stream:
             else:
                 timer = threading.Timer(kill["delay_s"], self._fire, (kill,))
                 timer.start()  # the kill lands mid-call or after it, as the delay falls
+        began = time.monotonic()
         with self.lock:
             self.in_flight += 1
             self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.in_flight)
@@ -537,7 +538,7 @@ class Stream:
             timer.join()
         if kill is not None and (timer is not None or on_answer is not None):
             self.progress.write({**kill, "at": time.time()})
-        row = {**row, "retries": retries}
+        row = {**row, "retries": retries, "seconds": round(time.monotonic() - began, 3)}
         self.progress.write(row)
         with self.lock:
             self.counts["calls"] += 1

@@ -5,7 +5,8 @@ in this process through memcollab's model layer.
   `/chat/completions` with httpx, the fleet model's key as the Bearer token, and the answer
   (JSON, or SSE chunks as they arrive) comes back unchanged.
 * `LocalUpstream` (every other provider: llamacpp, scripted, registered ones): the request is
-  turned into a `ChatRequest` and answered by `Gateway.complete` in a worker thread (no call
+  turned into a `ChatRequest` and answered by `Gateway.complete` in a thread of the model's
+  own pool, as wide as the model serves at once (a batching engine's `batch_width`; no call
   cache: a service generates); the `Completion` becomes an OpenAI `chat.completion` object,
   or, for `stream: true`, well-formed `chat.completion.chunk` SSE events ending in
   `data: [DONE]`. memcollab's `Message` has no tool calls, so an in-process model refuses
@@ -23,11 +24,13 @@ the configured timeout, 400 for a request an in-process model cannot serve.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,6 +323,22 @@ class LocalUpstream:
         self._gateway = gateway
         self._timeout_s = timeout_s
         self._model: Model | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _threads(self) -> ThreadPoolExecutor:
+        """The threads this model's calls run on: as many as the model serves at once.
+
+        Not asyncio.to_thread: the loop's default executor has min(32, cores + 4) threads
+        for all models together (6 on a 2-core machine), far below what a batching engine
+        decodes at once (`batch_width`, 16 for the packaged models). The Gateway's limit
+        of the model still bounds the calls in flight.
+        """
+        if self._pool is None:
+            model = await asyncio.to_thread(self._build)  # may read the weights' metadata
+            if self._pool is None:  # not made meanwhile by another request
+                width = max(1, model.concurrency()[1])
+                self._pool = ThreadPoolExecutor(width, thread_name_prefix=f"model-{self.name}")
+        return self._pool
 
     def _build(self) -> Model:
         if self._model is None:
@@ -337,7 +356,11 @@ class LocalUpstream:
         requests = local_request(body, self.spec, n)
         try:
             async with asyncio.timeout(self._timeout_s):
-                completions = await asyncio.to_thread(self._complete_all, requests)
+                threads = await self._threads()
+                context = contextvars.copy_context()  # as asyncio.to_thread does
+                completions = await asyncio.get_running_loop().run_in_executor(
+                    threads, lambda: context.run(self._complete_all, requests)
+                )
         except TimeoutError:
             raise UpstreamError(
                 504,
