@@ -227,8 +227,11 @@ class Processes:
             "--learn", "--distiller", a.distiller, "--learn-labeller", a.labeller,
             "--learn-lease", str(a.lease),
         ]  # fmt: skip
+        # A call waits its turn behind a full batch: the proxy's upstream timeout (default
+        # 300 s) would cut it; it answers 504 before the client's own timeout runs out.
         return [*base, "serve", *common, "--port", str(self.port), "--log-level", "warning",
-                "--labeller", a.search_labeller, *learn, *data]  # fmt: skip
+                "--labeller", a.search_labeller, "--upstream-timeout", str(a.call_timeout),
+                *learn, *data]  # fmt: skip
 
     def wanted(self) -> list[str]:
         return ["service", "worker"] if self.args.worker == "separate" else ["service"]
@@ -581,7 +584,7 @@ def stream(
     steps = [(task, model) for task in tasks for model in args.models]
     todo = [(i, t, m) for i, (t, m) in enumerate(steps) if (t.id, m) not in progress.done]
     client = openai.OpenAI(
-        base_url=procs.url + "/v1", api_key=key, max_retries=0, timeout=args.call_timeout
+        base_url=procs.url + "/v1", api_key=key, max_retries=0, timeout=args.call_timeout + 60
     )
     http = httpx.Client(
         base_url=procs.url,
@@ -884,7 +887,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kills", type=int, default=4)
     parser.add_argument("--kill-delay-max", type=float, default=20.0)
     parser.add_argument("--retries", type=int, default=20)
-    parser.add_argument("--call-timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--call-timeout", type=float, default=900.0, help="serve --upstream-timeout, s"
+    )
     parser.add_argument("--drain-timeout", type=float, default=7200.0)
     parser.add_argument("--work", type=Path, default=ROOT / "runs/online-replay")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/online")
