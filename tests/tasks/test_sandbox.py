@@ -66,7 +66,7 @@ def test_run_code_timeout_keeps_output(backend: BackendName) -> None:
     result = run_code(
         "print('started', flush=True)\nwhile True:\n    pass", limits, backend=backend
     )
-    assert result.status == "timeout"
+    assert result.status == "timeout", result  # seen "error" once under load: show why
     assert result.stdout == "started\n"
     assert "[sandbox] killed" in result.stderr
 
@@ -80,7 +80,7 @@ def test_run_code_sleep_hits_the_wall_clock_limit(backend: BackendName) -> None:
 def test_cpu_time_limit(backend: BackendName) -> None:
     limits = SandboxLimits(wall_s=20, cpu_s=1)
     result = run_code("while True:\n    pass", limits, backend=backend)
-    assert result.status == "timeout"
+    assert result.status == "timeout", result  # seen "error" once under load: show why
     assert "CPU time limit of 1 s" in result.stderr
 
 

@@ -215,18 +215,7 @@ def log(
     for namespace, rows in by_namespace.items():
         first = allocate(cur, sql, namespace, len(rows))
         changes = [
-            Change(
-                namespace=namespace,
-                version=first + i,
-                record_id=rid,
-                op=op,
-                status_before=before,
-                status_after=after,
-                record=None if blob is None else json.loads(blob),
-                reason=reason,
-                actor=actor,
-                at=now,
-            )
+            _change(namespace, first + i, rid, op, before, after, blob, reason, actor, now)
             for i, (rid, op, before, after, blob) in enumerate(rows)
         ]
         write(cur, sql, changes)
@@ -296,21 +285,36 @@ def read(
         statement += " AND record_id = ?"
         params.append(record_id)
     cur.execute(sql(statement + " ORDER BY version"), params)
-    return [
-        Change(
-            namespace=ns,
-            version=int(v),
-            record_id=rid,
-            op=op,
-            status_before=before,
-            status_after=after,
-            record=None if blob is None else json.loads(blob),
-            reason=reason,
-            actor=actor,
-            at=float(at),
-        )
-        for ns, v, rid, op, before, after, blob, reason, actor, at in cur.fetchall()
-    ]
+    return [_change(*row) for row in cur.fetchall()]
+
+
+def _change(
+    namespace: str,
+    version: int,
+    record_id: str,
+    op: str,
+    before: str | None,
+    after: str,
+    blob: str | None,
+    reason: str,
+    actor: str,
+    at: float,
+) -> Change:
+    """A Change from its stored columns (the record's content as its JSON text)."""
+    return Change.model_validate(
+        {
+            "namespace": namespace,
+            "version": int(version),
+            "record_id": record_id,
+            "op": op,
+            "status_before": before,
+            "status_after": after,
+            "record": None if blob is None else json.loads(blob),
+            "reason": reason,
+            "actor": actor,
+            "at": float(at),
+        }
+    )
 
 
 def current_version(cur: Any, sql: Sql, namespace: str) -> int:
