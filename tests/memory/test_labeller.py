@@ -23,6 +23,7 @@ from memcollab.memory.labeller import (
     LabellerError,
     MathModel,
     TrainedLabeller,
+    check_trained_data,
     make_labeller,
     words,
 )
@@ -249,6 +250,32 @@ def test_the_trained_labeller_from_a_data_dir_is_fitted_once(tmp_path: Path) -> 
     text = "Sam buys 3 apples for 2 dollars each at the store. How much money does he spend?"
     label = first.classify(_math(text))
     assert label.category == "Grade-school word problems" and label.confidence > 0.9
+
+
+def test_a_labeller_of_some_domains_fits_only_those_and_reads_data_only_for_math(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MEMCOLLAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # an empty default data dir
+    code = make_labeller("trained", domains={"code", "choice"})  # no data directory at all
+    assert isinstance(code, TrainedLabeller) and list(code.models) == ["code"]
+    task = Task(id="c", domain="code", prompt="Write a function that sorts a list of words.")
+    assert (
+        code.classify(task).category
+        == make_labeller("trained", data_dir=write_data_dir(tmp_path / "data"))
+        .classify(task)
+        .category
+    )  # the same code label as a labeller of every domain
+    assert code.classify(_math("What is 2 + 2?")).abstained  # not fitted: counted
+    assert code.stats()["math"]["unsupported"] == 1 and code.stats()["code"]["unsupported"] == 0
+    check_trained_data(None, {"code"})
+    for domains in ({"code", "math"}, None):  # math (or every domain: the default) needs data
+        with pytest.raises(LabellerDataError, match=r"math/train\.jsonl.*data get"):
+            make_labeller("trained", domains=domains)
+    with pytest.raises(LabellerDataError, match=r"math/train\.jsonl"):
+        check_trained_data(tmp_path / "nowhere", {"math"})
+    math = make_labeller("trained", data_dir=tmp_path / "data", domains={"math"})
+    assert isinstance(math, TrainedLabeller) and list(math.models) == ["math"]
 
 
 def _experiment(tmp_path: Path, labeller: str | None, conditions: list[str]) -> Experiment:

@@ -59,7 +59,7 @@ from memcollab.memory.api import Memory
 from memcollab.memory.build import BuildEvent
 from memcollab.memory.distill import Distiller
 from memcollab.memory.guidance import Labeller, LabelLike
-from memcollab.memory.labeller import CountingLabeller, make_labeller
+from memcollab.memory.labeller import CountingLabeller, check_trained_data, make_labeller
 from memcollab.memory.pairs import SAMPLE_CONDITION, PairingResult, PairingRule
 from memcollab.memory.record import MemoryRecord
 from memcollab.memory.retrieve import Mode, Retriever
@@ -495,6 +495,7 @@ class Experiment:
         if not redo:
             self._check_agent_unchanged()
         self._check_labeller_unchanged()
+        self._check_labeller_data()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
         part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
@@ -570,8 +571,26 @@ class Experiment:
         the model's own LLM classifier, or with `labeller = "trained"` the one trained
         labeller, whoever asks; `kind` overrides the [memory] labeller."""
         if (kind or self.config.memory.labeller) == "trained":
-            return make_labeller("trained", data_dir=self.config.data_dir)
+            return make_labeller(
+                "trained", data_dir=self.config.data_dir, domains=self._task_domains()
+            )
         return make_labeller("llm", client=self.gateway.bind(self.fleet.model(model)))
+
+    def _task_domains(self) -> set[str]:
+        """The domains of every task the run labels (train, dev, eval): the trained
+        labeller fits only these (a HumanEval-only run needs no data directory)."""
+        tasks = [*self.train_tasks, *(t for ts in self.eval_sets.values() for t in ts)]
+        tasks += self.dev.sets.tasks() if self.dev is not None else []
+        return {t.domain for t in tasks}
+
+    def _check_labeller_data(self) -> None:
+        """Fail before the first phase, not after training, when the trained labeller
+        needs train files that the data directory lacks (memory.labeller_data)."""
+        kinds = {self.config.memory.labeller} | {
+            str(c.describe().get("labeller")) for c in self.conditions
+        }
+        if "trained" in kinds:
+            check_trained_data(self.config.data_dir, self._task_domains())
 
     def _stored_count(self, phase: Phase) -> int:
         """How many results of `phase` are stored: trajectories, or memory records."""

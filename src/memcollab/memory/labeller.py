@@ -24,15 +24,17 @@ labeller has no model for abstains too, counted as `unsupported`.
 Thresholds were chosen on development rows only (benchmarks/labeller_accuracy.py shows the
 sweep): never on an evaluation task. The fitted models are kept in memory per data
 directory for the life of the process (fitting takes a few seconds); nothing is cached on
-disk. `make_labeller` picks the labeller by name: "llm" (the default everywhere: the
-`DomainClassifier`, today's behaviour) or "trained".
+disk. Only math needs the data directory (code has no training rows): a labeller asked for
+some domains only (`domains`, e.g. an experiment's task domains) fits only those, so a
+code-only run needs no data directory. `make_labeller` picks the labeller by name: "llm"
+(the default everywhere: the `DomainClassifier`, today's behaviour) or "trained".
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache, lru_cache
 from importlib.resources import files
@@ -51,6 +53,10 @@ if TYPE_CHECKING:
     from memcollab.llm.cache import ModelClient
 
 LABELLER_KINDS = ("llm", "trained")
+# The domains the trained labeller has a model for, and those whose model is fitted on the
+# data directory's train files (code's model reads only the built-in taxonomy).
+TRAINED_DOMAINS = ("math", "code")
+DATA_DOMAINS = frozenset({"math"})
 # Category thresholds: the grid value with the most right minus wrong labels among those
 # kept (an abstention scores 0; ties to the lowest), on development rows: math on the tune
 # slice (300 MATH train rows; grid 0.30, 0.35, ... 0.90), code on the 60 hand-labelled MBPP
@@ -326,11 +332,22 @@ class TrainedLabeller:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_data(cls, data_dir: str | Path | None) -> TrainedLabeller:
+    def from_data(
+        cls, data_dir: str | Path | None, domains: Collection[str] | None = None
+    ) -> TrainedLabeller:
         """A labeller trained on the train files of `data_dir` (else MEMCOLLAB_DATA_DIR);
-        fitted once per directory and process, then shared (each labeller counts alone)."""
-        root = resolve_data_dir(data_dir)
-        return cls(_fitted_models(str(root.resolve())))
+        fitted once per directory and process, then shared (each labeller counts alone).
+
+        With `domains`, only the models of those domains are made: the data directory is
+        read only if one of them needs it (math), so a code-only labeller needs none. A
+        task of a domain left out abstains, counted as `unsupported`."""
+        wanted = [d for d in TRAINED_DOMAINS if domains is None or d in domains]
+        models: dict[str, DomainModel] = {}
+        if "math" in wanted:
+            models["math"] = _math_model(str(resolve_data_dir(data_dir).resolve()))
+        if "code" in wanted:
+            models["code"] = _code_model()
+        return cls(models)
 
     def classify(self, task: Task) -> TrainedLabel:
         """The (category, subcategory) of `task`, or `UNLABELLED` where it abstains."""
@@ -376,12 +393,22 @@ class TrainedLabeller:
 
 
 @lru_cache(maxsize=4)
-def _fitted_models(root: str) -> dict[str, DomainModel]:
+def _math_model(root: str) -> MathModel:
     data = labeller_data(root)
-    return {
-        "math": MathModel(data.texts, data.labels),
-        "code": DescriptionModel(builtin_taxonomy("code")),
-    }
+    return MathModel(data.texts, data.labels)
+
+
+@cache
+def _code_model() -> DescriptionModel:
+    return DescriptionModel(builtin_taxonomy("code"))
+
+
+def check_trained_data(data_dir: str | Path | None, domains: Collection[str]) -> None:
+    """Raise the labeller's one clear error now if labelling `domains` needs train files
+    that `data_dir` (else MEMCOLLAB_DATA_DIR, else the default) does not hold; reads nothing
+    else and fits nothing (a long run can check before its first phase)."""
+    if DATA_DOMAINS & set(domains):
+        resolve_data_dir(data_dir)
 
 
 class CountingLabeller(Labeller, Protocol):
@@ -396,10 +423,12 @@ def make_labeller(
     client: ModelClient | None = None,
     data_dir: str | Path | None = None,
     taxonomies: Mapping[str, Taxonomy | str] | None = None,
+    domains: Collection[str] | None = None,
 ) -> CountingLabeller:
     """The labeller called `kind`: "llm" (default: `DomainClassifier`, the `client`'s model
     picks the options of each domain's taxonomy, or of `taxonomies`) or "trained"
-    (`TrainedLabeller`, trained on the train files of `data_dir`; no model calls)."""
+    (`TrainedLabeller`, trained on the train files of `data_dir`; no model calls; with
+    `domains`, only those domains' models, see `TrainedLabeller.from_data`)."""
     check_labeller_kind(kind)
     if kind == "llm":
         if client is None:
@@ -412,7 +441,7 @@ def make_labeller(
             "the trained labeller has its own taxonomies (math-v2, code)",
             "give --taxonomy only with the llm labeller",
         )
-    return TrainedLabeller.from_data(data_dir)
+    return TrainedLabeller.from_data(data_dir, domains)
 
 
 def check_labeller_kind(kind: str) -> str:
