@@ -205,7 +205,7 @@ def demo(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Run folder (default: <cache>/demo).")
+        Path | None, typer.Option("--out", help="Run folder (default: <cache>/demo-v2).")
     ] = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
@@ -222,7 +222,6 @@ def demo(
     )
     from memcollab.experiment.results import load_results
     from memcollab.experiment.runner import Experiment
-    from memcollab.memory import Memory
 
     fleet = demo_fleet()
     prepare_with_progress([fleet.spec(n).packaged or n for n in fleet.names()])
@@ -238,16 +237,7 @@ def demo(
     _, plots = write_report(experiment.out)
     results = load_results(experiment.out)
     console.rule("Constraints the fleet learned (memcollab memory)")
-    with Memory.open(experiment.memory_path()) as memory:
-        for ns in experiment.recipes:
-            for record in memory.list(ns):
-                console.print(
-                    f"[bold]{record.category} / {record.subcategory}[/bold]"
-                    f" [dim](from {record.source_task_id}: {record.model_pos} right,"
-                    f" {record.model_neg} wrong)[/dim]"
-                )
-                for c in record.constraints:
-                    console.print(f"  - {c.text()}", markup=False, highlight=False)
+    _print_learned(experiment)
     console.rule("Accuracy (%) on held-out tasks")
     console.print(accuracy_table(results), markup=False, highlight=False)
     console.print(effort_table(results), markup=False, highlight=False)
@@ -266,3 +256,40 @@ def demo(
         " A small demo cannot show a significant effect: see benchmarks/results/paper.[/dim]"
     )
     print_gateway_stats(gateway)
+
+
+def _print_learned(experiment) -> None:  # type: ignore[no-untyped-def]
+    """The demo memory's constraints (merged ones once, with their support); when there are
+    none, why: the pairing and distillation counts of build_summary.json."""
+    import json
+
+    from memcollab.memory import Memory
+
+    shown = 0
+    with Memory.open(experiment.memory_path()) as memory:
+        for ns in experiment.recipes:
+            for record in memory.list(ns):
+                if not record.constraints:  # all merged into another record's (support)
+                    continue
+                shown += 1
+                console.print(
+                    f"[bold]{record.category} / {record.subcategory}[/bold]"
+                    f" [dim](from {record.source_task_id}: {record.model_pos} right,"
+                    f" {record.model_neg} wrong)[/dim]"
+                )
+                for c in record.constraints:
+                    support = f" (support {c.support})" if c.support > 1 else ""
+                    console.print(f"  - {c.text()}{support}", markup=False, highlight=False)
+    if shown:
+        return
+    summaries = json.loads((experiment.out / "build_summary.json").read_text())
+    for ns, summary in summaries.items():
+        pairing, distill = summary.get("pairing", {}), summary.get("distill", {})
+        console.print(
+            f"none in {ns}: {pairing.get('pairs', 0)} pair(s) of {pairing.get('tasks', 0)}"
+            f" training tasks ({pairing.get('mixed', 0)} with a success and a failure,"
+            f" {pairing.get('below_floor', 0)} of them failed only by models under the"
+            f" near-miss floor); {distill.get('constraints', 0)} constraint(s) kept",
+            markup=False,
+            highlight=False,
+        )

