@@ -309,6 +309,8 @@ class Memory:
             record = MemoryRecord.model_validate(record)
         if screen:
             self._screen([record], "add")
+        if status == "active" and not reason and not actor:
+            return self.store.add(record)
         return bool(self.store.add_records([record], status=status, reason=reason, actor=actor))
 
     def add_or_merge(
