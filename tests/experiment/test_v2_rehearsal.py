@@ -320,7 +320,8 @@ def test_the_v2_experiment_rehearsed_end_to_end(tmp_path: Path) -> None:
     )
     memories = text.split("## Memories", 1)[1].split("##")[0]
     assert v2_ns in memories and paper_ns in memories and "imported from" in memories
-    assert text.count("(stopped)") >= 3  # the parts table shows the stopped parts
+    assert text.count("(stopped)") == 3  # the parts table: the three stopped parts,
+    assert text.count("(failed: ") == 2  # and the two refused ones
 
     # -- part 8: the whole plan again (a plain `experiment run`): nothing changes ----------
     def state() -> tuple:
