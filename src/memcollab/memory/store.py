@@ -67,7 +67,7 @@ from memcollab.memory.store_changes import Change, Op, Status, export_lines, wit
 
 SCHEMA_VERSION = 5
 """The layout of the store's tables; a store written by a newer layout is refused. Each
-migration step is named in store_sql.py (`MIGRATION_STEPS`)."""
+migration step is named in store_sql_schema.py (`MIGRATION_STEPS`)."""
 UPGRADE_HINT = "upgrade memcollab: pip install -U memcollab"
 
 
