@@ -1,4 +1,4 @@
-"""`memcollab models list|prepare|chat`: the packaged local models and a fleet's models."""
+"""`memcollab models list|prepare|prune|chat`: the packaged local models and a fleet's models."""
 
 from __future__ import annotations
 

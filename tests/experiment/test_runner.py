@@ -573,3 +573,22 @@ def test_near_miss_memory_excludes_models_under_the_floor(tmp_path: Path) -> Non
         bad = experiment_dict(tmp_path, ["vanilla", "x"])
         bad["condition"] = {"x": {"kind": "memcollab", "pairing": "nearest"}}
         Experiment(parse_experiment(bad), Gateway(None), Fleet.from_dict(fleet_dict()))
+
+
+def test_a_part_that_fails_is_recorded_as_failed_not_stopped(tmp_path: Path) -> None:
+    """A part refused (eval before the memory is built) or crashed is no stopped part: the
+    split table of a committed report must not pass a failure off as a clean stop."""
+    experiment = _experiment(tmp_path, ["vanilla", "memcollab"])
+    experiment.run(phases=["train"])
+    with pytest.raises(UserError, match="not fully built"):
+        experiment.run(phases=["eval"])
+    part = json.loads((tmp_path / "out" / "parts.jsonl").read_text().splitlines()[-1])
+    assert part["finished"] is False
+    line = part["phases"]["eval"]
+    assert "interrupted" not in line and line["computed"] == 0
+    assert line["failed"].startswith("UserError: memory memcollab.by.right is not fully built")
+    assert describe_phase("eval", line).startswith("eval: 0 new in 0.0 min (failed: UserError")
+    experiment.run()
+    text, _ = write_report(tmp_path / "out")
+    assert re.search(r"\| 2 \| [^|]+ \| [0-9.]+ \| failed \| eval: 0 new in 0.0 min \(failed", text)
+    assert "(stopped)" not in text

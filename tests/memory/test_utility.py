@@ -13,7 +13,7 @@ import pytest
 from memcollab.memory import Memory
 from memcollab.memory.record import Constraint, MemoryRecord, task_hash
 from memcollab.memory.store import SCHEMA_VERSION, MemoryStore, MemoryUnsupportedError
-from memcollab.memory.store_sql import MIGRATION_STEPS
+from memcollab.memory.store_sql_schema import MIGRATION_STEPS
 from memcollab.memory.utility import (
     Estimate,
     UtilityPolicy,

@@ -144,3 +144,16 @@ def test_a_verdict_from_an_untrusted_key_or_an_unknown_key_quarantines(
         by_verdict.record_id: "quarantined",
         by_unknown.record_id: "quarantined",
     }
+
+
+def test_a_pair_from_a_key_revoked_since_is_filed_quarantined(storage: Storage, kind: str) -> None:
+    """Revoking a key often means it leaked: attempts it sent before are no longer vouched
+    for, so a pair they stand in is quarantined (a person may release it)."""
+    ctx = storage.new(kind)
+    leaked = ctx.keys.create("a", "write", "leaked")[0]
+    _pair(ctx, "t1", key_id=leaked)
+    assert ctx.keys.revoke(leaked)
+    outcome = _learn(ctx)
+    assert outcome.record_status == "quarantined"
+    (added,) = ctx.memory.changes("a", record_id=outcome.record_id)
+    assert f"untrusted key {leaked}" in added.reason

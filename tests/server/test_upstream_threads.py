@@ -56,3 +56,37 @@ def test_a_full_batch_of_calls_is_in_flight_at_once() -> None:
     answers = asyncio.run(all_at_once())
     assert [a.status for a in answers] == [200] * WIDTH
     assert not model.barrier.broken
+
+
+def _model_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("model-wide")]
+
+
+def test_closing_the_upstreams_ends_the_model_threads() -> None:
+    """The proxy's lifespan closes its Upstreams at shutdown: each in-process model's
+    threads end then (before, its pool lived as long as the process)."""
+    from memcollab.server.upstream import Upstreams
+
+    model = BarrierModel()
+    model.barrier = threading.Barrier(1)  # one call at a time answers at once
+    spec = ModelSpec(name="wide", provider="scripted", responses=["unused"])
+
+    class Fleet1(OneModelFleet):
+        def spec(self, name: str) -> ModelSpec:
+            return spec
+
+    upstreams = Upstreams(Fleet1(model), timeout_s=60.0)  # type: ignore[arg-type]
+    body = {"model": "wide", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def serve_then_close() -> int:
+        upstream = upstreams.get("wide")
+        answers = await asyncio.gather(*(upstream.complete(dict(body)) for _ in range(3)))
+        assert [a.status for a in answers] == [200] * 3
+        running = len(_model_threads())
+        await upstreams.aclose()
+        return running
+
+    assert asyncio.run(serve_then_close()) >= 1
+    for thread in _model_threads():
+        thread.join(timeout=10)
+    assert _model_threads() == []

@@ -218,7 +218,9 @@ def parts_table(folder: Path) -> str | None:
         part = json.loads(line)
         when = dt.datetime.fromtimestamp(part["started"], dt.UTC).strftime("%Y-%m-%d %H:%M")
         phases = ", ".join(describe_phase(name, v) for name, v in part.get("phases", {}).items())
-        state = "finished" if part.get("finished") else "stopped"
+        failed = any(v.get("failed") for v in part.get("phases", {}).values())
+        state = "finished" if part.get("finished") else "failed" if failed else "stopped"
+        phases = phases.replace("|", "\\|")  # a failure's message stays in its cell
         rows.append([str(i), when, f"{part['wall_s'] / 60:.1f}", state, phases or "-"])
     return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
 

@@ -178,11 +178,13 @@ def average_accuracy(results: Results, model: str, condition: str) -> float | No
 
 def describe_phase(name: str, phase: dict[str, Any]) -> str:
     """What one phase of a part computed ("memory: 31 new records in 2.8 min (stopped);
-    410 model calls, 96 replayed")."""
+    410 model calls, 96 replayed"; "(failed: ERROR)" where the phase raised)."""
     unit = "new records" if name == "memory" else "new"
     text = f"{name}: {phase['computed']} {unit} in {phase['seconds'] / 60:.1f} min"
     if phase.get("interrupted"):
         text += " (stopped)"
+    if phase.get("failed"):
+        text += f" (failed: {phase['failed']})"
     if "model_calls" in phase:  # parts written before these counters have no such keys
         text += f"; {phase['model_calls']} model calls, {phase['replayed_calls']} replayed"
     return text

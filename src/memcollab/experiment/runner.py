@@ -490,7 +490,9 @@ class Experiment:
         Per phase: `computed` (new trajectories, or new memory records), `seconds`,
         `model_calls` (calls a model answered) and `replayed_calls` (calls answered from the
         call cache: a trajectory rebuilt from replayed calls counts as computed, these tell
-        the two apart); a phase that was stopped is marked `interrupted`."""
+        the two apart); a phase that was stopped (KeyboardInterrupt, as SIGTERM becomes) is
+        marked `interrupted`, one that raised anything else `failed` (the error's type and
+        first line), so a refused or crashed part never reads as a clean stop."""
         emit = on_event or (lambda event: None)
         if not redo:
             self._check_agent_unchanged()
@@ -500,6 +502,7 @@ class Experiment:
         (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
         part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
         phase, began, before, calls = None, time.perf_counter(), 0, (0, 0)
+        ended: dict[str, Any] = {"interrupted": True}
         try:
             for phase in PHASES:
                 if phase not in phases or (phase == "dev" and self.dev is None):
@@ -510,14 +513,17 @@ class Experiment:
                 part["phases"][phase] = self._phase_line(done, began, calls)
             part["finished"] = True
             return part
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            first = (str(exc).splitlines() or [""])[0][:300]
+            ended = {"failed": f"{type(exc).__name__}: {first}"}
+            raise
         finally:
             if not part["finished"] and phase is not None and phase not in part["phases"]:
-                # Stopped mid-phase: what this part added is what the stores gained.
+                # Stopped or failed mid-phase: what this part added is what the stores gained.
                 added = max(0, self._stored_count(phase) - before)
-                part["phases"][phase] = {
-                    **self._phase_line(added, began, calls),
-                    "interrupted": True,
-                }
+                part["phases"][phase] = {**self._phase_line(added, began, calls), **ended}
             part["ended"] = time.time()
             part["wall_s"] = round(part["ended"] - part["started"], 1)
             with (self.out / "parts.jsonl").open("a", encoding="utf-8") as fh:

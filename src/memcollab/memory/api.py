@@ -353,11 +353,11 @@ class Memory:
             return AddResult(record.id, created, status, len(record.constraints) if created else 0)
         bucket = (record.namespace, record.domain, record.category, record.subcategory)
         active = self.store.records(*bucket)
-        withheld = self.statuses(record.namespace)
+        served = {r.id for r in active}  # only the bucket's withheld records are looked up
         held = [
             r
             for r in self.store.records(*bucket, include_flagged=True)
-            if withheld.get(r.id) == "quarantined"
+            if r.id not in served and self.status(r.id) == "quarantined"
         ]
         kept, merges, changed, corroborated = plan(record, active, held, threshold)
         created = self.add(record.with_constraints(kept), screen=False, reason=reason, actor=actor)

@@ -67,7 +67,7 @@ from memcollab.memory.store_changes import Change, Op, Status, export_lines, wit
 
 SCHEMA_VERSION = 5
 """The layout of the store's tables; a store written by a newer layout is refused. Each
-migration step is named in store_sql.py (`MIGRATION_STEPS`)."""
+migration step is named in store_sql_schema.py (`MIGRATION_STEPS`)."""
 UPGRADE_HINT = "upgrade memcollab: pip install -U memcollab"
 
 
@@ -396,19 +396,20 @@ class MemoryStore(ABC):
         and notes.
         """
         count = 0
+        finals: dict[str, dict[str, str]] = {}  # namespace -> id -> canonical record written
         with replace_when_done(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
             for blob in self._iter_json(namespace):
                 fh.write(blob + "\n")
                 count += 1
+                if self.keeps_history:  # read once: the history refers to these lines
+                    record = MemoryRecord.model_validate_json(blob)
+                    finals.setdefault(record.namespace, {})[record.id] = record.model_dump_json()
             for note in self.notes(namespace):
                 fh.write(note.export_line() + "\n")
             if self.keeps_history:
                 names = [namespace] if namespace is not None else sorted(self.namespaces())
                 for name in names:
-                    finals = {
-                        r.id: r.model_dump_json() for r in self.records(name, include_flagged=True)
-                    }
-                    for line in export_lines(self.changes(name), finals):
+                    for line in export_lines(self.changes(name), finals.get(name, {})):
                         fh.write(line + "\n")
         return count
 

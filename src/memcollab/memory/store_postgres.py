@@ -18,7 +18,8 @@ from typing import Any
 
 from memcollab.errors import UserError
 from memcollab.memory.store import MemoryConnectionError, MemoryStore, register_backend
-from memcollab.memory.store_sql import _schema, _SQLMemory
+from memcollab.memory.store_sql import _SQLMemory
+from memcollab.memory.store_sql_schema import memory_schema
 
 _PG_CONNECT_TIMEOUT_S = 10
 DEFAULT_POOL_SIZE = 10
@@ -233,7 +234,7 @@ class PostgresMemory(_SQLMemory):
                             sql.Identifier(self.schema)
                         )
                     )
-                for statement in _schema(
+                for statement in memory_schema(
                     'TEXT COLLATE "C"', "DOUBLE PRECISION", "BIGINT", "BIGSERIAL PRIMARY KEY"
                 ):
                     cur.execute(statement)

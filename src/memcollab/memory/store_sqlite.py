@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from memcollab.memory.store import MemoryConnectionError, MemoryStore, register_backend
-from memcollab.memory.store_sql import _schema, _SQLMemory
+from memcollab.memory.store_sql import _SQLMemory
+from memcollab.memory.store_sql_schema import memory_schema
 from memcollab.sqlite_local import connect, create_with_wal
 
 
@@ -47,7 +48,7 @@ class SQLiteMemory(_SQLMemory):
     def _init_schema(self) -> None:
         def create(conn: sqlite3.Connection) -> None:
             with self._write() as cur:
-                for statement in _schema(
+                for statement in memory_schema(
                     "TEXT", "REAL", "INTEGER", "INTEGER PRIMARY KEY AUTOINCREMENT"
                 ):
                     cur.execute(statement)

@@ -17,7 +17,8 @@ attempts (the reason).
 
 A learned record is active: the worker distils judged attempts only. But when an attempt
 of the pair, or its verdict, came from an untrusted key (server/guard.py; or a key id the
-service does not know), the record is filed quarantined, as that key's own adds are:
+service does not know, or a key revoked since: revoking a key often means it leaked, so
+what it sent is no longer vouched for), the record is filed quarantined, as that key's own adds are:
 never served, never merged into others, until released.
 
 Outcomes that make no record are refusals with a reason: the v2 / form screen or the
@@ -153,11 +154,12 @@ class Outcome:
 
 def untrusted_keys(ctx: ServerContext, attempts: Sequence[Attempt]) -> list[str]:
     """The ids of the keys behind `attempts` (each one's sender and verdict giver) that
-    are not trusted: marked untrusted, or unknown to the service (sorted, unique)."""
+    are not trusted: marked untrusted, revoked, or unknown to the service (sorted, unique)."""
     found: set[str] = set()
     for key_id in {k for a in attempts for k in (a.key_id, a.verdict_key_id) if k}:
         try:
-            trusted = ctx.keys.get(key_id).trusted
+            info = ctx.keys.get(key_id)
+            trusted = info.trusted and not info.revoked
         except ApiKeyError:  # not a key of this service: nothing vouches for it
             trusted = False
         if not trusted:

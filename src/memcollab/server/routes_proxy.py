@@ -87,6 +87,8 @@ def _upstreams(request: Request, ctx: ServerContext) -> Upstreams:
     state = request.app.state
     upstreams: Upstreams | None = getattr(state, "proxy_upstreams", None)
     if upstreams is None or upstreams.fleet is not ctx.fleet:
+        if upstreams is not None:  # another fleet: the old models' threads end
+            upstreams.close_models()
         upstreams = Upstreams(ctx.fleet, ctx.settings.upstream_timeout_s)
         state.proxy_upstreams = upstreams
     return upstreams

@@ -377,6 +377,13 @@ class LocalUpstream:
             ) from None
         return completion_object(self.name, completions)
 
+    def close(self) -> None:
+        """Stop this model's threads (at shutdown): queued calls are cancelled, a call
+        already running finishes on its thread (a model call cannot be interrupted)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
     async def complete(self, body: dict[str, Any]) -> Answer:
         obj = await self._answer(body)
         return Answer(200, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json")
@@ -422,8 +429,15 @@ class Upstreams:
             self._local[name] = LocalUpstream(spec, self.fleet, self.gateway, self.timeout_s)
         return self._local[name]
 
+    def close_models(self) -> None:
+        """Stop the in-process models' threads (a later call makes them again)."""
+        for local in self._local.values():
+            local.close()
+        self._local.clear()
+
     async def aclose(self) -> None:
-        """Close the HTTP client (at shutdown)."""
+        """Close the HTTP client and stop the in-process models' threads (at shutdown)."""
+        self.close_models()
         if self._client is not None:
             await self._client[1].aclose()
             self._client = None
