@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from memcollab.memory.store import read_export_with_history
+from memcollab.memory.store_changes import Change, state_at
 
 GRADES = ("abstract", "task_specific", "wrong", "vacuous")
 SOURCES = ("old", "new")
@@ -54,12 +55,9 @@ def served_constraints(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _inactive_ids(history: Any) -> set[str]:
-    """Records whose last change in the export's history left them not active."""
-    last: dict[str, str] = {}
-    for change in history or ():
-        last[change.record_id] = change.status_after
-    return {rid for rid, status in last.items() if status != "active"}
+def _inactive_ids(history: list[Change]) -> set[str]:
+    """Records the export's history leaves not active (store_changes.state_at replays it)."""
+    return {rid for rid, (status, _) in state_at(history).items() if status != "active"}
 
 
 def draw(old: Path, new: Path, n: int, seed: int) -> tuple[list[dict], dict[str, dict]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +51,14 @@ def packaged_path(name: str) -> Path:
 def gemma_path() -> Path:
     """The verified Gemma 3 270M GGUF (assembled on first use)."""
     return packaged_path("gemma3-270m")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM to pytest (e.g. `timeout 600 pytest ...`) stops it as Ctrl-C does, so tests
+    that started processes can end them (tests/test_readme_use_path.py kills its session);
+    the default action would end pytest at once and leave them running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -52,6 +52,9 @@ def _bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPr
             os.killpg(process.pid, signal.SIGKILL)  # the session this test started
             out, err = process.communicate()
             pytest.fail(f"timed out after 2400 s:\n{out[-3000:]}\n{err[-3000:]}")
+        except BaseException:  # Ctrl-C, or SIGTERM to pytest (tests/conftest.py): no orphans
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 

@@ -15,8 +15,8 @@
 
 Every request it understands is logged (`calls`); one it does not is an error. Once
 `stopped` is set, every request fails, as when a stopped part's process exits under the
-calls in flight. Models are served through the provider `PROVIDER` (registered here),
-named like the packaged fleet.
+calls in flight. Models are served through the provider `PROVIDER` (a dotted path to this
+module), named like the packaged fleet.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from pathlib import Path
 
 from memcollab.domains import get_domain
 from memcollab.llm.base import ChatRequest, Model
-from memcollab.llm.fleet import Fleet, ModelSpec, register_provider
+from memcollab.llm.fleet import Fleet, ModelSpec
 from memcollab.llm.scripted import ScriptedModel
 from memcollab.memory.distill import prompts as distill_prompts
 from memcollab.tasks.task import Task
 
-PROVIDER = "rehearsal-oracle"
+# A dotted provider path, not @register_provider: a registration at import would leak into
+# every later test that lists the registry (tests/llm/test_fleet.py checks it does not).
+PROVIDER = "tests.experiment.oracle:build_oracle_model"
 STRONG, MID, WEAK = "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m"
 BASE_RATES = {STRONG: 0.6, MID: 0.4, WEAK: 0.0}  # WEAK: under any near-miss floor
 # With memory: the 1.5B gains everywhere, the 0.5B in math, and loses in code (so the
@@ -186,8 +188,8 @@ class Oracle:
 _ORACLES: dict[str, Oracle] = {}
 
 
-@register_provider(PROVIDER)
-def _build(spec: ModelSpec) -> Model:
+def build_oracle_model(spec: ModelSpec) -> Model:
+    """A model of the packaged fleet answered by the oracle its options name."""
     oracle = _ORACLES[spec.options["oracle"]]
     return ScriptedModel(lambda request: oracle.respond(spec.name, request), name=spec.name)
 

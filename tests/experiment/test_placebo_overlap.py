@@ -3,25 +3,10 @@ condition are counted, and the comparison over the others leaves them out."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
 from memcollab.experiment.results import ResultRow, Results
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "placebo_overlap", ROOT / "benchmarks" / "placebo_overlap.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.benchmarks import load_benchmark
 
 
 def _row(task: str, condition: str, correct: bool, ids: list[str]) -> ResultRow:
@@ -60,7 +45,7 @@ def test_overlap_counts_shared_tasks_and_compares_the_rest() -> None:
         planned_tasks={},
         complete_tasks={},
     )
-    out = _module().overlap(results, "placebo-v2", "memcollab-v2")["m"]
+    out = load_benchmark("placebo_overlap").overlap(results, "placebo-v2", "memcollab-v2")["m"]
     assert out["tasks"] == 8 and out["tasks_sharing_a_record"] == 2
     assert out["shared_by_benchmark"] == {"gsm8k": 1, "mbpp": 1}
     assert out["tasks_without_memory"] == 1
@@ -70,4 +55,4 @@ def test_overlap_counts_shared_tasks_and_compares_the_rest() -> None:
     clean = out["tasks_sharing_none"]
     assert (clean["n"], clean["condition_correct"], clean["baseline_correct"]) == (6, 5, 0)
     with pytest.raises(SystemExit, match="not in this run"):
-        _module().overlap(results, "placebo", "memcollab-v2")
+        load_benchmark("placebo_overlap").overlap(results, "placebo", "memcollab-v2")

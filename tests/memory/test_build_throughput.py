@@ -3,12 +3,9 @@ runs the packaged distiller; see the script's docstring)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -16,22 +13,12 @@ from memcollab.collect import TrajectoryStore
 from memcollab.tasks.task import Task
 from tests.experiment.scripted import fleet_toml
 from tests.memory.distill_helpers import traj
+from tests.support.benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = [
     Task(id=f"t/{i}", domain="math", prompt=f"Add {i} and 3.", answer=str(i + 3)) for i in range(6)
 ]
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "build_throughput", ROOT / "benchmarks" / "build_throughput.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_throughput"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _world(tmp_path: Path, wrong_right_on: set[str]) -> tuple[Path, Path]:
@@ -54,7 +41,7 @@ def test_both_conditions_build_the_same_records_from_fresh_caches(tmp_path: Path
     out = tmp_path / "result.json"
     argv = ["--runs", str(runs), "--fleet", str(fleet), "--pairs", "3", "--repeats", "2"]
     argv += ["--labeller", "llm", "--out", str(out)]
-    assert _module().main(argv) == 0
+    assert load_benchmark("build_throughput").main(argv) == 0
     result = json.loads(out.read_text())
     assert result["complete"] and result["command"].endswith(" ".join(argv))
     settings = result["settings"]
@@ -95,20 +82,20 @@ def test_a_store_without_pairs_is_one_clear_error(
     runs, fleet = _world(tmp_path, set())  # `wrong` never right: under the near-miss floor
     out = tmp_path / "result.json"
     argv = ["--runs", str(runs), "--fleet", str(fleet), "--labeller", "llm", "--out", str(out)]
-    assert _module().main(argv) == 2
+    assert load_benchmark("build_throughput").main(argv) == 2
     assert "finds no pair" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_a_missing_store_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as stopped:
-        _module().main(["--runs", str(tmp_path / "nowhere")])
+        load_benchmark("build_throughput").main(["--runs", str(tmp_path / "nowhere")])
     assert stopped.value.code == 2
 
 
 def test_the_defaults_are_the_v2_experiments_memory_settings() -> None:
     config = tomllib.loads((ROOT / "benchmarks/results/v2/experiment.toml").read_text())
     memory = config["memory"]
-    defaults = _module().V2_MEMORY
+    defaults = load_benchmark("build_throughput").V2_MEMORY
     assert {k: memory[k] for k in defaults} == defaults
     assert memory.get("distiller", "strongest") == "strongest"  # the benchmark's default too

@@ -4,30 +4,19 @@ missing, doubled or unknown grades."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from memcollab.memory import Memory
 from memcollab.memory.record import Constraint, MemoryRecord, task_hash
+from tests.support.benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD = (
     ROOT / "benchmarks" / "results" / "paper" / "memories" / "memcollab.by.qwen2.5-coder-1.5b.jsonl"
 )
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "screen_blind_sample", ROOT / "benchmarks" / "screen_blind_sample.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _new_export(tmp_path: Path) -> tuple[Path, str]:
@@ -67,7 +56,7 @@ def _new_export(tmp_path: Path) -> tuple[Path, str]:
 
 
 def test_draw_is_blind_seeded_and_skips_unserved_records(tmp_path: Path) -> None:
-    module = _module()
+    module = load_benchmark("screen_blind_sample")
     new, archived = _new_export(tmp_path)
     assert len(module.served_constraints(new)) == 7
     assert archived not in {c["record_id"] for c in module.served_constraints(new)}
@@ -85,7 +74,7 @@ def test_draw_is_blind_seeded_and_skips_unserved_records(tmp_path: Path) -> None
 
 
 def test_tally_counts_each_memory_and_refuses_bad_grades(tmp_path: Path) -> None:
-    module = _module()
+    module = load_benchmark("screen_blind_sample")
     new, _ = _new_export(tmp_path)
     _, key = module.draw(OLD, new, 4, 1)
     grades = []

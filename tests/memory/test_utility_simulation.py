@@ -3,30 +3,16 @@ benchmarks/results/utility)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "utility_simulation", ROOT / "benchmarks" / "utility_simulation.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["utility_simulation"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.support.benchmarks import load_benchmark
 
 
 def test_decision_time_waits_for_the_minimum_and_the_confidence() -> None:
-    sim = _module()
+    sim = load_benchmark("utility_simulation")
     p = np.array([[0.99, 0.99, 0.5, 0.99], [0.5, 0.5, 0.5, 0.5], [0.2, 0.96, 0.97, 0.99]])
     assert sim.decision_times(p, 0.95, 1).tolist() == [1, 0, 2]
     assert sim.decision_times(p, 0.95, 3).tolist() == [4, 0, 3]
@@ -34,7 +20,7 @@ def test_decision_time_waits_for_the_minimum_and_the_confidence() -> None:
 
 
 def test_a_small_run_separates_harmful_from_helpful(tmp_path: Path) -> None:
-    sim = _module()
+    sim = load_benchmark("utility_simulation")
     assert sim.main(["--replicates", "6", "--horizon", "80", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "simulation.json").read_text())
     assert {"config", "rule", "chosen", "sweep"} <= set(result)

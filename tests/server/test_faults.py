@@ -4,24 +4,12 @@ no record without its provenance (the bounded version of benchmarks/server_fault
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from tests.server.conftest import KINDS
-
-
-def _harness() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "server_faults.py"
-    spec = importlib.util.spec_from_file_location("server_faults", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.support.benchmarks import load_benchmark
 
 
 @pytest.mark.timeout(120)
@@ -30,7 +18,7 @@ def test_sigkill_mid_load_loses_and_duplicates_nothing(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     url = request.getfixturevalue("pg_url") if kind == "postgres" else ""
-    harness = _harness()
+    harness = load_benchmark("server_faults")
     backend = "postgresql" if kind == "postgres" else "sqlite"
     result = harness.run(
         backend,

@@ -125,9 +125,13 @@ def _pct(value: float | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A Markdown table; a "|" inside a cell (an error message, a name) is escaped so it
+    stays in its cell."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
 
 
 def accuracy_table(results: Results) -> str:
@@ -220,7 +224,6 @@ def parts_table(folder: Path) -> str | None:
         phases = ", ".join(describe_phase(name, v) for name, v in part.get("phases", {}).items())
         failed = any(v.get("failed") for v in part.get("phases", {}).values())
         state = "finished" if part.get("finished") else "failed" if failed else "stopped"
-        phases = phases.replace("|", "\\|")  # a failure's message stays in its cell
         rows.append([str(i), when, f"{part['wall_s'] / 60:.1f}", state, phases or "-"])
     return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
 

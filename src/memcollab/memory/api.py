@@ -354,11 +354,11 @@ class Memory:
         bucket = (record.namespace, record.domain, record.category, record.subcategory)
         active = self.store.records(*bucket)
         served = {r.id for r in active}  # only the bucket's withheld records are looked up
-        held = [
-            r
-            for r in self.store.records(*bucket, include_flagged=True)
-            if r.id not in served and self.status(r.id) == "quarantined"
+        withheld = [
+            r for r in self.store.records(*bucket, include_flagged=True) if r.id not in served
         ]
+        statuses = self.store.statuses_of([r.id for r in withheld])
+        held = [r for r in withheld if statuses[r.id] == "quarantined"]
         kept, merges, changed, corroborated = plan(record, active, held, threshold)
         created = self.add(record.with_constraints(kept), screen=False, reason=reason, actor=actor)
         if changed:

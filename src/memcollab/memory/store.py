@@ -309,7 +309,12 @@ class MemoryStore(ABC):
     def status(self, record_id: str) -> Status:
         """The record's status; MemoryNotFoundError when it is not stored."""
         self.get(record_id)
-        return "flagged" if record_id in self.flagged() else "active"
+        return self.statuses_of([record_id])[record_id]
+
+    def statuses_of(self, record_ids: Sequence[str]) -> dict[str, Status]:
+        """id -> status of the given stored ids, in one lookup (active unless marked)."""
+        flagged = self.flagged()
+        return {rid: "flagged" if rid in flagged else "active" for rid in record_ids}
 
     def statuses(self, namespace: str = "default") -> dict[str, Status]:
         """id -> status of the namespace's records that are not active."""

@@ -746,10 +746,9 @@ class _SQLMemory(MemoryStore):
         row = cur.fetchone()
         return "active" if row is None or row[0] in (None, "archived") else row[0]
 
-    def status(self, record_id: str) -> Status:
-        self.get(record_id)
+    def statuses_of(self, record_ids: Sequence[str]) -> dict[str, Status]:
         with self._connection() as conn:
-            return changelog.statuses(conn.cursor(), self._sql, [record_id])[record_id]
+            return changelog.statuses(conn.cursor(), self._sql, list(record_ids))
 
     def statuses(self, namespace: str = "default") -> dict[str, Status]:
         rows = self._query(

@@ -3,8 +3,8 @@
 API keys, attempts and record provenance live beside the memory (one SQLite file or one
 PostgreSQL database), so several service processes on one PostgreSQL share them. They are
 a separate, separately versioned set of tables (`server_meta` holds their schema version):
-the memory's own schema (memory/store_sql_schema.py) is untouched, so a memory file written by an
-older memcollab opens unchanged and gains only these tables.
+the memory's own schema (memory/store_sql_schema.py) is untouched, so a memory file
+written by an older memcollab opens unchanged and gains only these tables.
 
 Statements run on the memory store's own connections (`MemoryStore.transaction()` and
 `query()`): on SQLite this thread's connection (WAL, busy timeout, `BEGIN IMMEDIATE`

@@ -18,8 +18,8 @@ attempts (the reason).
 A learned record is active: the worker distils judged attempts only. But when an attempt
 of the pair, or its verdict, came from an untrusted key (server/guard.py; or a key id the
 service does not know, or a key revoked since: revoking a key often means it leaked, so
-what it sent is no longer vouched for), the record is filed quarantined, as that key's own adds are:
-never served, never merged into others, until released.
+what it sent is no longer vouched for), the record is filed quarantined, as that key's
+own adds are: never served, never merged into others, until released.
 
 Outcomes that make no record are refusals with a reason: the v2 / form screen or the
 content screen rejected every constraint ("poison:override", "vague", ...: the most
