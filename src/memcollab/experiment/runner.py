@@ -164,6 +164,8 @@ class Experiment:
     ) -> None:
         self.config = config
         self.gateway = gateway
+        # Reads the labellers' counters of the dev or eval phase running now (set by it).
+        self._phase_labels: Callable[[], dict[str, Any]] | None = None
         self.fleet = fleet or Fleet.load(config.fleet)
         self.info = FleetInfo(self.fleet, self.fleet.names())
         self.eval_models = list(config.eval_models or self.info.models)
@@ -508,8 +510,10 @@ class Experiment:
                     continue
                 began, before = time.perf_counter(), self._stored_count(phase)
                 calls = self._call_counts()
+                self._phase_labels = None
                 done = getattr(self, f"_run_{phase}")(emit, redo)
                 part["phases"][phase] = self._phase_line(done, began, calls)
+                self._add_labels(part["phases"][phase])
             part["finished"] = True
             return part
         except KeyboardInterrupt:
@@ -523,10 +527,20 @@ class Experiment:
                 # Stopped or failed mid-phase: what this part added is what the stores gained.
                 added = max(0, self._stored_count(phase) - before)
                 part["phases"][phase] = {**self._phase_line(added, began, calls), **ended}
+                self._add_labels(part["phases"][phase])
             part["ended"] = time.time()
             part["wall_s"] = round(part["ended"] - part["started"], 1)
             with (self.out / "parts.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(part) + "\n")
+            for labelled in ("dev", "eval"):
+                if "labels" in part["phases"].get(labelled, {}):
+                    self._write_label_stats(labelled)
+
+    def _add_labels(self, line: dict[str, Any]) -> None:
+        """The labellers' counters of the phase that just ran (dev and eval label queries)."""
+        if self._phase_labels is not None:
+            line["labels"] = self._phase_labels()
+            self._phase_labels = None
 
     def _check_agent_unchanged(self) -> None:
         """Refuse new [agent] settings over stored trajectories: their keys do not hold the
@@ -729,8 +743,8 @@ class Experiment:
         classifiers = by_kind.get(default) or self._classifiers(default)
         return _Context(memory, classifiers, self.config.seed, by_kind, gate)
 
-    def _write_label_stats(self, ctx: _Context, name: str) -> None:
-        """The labellers' counters: as before for the [memory] labeller ("trained", or per
+    def _label_counters(self, ctx: _Context) -> dict[str, Any]:
+        """The labellers' counters of this process: the [memory] labeller's ("trained", or per
         model), plus a condition's own under "trained" or "llm:MODEL"."""
 
         def stats(kind: str, by_model: Mapping[str, Labeller]) -> dict[str, Any]:
@@ -743,7 +757,21 @@ class Experiment:
         out = stats(self.config.memory.labeller, ctx.classifiers)
         for kind, by_model in ctx.by_kind.items():
             out |= stats(kind, by_model)
-        (self.out / name).write_text(json.dumps(out, indent=2) + "\n")
+        return out
+
+    def _write_label_stats(self, phase: str) -> None:
+        """`<phase>_classifier_stats.json`: the labellers' counters summed over every part's
+        line in parts.jsonl, so a run split into parts counts all of its labels (a part
+        killed by SIGKILL writes no line: its labels are missing from the sum)."""
+        lines = [json.loads(x) for x in _read_lines(self.out / "parts.jsonl")]
+        counters = [
+            line["phases"][phase]["labels"]
+            for line in lines
+            if "labels" in line.get("phases", {}).get(phase, {})
+        ]
+        (self.out / f"{phase}_classifier_stats.json").write_text(
+            json.dumps(_sum_counters(counters), indent=2) + "\n"
+        )
 
     def _run_dev(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
         assert self.dev is not None
@@ -751,8 +779,8 @@ class Experiment:
         with _open_for_jobs(self.memory_path()) as memory:
             ctx = self._context(memory)
             emit(ProgressEvent("dev", total=len(self.dev.jobs(None))))
+            self._phase_labels = lambda: self._label_counters(ctx)
             computed = self.dev.run(ctx, memory, self._progress("dev", emit), redo)
-            self._write_label_stats(ctx, "dev_classifier_stats.json")
         return computed
 
     def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
@@ -769,6 +797,7 @@ class Experiment:
                     self.dev.sets.digest(),
                 )
             ctx = self._context(memory, gate)
+            self._phase_labels = lambda: self._label_counters(ctx)
             jobs = self.eval_jobs(ctx)
             emit(ProgressEvent("eval", total=len(jobs)))
             store = self.eval_store
@@ -780,7 +809,6 @@ class Experiment:
                 workers=self.config.workers,
                 on_event=self._progress("eval", emit),
             )
-            self._write_label_stats(ctx, "eval_classifier_stats.json")
         write_results(self.out, self.plan_json(), store)
         return computed
 
@@ -837,3 +865,21 @@ def _dedupe(jobs: list[Job]) -> list[Job]:
             seen.add(job.key())
             out.append(job)
     return out
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _sum_counters(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Nested counters (labeller -> domain -> counter -> number) added key by key."""
+    total: dict[str, Any] = {}
+    for item in items:
+        for key, value in item.items():
+            if isinstance(value, Mapping):
+                total[key] = _sum_counters([total.get(key, {}), value])
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
