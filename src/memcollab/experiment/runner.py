@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from memcollab.agent import Agent, fleet_agent
+from memcollab.atomic import write_json
+from memcollab.code_version import code_version
 from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, MemoryRecipe, make_condition
@@ -500,8 +502,13 @@ class Experiment:
             self._check_agent_unchanged()
         self._check_labeller_unchanged()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
-        part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
+        write_json(self.out / "plan.json", self.plan_json())
+        part: dict[str, Any] = {
+            "started": time.time(),
+            "phases": {},
+            "finished": False,
+            "code": code_version(),
+        }
         phase, began, before, calls = None, time.perf_counter(), 0, (0, 0)
         ended: dict[str, Any] = {"interrupted": True}
         try:
@@ -636,6 +643,11 @@ class Experiment:
         if not self.recipes:
             emit(ProgressEvent("memory", total=0))
             return 0
+        if self._memory_built() and not redo:
+            # Finished by an earlier part: building again would add nothing and overwrite
+            # build_summary.json with this pass's counts (a merge that merges nothing more).
+            emit(ProgressEvent("memory", total=0, detail="built"))
+            return 0
         summaries: dict[str, Any] = {}
         added = 0
         with Memory.open(self.memory_path()) as memory:
@@ -654,7 +666,7 @@ class Experiment:
             added += self._build(emit, summaries)
         else:
             emit(ProgressEvent("memory", total=0))
-        (self.out / "build_summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        write_json(self.out / "build_summary.json", summaries)
         return added
 
     def _export(self, memory: Memory, namespace: str) -> None:
@@ -713,6 +725,8 @@ class Experiment:
                 summaries[ns] = {
                     **summary.as_dict(),
                     "records": memory.stats(ns)["records"],
+                    # A merge empties the records whose constraints all joined another's.
+                    "records_with_constraints": sum(1 for r in memory.list(ns) if r.constraints),
                     "recipe": recipe.fields(),
                     "classifier": classifier.stats(),
                 }
@@ -769,9 +783,7 @@ class Experiment:
             for line in lines
             if "labels" in line.get("phases", {}).get(phase, {})
         ]
-        (self.out / f"{phase}_classifier_stats.json").write_text(
-            json.dumps(_sum_counters(counters), indent=2) + "\n"
-        )
+        write_json(self.out / f"{phase}_classifier_stats.json", _sum_counters(counters))
 
     def _run_dev(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
         assert self.dev is not None
