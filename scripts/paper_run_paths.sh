@@ -14,6 +14,7 @@ if [ -n "${MEMCOLLAB_CODE:-}" ]; then
     echo "MEMCOLLAB_CODE=$MEMCOLLAB_CODE holds no src/memcollab" >&2
     exit 2
   fi
+  MEMCOLLAB_CODE="$(cd "$MEMCOLLAB_CODE" && pwd)"  # absolute: the run may change folders
   export PYTHONPATH="$MEMCOLLAB_CODE/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if [ ! -f "$results/experiment.toml" ]; then
