@@ -81,9 +81,7 @@ def test_missing_benchmark_data_is_a_clear_422(storage: Storage, stub: Stub, tmp
     assert svc.context.attempts.get("a", aid).verdict == "unknown"
 
 
-@pytest.mark.parametrize(
-    "task_id", ["humaneval/0", pytest.param("gsm8k/test/0", marks=needs_data)]
-)
+@pytest.mark.parametrize("task_id", ["humaneval/0", pytest.param("gsm8k/test/0", marks=needs_data)])
 def test_an_empty_reply_is_judged_incorrect_not_an_error(svc: Service, task_id: str) -> None:
     """A model that answered nothing (the proxy stores answer "") gets a verdict: a counted
     outcome, not a 422 that leaves the attempt unjudged."""
