@@ -62,7 +62,10 @@ def test_an_explicit_verdict_is_not_judged(svc: Service) -> None:
     assert svc.context.attempts.get("a", aid).verdict == "correct"
 
 
-@pytest.mark.parametrize("task_id", ["my-own-task", "gsm8k/test/999999", "humaneval/9999"])
+@pytest.mark.parametrize(
+    "task_id",
+    ["my-own-task", pytest.param("gsm8k/test/999999", marks=needs_data), "humaneval/9999"],
+)
 def test_an_unknown_task_without_a_verdict_is_422_and_writes_nothing(
     svc: Service, task_id: str
 ) -> None:
