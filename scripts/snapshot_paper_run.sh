@@ -2,7 +2,8 @@
 # Save an experiment's state (argument: its name, default paper) into
 # benchmarks/results/NAME, ready to commit:
 # the model calls and the train, dev and eval trajectories stored since the last snapshot (one
-# gzip JSONL file each), and parts.jsonl. Restoring is `memcollab cache import` of every
+# gzip JSONL file each), parts.jsonl, and once they exist gate.json, build_summary.json and
+# the memory exports (memories/). Restoring is `memcollab cache import` of every
 # calls file and `memcollab trajectories import` of every trajectories file (see
 # COMMAND.md); the trajectories make a resume skip replaying the run. Safe while the run is
 # going: the SQLite files are read, never locked for long.
@@ -42,3 +43,8 @@ done
 if [ -f "$run/parts.jsonl" ]; then cp "$run/parts.jsonl" "$results/parts.jsonl"; fi
 # The utility gate's decisions (with [dev]): committed before the evaluation starts.
 if [ -f "$run/gate.json" ]; then cp "$run/gate.json" "$results/gate.json"; fi
+# The built memory: its summary and exports (the gate's decisions ride in their notes).
+if [ -f "$run/build_summary.json" ]; then cp "$run/build_summary.json" "$results/build_summary.json"; fi
+for export in "$run"/memories/*.jsonl; do
+  if [ -f "$export" ]; then mkdir -p "$results/memories" && cp "$export" "$results/memories/"; fi
+done

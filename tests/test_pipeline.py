@@ -23,7 +23,12 @@ strength = 1
 [models.distiller]
 provider = "scripted"
 strength = 3
-responses = [DISTILLED, "2", "3"]
+
+# Replies by content, not by call order: distillation and labelling calls run concurrently.
+[models.distiller.rules]
+"Which category does" = "2"
+"Which topic fits it best" = "3"
+"Attempt A is correct" = DISTILLED
 """.replace(
     "DISTILLED",
     json.dumps(
@@ -191,8 +196,8 @@ def test_distill_screen_option(tmp_path: Path) -> None:
     fleet, runs = _setup(tmp_path)
     text = Path(fleet).read_text()
     vacuous = "\n2. When converting units, enforce the correct conversion factor; avoid rounding."
-    start = text.index('responses = ["1. When')
-    end = text.index('", "2", "3"]', start)
+    start = text.index('"Attempt A is correct" = "1. When')
+    end = text.index('"\n', start + len('"Attempt A is correct" = "'))
     Path(fleet).write_text(text[:end] + json.dumps(vacuous)[1:-1] + text[end:])
     for screen, kept, rejected in (("v1", 2, {}), ("v2", 1, {"vacuous": 3})):
         memory = tmp_path / f"{screen}.sqlite"

@@ -42,6 +42,10 @@ DistillerOption = Annotated[
 ScreenOption = Annotated[
     str, typer.Option("--screen", help="The distiller's screen: v2 (default) or v1.")
 ]
+PROMPT_CHARS = 9000
+"""The default size bound of a distillation request (characters), as a batch build's."""
+REPLY_TOKENS = 400
+"""The default reply budget of a distillation (tokens), as a batch build's."""
 
 
 STOP_GRACE_S = 2.0
@@ -59,9 +63,13 @@ def make_worker(
     data_dir: Path | None = None,
     cache: Path | None = None,
     no_cache: bool = False,
+    prompt_chars: int = PROMPT_CHARS,
+    reply_tokens: int = REPLY_TOKENS,
 ) -> LearningWorker:
     """The worker of `learn` and `serve --learn`: the fleet's `distiller` behind the call
-    cache, the chosen labeller, the chosen screen."""
+    cache, the chosen labeller, the chosen screen, the distillation request's size bound
+    (`prompt_chars`) and reply budget (`reply_tokens`)."""
+    from memcollab.llm.base import Decoding
     from memcollab.memory.distill import SCREEN_VERSIONS, Distiller
     from memcollab.memory.labeller import check_labeller_kind, make_labeller
     from memcollab.server.learner import LearningWorker
@@ -74,7 +82,13 @@ def make_worker(
         raise UserError("online learning needs a fleet", "give --fleet FILE")
     client = make_gateway(cache, no_cache).bind(ctx.fleet.model(distiller))
     chosen = make_labeller(labeller, client=client, data_dir=data_dir)
-    return LearningWorker(ctx, ctx.learning, Distiller(client, screen=version), chosen)
+    distiller_ = Distiller(
+        client,
+        max_prompt_chars=prompt_chars,
+        decoding=Decoding(temperature=0.0, max_tokens=reply_tokens),
+        screen=version,
+    )
+    return LearningWorker(ctx, ctx.learning, distiller_, chosen)
 
 
 def learn_command(
@@ -101,6 +115,13 @@ def learn_command(
         int, typer.Option(min=1, help="Most pending pairs (more wait for the backlog scan).")
     ] = 1000,
     max_tries: Annotated[int, typer.Option(min=1, help="Claims of one pair before it fails.")] = 3,
+    prompt_chars: Annotated[
+        int,
+        typer.Option(min=1000, help="Size bound of a distillation request, characters."),
+    ] = PROMPT_CHARS,
+    reply_tokens: Annotated[
+        int, typer.Option(min=16, help="The distiller's reply budget, tokens.")
+    ] = REPLY_TOKENS,
     data_dir: DataDirOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
@@ -131,6 +152,8 @@ def learn_command(
             data_dir=data_dir,
             cache=cache,
             no_cache=no_cache,
+            prompt_chars=prompt_chars,
+            reply_tokens=reply_tokens,
         )
         _run(worker, once)
     finally:

@@ -101,6 +101,20 @@ def serve_command(
             " (after a crash, the pair waits this long).",
         ),
     ] = 600.0,
+    learn_prompt_chars: Annotated[
+        int,
+        typer.Option(
+            "--learn-prompt-chars",
+            min=1000,
+            help="--learn: size bound of a distillation request, characters (as learn's).",
+        ),
+    ] = 9000,
+    learn_reply_tokens: Annotated[
+        int,
+        typer.Option(
+            "--learn-reply-tokens", min=16, help="--learn: the distiller's reply budget, tokens."
+        ),
+    ] = 400,
 ) -> None:
     """Serve a memory over HTTP: the REST API under /v1, OpenAPI docs at /docs.
 
@@ -155,7 +169,18 @@ def serve_command(
         )
         if workers == 1:
             app = create_app(context)
-            stop = _start_learning(context, distiller, learn_labeller, data_dir) if learn else None
+            stop = (
+                _start_learning(
+                    context,
+                    distiller,
+                    learn_labeller,
+                    data_dir,
+                    prompt_chars=learn_prompt_chars,
+                    reply_tokens=learn_reply_tokens,
+                )
+                if learn
+                else None
+            )
             try:
                 uvicorn.run(app, host=host, port=port, log_level=log_level)
             finally:
@@ -185,7 +210,13 @@ def serve_command(
 
 
 def _start_learning(
-    context: ServerContext, distiller: str | None, labeller: str, data_dir: Path | None
+    context: ServerContext,
+    distiller: str | None,
+    labeller: str,
+    data_dir: Path | None,
+    *,
+    prompt_chars: int = 9000,
+    reply_tokens: int = 400,
 ) -> Callable[[], None]:
     """Start the online-learning worker on a daemon thread; returns its stop function."""
     import threading
@@ -193,7 +224,14 @@ def _start_learning(
     from memcollab.cli_learn import make_worker
 
     assert distiller is not None
-    worker = make_worker(context, distiller, labeller=labeller, data_dir=data_dir)
+    worker = make_worker(
+        context,
+        distiller,
+        labeller=labeller,
+        data_dir=data_dir,
+        prompt_chars=prompt_chars,
+        reply_tokens=reply_tokens,
+    )
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="learner", daemon=True)
     thread.start()

@@ -206,3 +206,21 @@ def test_placebo_draw_does_not_depend_on_when_records_were_created() -> None:
     ][::-1]
     drawn = placebo.guide(task, "small", FLEET, first)
     assert placebo.guide(task, "small", FLEET, rebuilt) == drawn
+
+
+def test_placebo_skips_records_a_merge_emptied() -> None:
+    """A record left without constraints by a merge gives nothing: it is never noted among
+    the drawn records, and the draw still gives as many constraints as memcollab."""
+    placebo = make_condition("placebo")
+    task = Task(id="test/1", domain="math", prompt="solve 2x + 1 = 5")
+    ctx = _placebo_context(seed=3)
+    others = [r for r in ctx.records_ if r.category != "Algebra"]
+    emptied = [
+        r.model_copy(update={"id": f"{r.id}-emptied-{n}", "constraints": ()})
+        for n in range(5)
+        for r in others
+    ]
+    ctx.records_ = ctx.records_ + emptied
+    guidance, note = placebo.guide(task, "small", FLEET, ctx)
+    assert len(guidance) == 3 == note["constraints"]
+    assert note["record_ids"] and not any("-emptied-" in i for i in note["record_ids"])

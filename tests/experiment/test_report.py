@@ -62,8 +62,12 @@ def _folder(tmp_path: Path) -> Path:
     rows.append(_row("b", "b/5", "vanilla", True))  # incomplete: no memcollab cell
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     part = {"phases": {"train": {"computed": 5, "seconds": 120.0, "interrupted": True}}}
+    code = {"commit": "0123456789abcdef", "dirty": True}
     (folder / "parts.jsonl").write_text(
-        json.dumps({"started": 0.0, "finished": False, "wall_s": 120.0, **part}) + "\n"
+        json.dumps({"started": 0.0, "finished": False, "wall_s": 120.0, **part})
+        + "\n"
+        + json.dumps({"started": 60.0, "finished": True, "wall_s": 6.0, "code": code})
+        + "\n"
     )
     return folder
 
@@ -101,7 +105,10 @@ def test_report_numbers_worked_out_by_hand(tmp_path: Path) -> None:
     # all: b=1 (b/4), c=2 (a/2, b/1): +1/6 = +16.7 pp, p = 2 * (1 + 3) / 8 capped at 1
     assert _comparison(text, "all") == ["6", "+16.7", "1", "2", "1", "1"]
     assert "### Memory conditions against each other" not in text  # no other memory here
-    assert "| 1 | 1970-01-01 00:00 | 2.0 | stopped | train: 5 new in 2.0 min (stopped) |" in text
+    assert (
+        "| 1 | 1970-01-01 00:00 | 2.0 | stopped | - | train: 5 new in 2.0 min (stopped) |" in text
+    )
+    assert "| 2 | 1970-01-01 00:01 | 0.1 | finished | 0123456789+ | - |" in text  # its commit
 
 
 def test_report_elsewhere_copies_the_portable_results(tmp_path: Path) -> None:

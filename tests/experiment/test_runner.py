@@ -590,5 +590,36 @@ def test_a_part_that_fails_is_recorded_as_failed_not_stopped(tmp_path: Path) -> 
     assert describe_phase("eval", line).startswith("eval: 0 new in 0.0 min (failed: UserError")
     experiment.run()
     text, _ = write_report(tmp_path / "out")
-    assert re.search(r"\| 2 \| [^|]+ \| [0-9.]+ \| failed \| eval: 0 new in 0.0 min \(failed", text)
+    assert re.search(
+        r"\| 2 \| [^|]+ \| [0-9.]+ \| failed \| [^|]+ \| eval: 0 new in 0.0 min \(failed", text
+    )
     assert "(stopped)" not in text
+
+
+def test_a_built_memory_is_not_built_again_and_keeps_its_summary(tmp_path: Path) -> None:
+    """A later part (or a plain run over a finished run) leaves build_summary.json as the
+    build wrote it: building again would overwrite it with a pass that adds and merges
+    nothing. `redo` still rebuilds."""
+    experiment = _experiment(tmp_path, ["vanilla", "memcollab"])
+    experiment.run(phases=["train", "memory"])
+    summary = tmp_path / "out" / "build_summary.json"
+    written = summary.read_bytes()
+    assert json.loads(written)["memcollab.by.right"]["records_with_constraints"] >= 1
+    part = experiment.run(phases=["memory"])
+    assert part["phases"]["memory"]["computed"] == 0
+    assert summary.read_bytes() == written
+    experiment.run(phases=["memory"], redo=True)
+    assert summary.read_bytes() != written  # rebuilt: its timings differ
+
+
+def test_each_part_records_the_code_that_ran_it(tmp_path: Path) -> None:
+    import memcollab
+
+    experiment = _experiment(tmp_path, ["vanilla"])
+    experiment.run(phases=["train"])
+    line = json.loads((tmp_path / "out" / "parts.jsonl").read_text().splitlines()[-1])
+    code = line["code"]
+    assert code["version"] == memcollab.__version__
+    assert code["source"] == str(Path(memcollab.__file__).resolve().parent)
+    # From a git checkout (as the tests run): its commit; installed from a wheel: None.
+    assert code["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", code["commit"])

@@ -305,6 +305,20 @@ def test_the_v2_experiment_rehearsed_end_to_end(tmp_path: Path) -> None:
                 assert not set(row["record_ids"]) & set(real["record_ids"])
     stats = json.loads((out / "eval_classifier_stats.json").read_text())
     assert set(stats) == {"trained", *(f"llm:{m}" for m in models)}
+    # The counters of every eval part are summed, not the last part's alone.
+    parts = [json.loads(line) for line in (out / "parts.jsonl").read_text().splitlines()]
+    eval_labels = [
+        p["phases"]["eval"]["labels"] for p in parts if "labels" in p["phases"].get("eval", {})
+    ]
+    assert len(eval_labels) >= 2
+    for labeller in ("trained", f"llm:{models[0]}"):
+        for domain, counters in stats[labeller].items():
+            each = [
+                lab[labeller][domain]["classifications"]
+                for lab in eval_labels
+                if domain in lab.get(labeller, {})
+            ]
+            assert counters["classifications"] == sum(each) > max(each), (labeller, domain)
 
     # -- the report (written by the eval part, as the CLI does) ---------------------------
     text = (out / "report.md").read_text()

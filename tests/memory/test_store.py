@@ -326,6 +326,28 @@ def test_usage_counters(stores: Stores, kind: str) -> None:
     assert stores.track(open_store()).usage(one.id) == expected  # nothing half-counted; durable
 
 
+def test_usages_of_reads_many_records_as_usage_reads_one(stores: Stores, kind: str) -> None:
+    store = stores.new(kind)
+    records = [make(n) for n in range(1, 1203)]  # more than two chunks of 500 ids
+    store.add_many(records)
+    ids = [r.id for r in records]
+    store.count_retrieved(ids[::3])
+    store.record_usage(ids[0], "small", helped=True)
+    store.record_usage(ids[1100], "big", helped=False)
+    store.record_usage(ids[1100], "small", helped=True)
+    batched = store.usages_of(ids)
+    assert list(batched) == ids  # in the order asked
+    assert batched == {rid: store.usage(rid) for rid in ids}
+    assert batched[ids[1100]]["models"] == {
+        "big": {"helped": 0, "harmed": 1},
+        "small": {"helped": 1, "harmed": 0},
+    }
+    assert sum(u["retrieved"] for u in batched.values()) == len(ids[::3])
+    assert store.usages_of([]) == {}
+    with pytest.raises(MemoryNotFoundError, match="'ghost'"):
+        store.usages_of([ids[0], "ghost"])
+
+
 def test_version_changes_when_records_are_added(stores: Stores, kind: str) -> None:
     open_store = stores.opener(kind)
     store, other = stores.track(open_store()), stores.track(open_store())

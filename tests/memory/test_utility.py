@@ -291,6 +291,29 @@ def test_utility_and_review_show_the_evidence(tmp_path: Path) -> None:
         assert {i.record.id for i in memory.review(policy=POLICY)} == {"r1", "r9"}
 
 
+def test_batched_reads_equal_the_one_record_reads(tmp_path: Path) -> None:
+    """utilities / usages / histories (the browser's page reads) answer as the one-record
+    reads do, records without outcomes included."""
+    with _memory_with_evidence(tmp_path / "m.sqlite") as memory:
+        memory.add(_record(3, "area of a square").model_copy(update={"category": "Algebra"}))
+        memory.flag("r2", "a person looked", actor="cli")
+        memory.unflag("r2", "lifted")
+        records = memory.list(include_flagged=True)
+        ids = [r.id for r in records]
+        assert set(ids) == {"r1", "r2", "r3"}
+        utilities = memory.utilities(records, POLICY)
+        assert utilities == {rid: memory.utility(rid, POLICY) for rid in ids}
+        assert set(utilities["r1"]) == {"strong", "weak"} and utilities["r3"] == {}
+        assert memory.usages(ids) == {rid: memory.usage(rid) for rid in ids}
+        histories = memory.histories("default", ids)
+        assert histories == {rid: memory.history(rid) for rid in ids}
+        assert [h["action"] for h in histories["r2"]] == ["flag", "unflag"]
+        assert memory.utilities([]) == {}
+        other = records[0].model_copy(update={"id": "x", "namespace": "elsewhere"})
+        with pytest.raises(ValueError, match="one namespace"):
+            memory.utilities([records[0], other])
+
+
 def test_estimates_without_baseline_are_not_confident() -> None:
     rec = _record(1, "t")
     usage = {("r1", "m"): (0, 30)}

@@ -122,3 +122,49 @@ def test_the_script_never_parses_data_as_html() -> None:
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in code, sink
     assert "textContent" in code
+
+
+def test_browse_reads_a_page_in_queries_that_do_not_grow_with_its_records(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batched reads: the statements one page takes stay the same when the namespace holds
+    ten times as many records with usage, flags and outcomes (SQLite's trace callback)."""
+    import sqlite3
+
+    from memcollab.memory import store_sqlite
+    from memcollab.memory.record import Constraint
+    from tests.server.browse_seed import _record
+
+    statements: list[str] = []
+
+    def traced(path: str) -> sqlite3.Connection:
+        conn = connect(path)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    connect = store_sqlite.connect
+    monkeypatch.setattr(store_sqlite, "connect", traced)
+    svc = service_for(storage.new("sqlite"))
+    s = seed(svc.context)
+    memory = svc.context.memory
+
+    def page_statements() -> int:
+        statements.clear()
+        r = svc.client.get("/v1/browse", headers=_auth(s.key), params={"limit": 1000})
+        assert r.status_code == 200, r.text
+        return len(statements)
+
+    def add(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            c = Constraint(when=f"case {i}", enforce="check it", avoid="skipping it")
+            record = _record(NS, f"task {i} of many", "math", "algebra", "x", [c], 100.0 + i)
+            memory.add(record)
+            memory.record_outcome(record.id, BIG, i % 2 == 0)
+            if i % 3 == 0:
+                memory.flag(record.id, "looked odd", actor="test")
+
+    add(0, 3)
+    few = page_statements()
+    add(3, 63)
+    assert len(memory.list(NS, include_flagged=True)) >= 60
+    assert page_statements() == few

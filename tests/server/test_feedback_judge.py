@@ -62,7 +62,10 @@ def test_an_explicit_verdict_is_not_judged(svc: Service) -> None:
     assert svc.context.attempts.get("a", aid).verdict == "correct"
 
 
-@pytest.mark.parametrize("task_id", ["my-own-task", "gsm8k/test/999999", "humaneval/9999"])
+@pytest.mark.parametrize(
+    "task_id",
+    ["my-own-task", pytest.param("gsm8k/test/999999", marks=needs_data), "humaneval/9999"],
+)
 def test_an_unknown_task_without_a_verdict_is_422_and_writes_nothing(
     svc: Service, task_id: str
 ) -> None:
@@ -79,3 +82,14 @@ def test_missing_benchmark_data_is_a_clear_422(storage: Storage, stub: Stub, tmp
     r = feedback(svc, {"attempt_id": aid})
     assert r.status_code == 422 and "--data-dir" in r.text, r.text
     assert svc.context.attempts.get("a", aid).verdict == "unknown"
+
+
+@pytest.mark.parametrize("task_id", ["humaneval/0", pytest.param("gsm8k/test/0", marks=needs_data)])
+def test_an_empty_reply_is_judged_incorrect_not_an_error(svc: Service, task_id: str) -> None:
+    """A model that answered nothing (the proxy stores answer "") gets a verdict: a counted
+    outcome, not a 422 that leaves the attempt unjudged."""
+    aid = attempt(svc, task_id, "")
+    r = feedback(svc, {"attempt_id": aid})
+    assert r.status_code == 200, r.text
+    assert r.json()["judged"] is True and r.json()["counted"] is True
+    assert svc.context.attempts.get("a", aid).verdict == "incorrect"

@@ -329,6 +329,9 @@ def test_a_crash_between_distillation_and_commit_is_redone_once(
     assert second_model.requests == []  # the distillation came from the call cache
     assert ctx.memory.stats("a")["records"] == 1
     assert heir.step() is None
+    # The redone pair shows: two distiller runs for one row done, its row tried twice.
+    assert queue.counts("a")["distillations"] == 2 and queue.counts("a")["distilled"] == 1
+    assert queue.get("a", "t1").tries == 2
     prov = ctx.provenance.many([outcome.record_id or ""])[outcome.record_id or ""]
     assert prov["via"] == "learn" and prov["learned"]["worker"] == "heir"
 

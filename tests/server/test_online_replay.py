@@ -170,9 +170,14 @@ def _assert_clean(report: dict[str, Any]) -> None:
     assert checks["passed"], checks
     assert checks["attempts_sent"] == checks["attempts_stored"] == 16
     for name in ("attempts_lost", "attempts_extra", "attempts_doubled", "unjudged",
-                 "rows_unfinished", "contrasts_missing", "distilled_twice",
-                 "provenance_missing", "learned_outside"):  # fmt: skip
+                 "rows_unfinished", "rows_failed", "contrasts_missing", "records_shared",
+                 "distilled_twice", "provenance_missing", "learned_outside",
+                 "records_unaccounted", "calls_failed"):  # fmt: skip
         assert checks[name] == 0, (name, checks)
+    # every call's memory status is counted: 16 calls, each applied / none / error
+    assert sum(report["memory_statuses"].values()) == 16, report["memory_statuses"]
+    assert set(report["memory_statuses"]) <= {"applied", "none", "error"}
+    assert checks["distillations"] == checks["rows_distilled"] >= checks["rows_done"]
     # good is right on the even tasks of each set: 2 of the 4 GSM8K (0-5) drawn and
     # of the 4 MATH drawn, depending on the draw; every such task contrasts with bad.
     assert checks["contrasting_tasks"] == checks["queue_rows"] >= 1
@@ -296,23 +301,29 @@ def test_the_eval_file_holds_out_training_dev_and_v2_tasks(tmp: Path) -> None:
     (tmp / "out").mkdir()
     (tmp / "out" / "online.jsonl").write_text("")
     (tmp / "v2.jsonl").write_text("")
+    (tmp / "work").mkdir()
+    # the learn step's stored list is what is held out, not a draw made again
+    drawn = _training_ids(tmp)
+    training = drawn[:-1]
+    (tmp / "work" / "tasks.json").write_text(json.dumps(training))
     run = subprocess.run(
         _command(tmp, "eval", "--v2-memory", str(tmp / "v2.jsonl"), "--per-benchmark", "4",
                  "--run-out", str(tmp / "runs")),
         env=_env(tmp), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "memcollab experiment run" in run.stdout
+    assert "memcollab experiment run" in run.stdout and "--cache" in run.stdout
+    assert "nice" in run.stdout
     toml = tmp / "out" / "experiment.toml"
     config = load_experiment(toml, data_dir=tmp / "data")
     assert config.analysis.primary == "online" and config.conditions == [
         "vanilla", "online", "v2-batch",
     ]  # fmt: skip
     assert config.condition["online"]["memory"] == str((tmp / "out" / "online.jsonl").resolve())
-    assert config.condition["v2-batch"]["memory"] == str((tmp / "v2.jsonl").resolve())
+    frozen = tmp / "out" / "v2-batch.jsonl"  # the v2 memory, copied once
+    assert config.condition["v2-batch"]["memory"] == str(frozen.resolve())
     excluded = json.loads((tmp / "out" / "excluded_tasks.json").read_text())["tasks"]
-    training = _training_ids(tmp)
-    assert set(training) <= set(excluded)
+    assert set(training) <= set(excluded) and drawn[-1] not in excluded
     assert {"gsm8k/train/6", "gsm8k/train/7"} <= set(excluded)  # the dev slice
     experiment = Experiment(config, Gateway(None))
     held_out = {t.id for ts in experiment.eval_sets.values() for t in ts}

@@ -403,6 +403,8 @@ class Placebo(MemCollab):
         for record in pool:
             if len(guidance) >= wanted:
                 break
+            if not record.constraints:  # emptied by a merge: nothing to give, not noted
+                continue
             ids.append(record.id)
             guidance += [Guidance(record.id, c.text()) for c in record.constraints]
         guidance = guidance[:wanted]

@@ -18,7 +18,6 @@ ones, so the phase resumes and computes nothing twice.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from scipy.stats import binomtest
 
+from memcollab.atomic import write_json
 from memcollab.collect import Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, EvalContext, FleetView, Note, Vanilla
@@ -342,10 +342,6 @@ class DevPhase:
 
 def _served(condition: Condition, task: Task, model: str, info: FleetView, ctx: EvalContext):  # type: ignore[no-untyped-def]
     return lambda: condition.guide(task, model, info, ctx)
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 # -- the gate at evaluation ----------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from memcollab.collect import TrajectoryStore
 from memcollab.experiment.plots import write_plots
@@ -224,8 +225,16 @@ def parts_table(folder: Path) -> str | None:
         phases = ", ".join(describe_phase(name, v) for name, v in part.get("phases", {}).items())
         failed = any(v.get("failed") for v in part.get("phases", {}).values())
         state = "finished" if part.get("finished") else "failed" if failed else "stopped"
-        rows.append([str(i), when, f"{part['wall_s'] / 60:.1f}", state, phases or "-"])
-    return _table(["part", "started (UTC)", "minutes", "state", "what it computed"], rows)
+        rows.append([str(i), when, f"{part['wall_s'] / 60:.1f}", state, _code(part), phases or "-"])
+    return _table(["part", "started (UTC)", "minutes", "state", "code", "what it computed"], rows)
+
+
+def _code(part: dict[str, Any]) -> str:
+    """The commit a part ran (`+` when the checkout had changes), `-` where not recorded."""
+    commit = (part.get("code") or {}).get("commit")
+    if not commit:
+        return "-"
+    return commit[:10] + ("+" if part["code"].get("dirty") else "")
 
 
 def memory_table(folder: Path) -> str | None:

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from memcollab.agent import Agent, fleet_agent
+from memcollab.atomic import write_json
+from memcollab.code_version import code_version
 from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, MemoryRecipe, make_condition
@@ -164,6 +166,8 @@ class Experiment:
     ) -> None:
         self.config = config
         self.gateway = gateway
+        # Reads the labellers' counters of the dev or eval phase running now (set by it).
+        self._phase_labels: Callable[[], dict[str, Any]] | None = None
         self.fleet = fleet or Fleet.load(config.fleet)
         self.info = FleetInfo(self.fleet, self.fleet.names())
         self.eval_models = list(config.eval_models or self.info.models)
@@ -499,8 +503,13 @@ class Experiment:
         self._check_labeller_unchanged()
         self._check_labeller_data()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "plan.json").write_text(json.dumps(self.plan_json(), indent=2) + "\n")
-        part: dict[str, Any] = {"started": time.time(), "phases": {}, "finished": False}
+        write_json(self.out / "plan.json", self.plan_json())
+        part: dict[str, Any] = {
+            "started": time.time(),
+            "phases": {},
+            "finished": False,
+            "code": code_version(),
+        }
         phase, began, before, calls = None, time.perf_counter(), 0, (0, 0)
         ended: dict[str, Any] = {"interrupted": True}
         try:
@@ -509,8 +518,10 @@ class Experiment:
                     continue
                 began, before = time.perf_counter(), self._stored_count(phase)
                 calls = self._call_counts()
+                self._phase_labels = None
                 done = getattr(self, f"_run_{phase}")(emit, redo)
                 part["phases"][phase] = self._phase_line(done, began, calls)
+                self._add_labels(part["phases"][phase])
             part["finished"] = True
             return part
         except KeyboardInterrupt:
@@ -524,10 +535,20 @@ class Experiment:
                 # Stopped or failed mid-phase: what this part added is what the stores gained.
                 added = max(0, self._stored_count(phase) - before)
                 part["phases"][phase] = {**self._phase_line(added, began, calls), **ended}
+                self._add_labels(part["phases"][phase])
             part["ended"] = time.time()
             part["wall_s"] = round(part["ended"] - part["started"], 1)
             with (self.out / "parts.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(part) + "\n")
+            for labelled in ("dev", "eval"):
+                if "labels" in part["phases"].get(labelled, {}):
+                    self._write_label_stats(labelled)
+
+    def _add_labels(self, line: dict[str, Any]) -> None:
+        """The labellers' counters of the phase that just ran (dev and eval label queries)."""
+        if self._phase_labels is not None:
+            line["labels"] = self._phase_labels()
+            self._phase_labels = None
 
     def _check_agent_unchanged(self) -> None:
         """Refuse new [agent] settings over stored trajectories: their keys do not hold the
@@ -641,6 +662,11 @@ class Experiment:
         if not self.recipes:
             emit(ProgressEvent("memory", total=0))
             return 0
+        if self._memory_built() and not redo:
+            # Finished by an earlier part: building again would add nothing and overwrite
+            # build_summary.json with this pass's counts (a merge that merges nothing more).
+            emit(ProgressEvent("memory", total=0, detail="built"))
+            return 0
         summaries: dict[str, Any] = {}
         added = 0
         with Memory.open(self.memory_path()) as memory:
@@ -659,7 +685,7 @@ class Experiment:
             added += self._build(emit, summaries)
         else:
             emit(ProgressEvent("memory", total=0))
-        (self.out / "build_summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        write_json(self.out / "build_summary.json", summaries)
         return added
 
     def _export(self, memory: Memory, namespace: str) -> None:
@@ -718,6 +744,8 @@ class Experiment:
                 summaries[ns] = {
                     **summary.as_dict(),
                     "records": memory.stats(ns)["records"],
+                    # A merge empties the records whose constraints all joined another's.
+                    "records_with_constraints": sum(1 for r in memory.list(ns) if r.constraints),
                     "recipe": recipe.fields(),
                     "classifier": classifier.stats(),
                 }
@@ -748,8 +776,8 @@ class Experiment:
         classifiers = by_kind.get(default) or self._classifiers(default)
         return _Context(memory, classifiers, self.config.seed, by_kind, gate)
 
-    def _write_label_stats(self, ctx: _Context, name: str) -> None:
-        """The labellers' counters: as before for the [memory] labeller ("trained", or per
+    def _label_counters(self, ctx: _Context) -> dict[str, Any]:
+        """The labellers' counters of this process: the [memory] labeller's ("trained", or per
         model), plus a condition's own under "trained" or "llm:MODEL"."""
 
         def stats(kind: str, by_model: Mapping[str, Labeller]) -> dict[str, Any]:
@@ -762,7 +790,19 @@ class Experiment:
         out = stats(self.config.memory.labeller, ctx.classifiers)
         for kind, by_model in ctx.by_kind.items():
             out |= stats(kind, by_model)
-        (self.out / name).write_text(json.dumps(out, indent=2) + "\n")
+        return out
+
+    def _write_label_stats(self, phase: str) -> None:
+        """`<phase>_classifier_stats.json`: the labellers' counters summed over every part's
+        line in parts.jsonl, so a run split into parts counts all of its labels (a part
+        killed by SIGKILL writes no line: its labels are missing from the sum)."""
+        lines = [json.loads(x) for x in _read_lines(self.out / "parts.jsonl")]
+        counters = [
+            line["phases"][phase]["labels"]
+            for line in lines
+            if "labels" in line.get("phases", {}).get(phase, {})
+        ]
+        write_json(self.out / f"{phase}_classifier_stats.json", _sum_counters(counters))
 
     def _run_dev(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
         assert self.dev is not None
@@ -770,8 +810,8 @@ class Experiment:
         with _open_for_jobs(self.memory_path()) as memory:
             ctx = self._context(memory)
             emit(ProgressEvent("dev", total=len(self.dev.jobs(None))))
+            self._phase_labels = lambda: self._label_counters(ctx)
             computed = self.dev.run(ctx, memory, self._progress("dev", emit), redo)
-            self._write_label_stats(ctx, "dev_classifier_stats.json")
         return computed
 
     def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
@@ -788,6 +828,7 @@ class Experiment:
                     self.dev.sets.digest(),
                 )
             ctx = self._context(memory, gate)
+            self._phase_labels = lambda: self._label_counters(ctx)
             jobs = self.eval_jobs(ctx)
             emit(ProgressEvent("eval", total=len(jobs)))
             store = self.eval_store
@@ -799,7 +840,6 @@ class Experiment:
                 workers=self.config.workers,
                 on_event=self._progress("eval", emit),
             )
-            self._write_label_stats(ctx, "eval_classifier_stats.json")
         write_results(self.out, self.plan_json(), store)
         return computed
 
@@ -856,3 +896,21 @@ def _dedupe(jobs: list[Job]) -> list[Job]:
             seen.add(job.key())
             out.append(job)
     return out
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _sum_counters(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Nested counters (labeller -> domain -> counter -> number) added key by key."""
+    total: dict[str, Any] = {}
+    for item in items:
+        for key, value in item.items():
+            if isinstance(value, Mapping):
+                total[key] = _sum_counters([total.get(key, {}), value])
+            else:
+                total[key] = total.get(key, 0) + value
+    return total

@@ -21,7 +21,7 @@ import builtins
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -495,19 +495,28 @@ class Memory:
         has the full log (adds and content changes too)."""
         if not self.store.keeps_history:
             return self.store.flag_history(record_id)
-        namespace = self.get(record_id).namespace
-        return [
-            {
-                "action": c.op,
-                "reason": c.reason,
-                "actor": c.actor,
-                "at": c.at,
-                "version": c.version,
-                "status": c.status_after,
-            }
-            for c in self.changes(namespace, record_id=record_id)
-            if c.op not in ("add", "replace")
-        ]
+        return self.histories(self.get(record_id).namespace, [record_id])[record_id]
+
+    def histories(
+        self, namespace: str, record_ids: Sequence[str]
+    ) -> dict[str, builtins.list[dict[str, Any]]]:
+        """id -> `history(id)` for records of one namespace, from one read of their log."""
+        if not self.store.keeps_history:
+            return {rid: self.store.flag_history(rid) for rid in record_ids}
+        out: dict[str, builtins.list[dict[str, Any]]] = {rid: [] for rid in record_ids}
+        for c in self.store.changes_of(namespace, record_ids):
+            if c.op not in ("add", "replace"):
+                out[c.record_id].append(
+                    {
+                        "action": c.op,
+                        "reason": c.reason,
+                        "actor": c.actor,
+                        "at": c.at,
+                        "version": c.version,
+                        "status": c.status_after,
+                    }
+                )
+        return out
 
     def record_outcome(self, record_id: str, model: str, helped: bool) -> None:
         """Count that the record, given to `model`, helped (True) or harmed (False) it."""
@@ -516,6 +525,10 @@ class Memory:
     def usage(self, record_id: str) -> dict[str, Any]:
         """How often a record was retrieved, and per model how often it helped or harmed."""
         return self.store.usage(record_id)
+
+    def usages(self, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """id -> `usage(id)` for each of the given ids, in one read."""
+        return self.store.usages_of(record_ids)
 
     def record_baseline(
         self,
@@ -533,14 +546,34 @@ class Memory:
 
     def utility(self, record_id: str, policy: UtilityPolicy | None = None) -> dict[str, Estimate]:
         """Model -> the record's estimate for it, for every model with outcomes."""
-        record = self.store.get(record_id)
+        return self.utilities([self.store.get(record_id)], policy)[record_id]
+
+    def utilities(
+        self, records: Sequence[MemoryRecord], policy: UtilityPolicy | None = None
+    ) -> dict[str, dict[str, Estimate]]:
+        """id -> `utility(id)` for records of one namespace: one read of the namespace's
+        usage counts and baselines for all of them."""
+        out: dict[str, dict[str, Estimate]] = {r.id: {} for r in records}
+        if not records:
+            return out
+        namespace = records[0].namespace
+        if any(r.namespace != namespace for r in records):
+            raise ValueError("utilities() takes records of one namespace")
+        buckets = {(r.domain, r.category, r.subcategory) for r in records}
+        # One bucket (a single record): read its counts alone, not the namespace's.
         usage = self.store.usage_counts(
-            record.namespace, None, record.domain, record.category, record.subcategory
+            namespace, None, *(next(iter(buckets)) if len(buckets) == 1 else (None, None, None))
         )
-        models = sorted(m for rid, m in usage if rid == record_id)
+        baselines = self.store.baselines(namespace)
         policy = policy or UtilityPolicy()
-        baselines = self.store.baselines(record.namespace)
-        return {m: estimates([record], m, usage, baselines, policy)[0] for m in models}
+        wanted = set(out)
+        for model in sorted({m for rid, m in usage if rid in wanted}):
+            mine = [r for r in records if (r.id, model) in usage]
+            for record, estimate in zip(
+                mine, estimates(mine, model, usage, baselines, policy), strict=True
+            ):
+                out[record.id][model] = estimate
+        return out
 
     def review(
         self, namespace: str = "default", policy: UtilityPolicy | None = None

@@ -215,6 +215,12 @@ class MemoryStore(ABC):
     def usage(self, record_id: str) -> dict[str, Any]:
         """`{"retrieved": n, "models": {model: {"helped": h, "harmed": m}}}` for one record."""
 
+    def usages_of(self, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """id -> `usage(id)` for each of the given stored ids (MemoryNotFoundError if one is
+        not stored). This default reads record by record; SQL backends answer in two
+        queries."""
+        return {rid: self.usage(rid) for rid in record_ids}
+
     def usage_counts(
         self,
         namespace: str = "default",
@@ -331,6 +337,12 @@ class MemoryStore(ABC):
         """The namespace's change log (of one record, when given), versions in
         (since, until], oldest first."""
         raise self._no_history("a change log")
+
+    def changes_of(self, namespace: str, record_ids: Sequence[str]) -> list[Change]:
+        """The change log of the given records of a namespace, ordered by version. This
+        default reads record by record; SQL backends answer in one query per 500 ids."""
+        found = [c for rid in set(record_ids) for c in self.changes(namespace, record_id=rid)]
+        return sorted(found, key=lambda c: c.version)
 
     def namespace_version(self, namespace: str = "default") -> int:
         """The namespace's latest version (0 before its first change)."""

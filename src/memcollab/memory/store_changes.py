@@ -268,11 +268,12 @@ def read(
     namespace: str,
     *,
     record_id: str | None = None,
+    record_ids: Sequence[str] | None = None,
     since: int = 0,
     until: int | None = None,
 ) -> list[Change]:
-    """The changes of a namespace (of one record, when given) with since < version <=
-    until, oldest first."""
+    """The changes of a namespace (of one record, or of `record_ids`, when given) with
+    since < version <= until, oldest first."""
     statement = (
         "SELECT namespace, version, record_id, op, status_before, status_after, json, "
         "reason, actor, at FROM memory_changes WHERE namespace = ? AND version > ?"
@@ -284,6 +285,9 @@ def read(
     if record_id is not None:
         statement += " AND record_id = ?"
         params.append(record_id)
+    if record_ids is not None:
+        statement += f" AND record_id IN ({', '.join('?' for _ in record_ids) or 'NULL'})"
+        params.extend(record_ids)
     cur.execute(sql(statement + " ORDER BY version"), params)
     return [_change(*row) for row in cur.fetchall()]
 

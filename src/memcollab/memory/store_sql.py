@@ -12,12 +12,10 @@ import os
 import threading
 import time
 from abc import abstractmethod
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from memcollab.domains import DOMAINS
 from memcollab.memory import store_changes as changelog
 from memcollab.memory.record import MEMORY_FORMAT_VERSION, MemoryRecord
 from memcollab.memory.store import (
@@ -37,6 +35,7 @@ from memcollab.memory.store import (
     conflict_error,
 )
 from memcollab.memory.store_changes import SERVED_SQL, Change, Op, Status
+from memcollab.memory.store_sql_usage import UsageCounters, bucket_where, chunks, marks
 
 _RECORD_COLUMNS = (
     "id, namespace, domain, category, subcategory, task_hash, model_pos, model_neg, "
@@ -80,11 +79,7 @@ _TRANSITIONS: dict[Op, tuple[tuple[Status, ...], Status]] = {
 """Status change -> (the statuses it applies to, the status it leaves)."""
 
 
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-class _SQLMemory(MemoryStore):
+class _SQLMemory(UsageCounters, MemoryStore):
     """Everything but connections and transactions, in SQL both backends accept.
 
     Statements are written with `?` placeholders; `_sql` adapts them to the driver.
@@ -223,7 +218,7 @@ class _SQLMemory(MemoryStore):
         if not rows:
             return []
         insert = self._sql(
-            f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({_marks(14)}) "
+            f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({marks(14)}) "
             "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
         added: list[tuple[str, Any]] = []
@@ -305,7 +300,7 @@ class _SQLMemory(MemoryStore):
             if new:
                 cur.executemany(
                     self._sql(
-                        f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({_marks(14)}) "
+                        f"INSERT INTO memory_records ({_RECORD_COLUMNS}) VALUES ({marks(14)}) "
                         "ON CONFLICT (id) DO NOTHING"
                     ),
                     list(new.values()),
@@ -485,12 +480,9 @@ class _SQLMemory(MemoryStore):
     def _stored_json(self, cur: Any, ids: Sequence[str]) -> dict[str, str]:
         """id -> the stored record as canonical JSON, for those of `ids` that are stored."""
         found: dict[str, str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk in chunks(ids):
             cur.execute(
-                self._sql(
-                    f"SELECT id, json FROM memory_records WHERE id IN ({_marks(len(chunk))})"
-                ),
+                self._sql(f"SELECT id, json FROM memory_records WHERE id IN ({marks(len(chunk))})"),
                 chunk,
             )
             for rid, blob in cur.fetchall():
@@ -506,30 +498,6 @@ class _SQLMemory(MemoryStore):
             )
         return MemoryRecord.model_validate_json(rows[0][0])
 
-    @staticmethod
-    def _where(
-        namespace: str,
-        domain: str | None,
-        category: str | None = None,
-        subcategory: str | None = None,
-    ) -> tuple[str, list[Any]]:
-        clauses, params = ["namespace = ?"], [namespace]
-        if domain is not None:
-            clauses.append("domain = ?")
-            params.append(domain)
-        elif category is not None or subcategory is not None:
-            # Keeps the bucket index usable below the domain column.
-            domains = sorted(DOMAINS)
-            clauses.append(f"domain IN ({_marks(len(domains))})")
-            params.extend(domains)
-        if category is not None:
-            clauses.append("category = ?")
-            params.append(category)
-        if subcategory is not None:
-            clauses.append("subcategory = ?")
-            params.append(subcategory)
-        return " AND ".join(clauses), params
-
     def records(
         self,
         namespace: str = "default",
@@ -539,7 +507,7 @@ class _SQLMemory(MemoryStore):
         *,
         include_flagged: bool = False,
     ) -> list[MemoryRecord]:
-        where, params = self._where(namespace, domain, category, subcategory)
+        where, params = bucket_where(namespace, domain, category, subcategory)
         if not include_flagged:
             where += f" AND {SERVED_SQL}"
         rows = self._query(
@@ -560,7 +528,7 @@ class _SQLMemory(MemoryStore):
     ) -> tuple[list[MemoryRecord], int]:
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
-        where, params = self._where(namespace, domain, category, subcategory)
+        where, params = bucket_where(namespace, domain, category, subcategory)
         if not include_flagged:
             where += f" AND {SERVED_SQL}"
         # LIMIT/OFFSET in SQL: only the page's records are read and parsed.
@@ -575,123 +543,13 @@ class _SQLMemory(MemoryStore):
     def buckets(
         self, namespace: str = "default", domain: str | None = None
     ) -> dict[tuple[str, str, str], int]:
-        where, params = self._where(namespace, domain)
+        where, params = bucket_where(namespace, domain)
         rows = self._query(
             f"SELECT domain, category, subcategory, COUNT(*) FROM memory_records WHERE {where} "
             "GROUP BY domain, category, subcategory",
             params,
         )
         return {(d, c, s): int(n) for d, c, s, n in sorted(rows)}
-
-    # -- usage
-    def _require(self, cur: Any, record_ids: Iterable[str]) -> None:
-        wanted = sorted(set(record_ids))
-        cur.execute(
-            self._sql(f"SELECT id FROM memory_records WHERE id IN ({_marks(len(wanted))})"),
-            wanted,
-        )
-        missing = set(wanted) - {row[0] for row in cur.fetchall()}
-        if missing:
-            shown = ", ".join(repr(m) for m in sorted(missing)[:5])
-            raise MemoryNotFoundError(
-                f"the memory at {self.location} holds no record with id {shown}",
-                "count usage only of records retrieved from this store",
-            )
-
-    def count_retrieved(self, record_ids: Iterable[str]) -> None:
-        counts = Counter(record_ids)
-        if not counts:
-            return
-        with self._write() as cur:
-            self._require(cur, counts)
-            cur.executemany(
-                self._sql(
-                    "INSERT INTO memory_retrievals (record_id, retrieved) VALUES (?, ?) "
-                    "ON CONFLICT (record_id) DO UPDATE "
-                    "SET retrieved = memory_retrievals.retrieved + excluded.retrieved"
-                ),
-                sorted(counts.items()),
-            )
-
-    def record_usage(self, record_id: str, model: str, helped: bool) -> None:
-        with self._write() as cur:
-            self._require(cur, [record_id])
-            cur.execute(
-                self._sql(
-                    "INSERT INTO memory_usage (record_id, model, helped, harmed) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (record_id, model) DO UPDATE SET "
-                    "helped = memory_usage.helped + excluded.helped, "
-                    "harmed = memory_usage.harmed + excluded.harmed"
-                ),
-                (record_id, model, int(helped), int(not helped)),
-            )
-
-    def usage(self, record_id: str) -> dict[str, Any]:
-        self.get(record_id)
-        retrieved = self._query(
-            "SELECT retrieved FROM memory_retrievals WHERE record_id = ?", (record_id,)
-        )
-        models = self._query(
-            "SELECT model, helped, harmed FROM memory_usage WHERE record_id = ?", (record_id,)
-        )
-        return {
-            "retrieved": int(retrieved[0][0]) if retrieved else 0,
-            "models": {m: {"helped": int(h), "harmed": int(x)} for m, h, x in sorted(models)},
-        }
-
-    def usage_counts(
-        self,
-        namespace: str = "default",
-        model: str | None = None,
-        domain: str | None = None,
-        category: str | None = None,
-        subcategory: str | None = None,
-    ) -> dict[tuple[str, str], tuple[int, int]]:
-        where, params = self._where(namespace, domain, category, subcategory)
-        if model is not None:
-            where += " AND u.model = ?"
-            params.append(model)
-        rows = self._query(
-            "SELECT u.record_id, u.model, u.helped, u.harmed FROM memory_usage u "
-            f"JOIN memory_records r ON r.id = u.record_id WHERE {where}",
-            params,
-        )
-        return {(rid, m): (int(h), int(x)) for rid, m, h, x in sorted(rows)}
-
-    def record_baseline(
-        self,
-        namespace: str,
-        domain: str,
-        category: str,
-        subcategory: str,
-        model: str,
-        success: bool,
-    ) -> None:
-        with self._write() as cur:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO memory_baselines (namespace, domain, category, subcategory, "
-                    "model, successes, failures) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (namespace, domain, category, subcategory, model) DO UPDATE "
-                    "SET successes = memory_baselines.successes + excluded.successes, "
-                    "failures = memory_baselines.failures + excluded.failures"
-                ),
-                (namespace, domain, category, subcategory, model, int(success), int(not success)),
-            )
-
-    def baselines(
-        self, namespace: str = "default", model: str | None = None
-    ) -> dict[tuple[str, str, str, str], tuple[int, int]]:
-        statement = (
-            "SELECT model, domain, category, subcategory, successes, failures "
-            "FROM memory_baselines WHERE namespace = ?"
-        )
-        params: list[Any] = [namespace]
-        if model is not None:
-            statement += " AND model = ?"
-            params.append(model)
-        rows = self._query(statement, params)
-        return {(m, d, c, s): (int(k), int(f)) for m, d, c, s, k, f in sorted(rows)}
 
     # -- statuses and versions (memory/store_changes.py)
     def transition(self, record_id: str, op: Op, reason: str, actor: str = "") -> bool:
@@ -772,6 +630,13 @@ class _SQLMemory(MemoryStore):
             return changelog.read(
                 conn.cursor(), self._sql, namespace, record_id=record_id, since=since, until=until
             )
+
+    def changes_of(self, namespace: str, record_ids: Sequence[str]) -> list[Change]:
+        found: list[Change] = []
+        with self._connection() as conn:
+            for chunk in chunks(sorted(set(record_ids))):
+                found += changelog.read(conn.cursor(), self._sql, namespace, record_ids=chunk)
+        return sorted(found, key=lambda c: c.version)
 
     def namespace_version(self, namespace: str = "default") -> int:
         with self._connection() as conn:

@@ -158,6 +158,33 @@ def add(context: Any, who: Submitter, record: MemoryRecord, *, dedup: bool = Tru
     return result
 
 
+class SubmissionConflict(Exception):
+    """A submitted record's id is already stored with other content (REST: 409)."""
+
+
+def submit(context: Any, who: Submitter, record: MemoryRecord, *, dedup: bool = True) -> AddResult:
+    """`add`, then the retry rule every front end shares (REST add, MCP add_constraint): the
+    same submission again adds nothing; another content under a stored id raises
+    SubmissionConflict instead of reporting it as already stored."""
+    result = add(context, who, record, dedup=dedup)
+    if not result.created:
+        stored = context.memory.get(record.id)
+        if stored.namespace != record.namespace or not same_submission(stored, record):
+            raise SubmissionConflict(f"record {record.id!r} is already stored with other content")
+    return result
+
+
+def same_submission(stored: MemoryRecord, submitted: MemoryRecord) -> bool:
+    """Whether `stored` is what adding `submitted` left: the same fields, and constraints
+    that are submitted ones (those that merged elsewhere are missing; supports may have
+    grown since)."""
+    fields = {"created_at", "constraints", "format_version"}
+    if stored.model_dump(exclude=fields) != submitted.model_dump(exclude=fields):
+        return False
+    sent = [(c.when, c.enforce, c.avoid) for c in submitted.constraints]
+    return all((c.when, c.enforce, c.avoid) in sent for c in stored.constraints)
+
+
 def counted(result: AddResult) -> dict[str, int]:
     """The counters one add raises."""
     return {

@@ -5,7 +5,8 @@ task's domain checker, so a client need not say the verdict.
 The task is found by its id's first part (the dataset) among the loaders' splits, read from
 the service's data directory (`serve --data-dir`, else MEMCOLLAB_DATA_DIR, else the
 default that `memcollab data get` fills) and kept per split. The answer judged is the
-attempt's `answer`, else its last assistant message: a math reply as it is (the checker
+attempt's `answer` (an empty one included: judged incorrect), else its last assistant
+message: a math reply as it is (the checker
 takes its final answer), a code reply's last Python block run against the task's hidden
 tests in the sandbox (as the agent's final check does).
 """
@@ -72,7 +73,9 @@ class TaskJudge:
     def judge(self, attempt: Attempt) -> Verdict:
         """correct / incorrect for the attempt's answer on its task."""
         task = self.task(attempt.task_id)
-        reply = attempt.answer or _last_assistant(attempt)
+        # An answer that is empty ("", a model that said nothing) is a reply, judged (wrong)
+        # like any other; only an attempt with no answer and no assistant turn is an error.
+        reply = attempt.answer if attempt.answer is not None else _last_assistant(attempt)
         if reply is None:
             raise JudgeError(f"attempt {attempt.id!r} holds no answer to judge")
         if task.domain == "code":

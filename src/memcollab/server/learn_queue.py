@@ -352,8 +352,8 @@ class LearnQueue:
         return [_item(r) for r in rows]
 
     def counts(self, namespace: str | None = None) -> dict[str, Any]:
-        """Queue depth by state, distilled (done), refused by reason, failed by reason and
-        deferred offers: of one namespace, or of all together (None)."""
+        """Queue depth by state, distilled (done), refused by reason, failed by reason,
+        deferred offers and distiller runs: of one namespace, or of all together (None)."""
         where, params = ("WHERE namespace = ? ", [namespace]) if namespace is not None else ("", [])
         by_state = dict.fromkeys(STATES, 0)
         refused: dict[str, int] = {}
@@ -378,7 +378,14 @@ class LearnQueue:
             "refused": dict(sorted(refused.items())),
             "failed": dict(sorted(failed.items())),
             "deferred": counters.get("deferred", 0),
+            "distillations": counters.get("distillations", 0),
         }
+
+    def count(self, namespace: str, name: str, by: int = 1) -> None:
+        """Add `by` to a counter of the namespace, in a transaction of its own (kept when
+        the work it counts is lost to a crash: e.g. "distillations", each distiller run)."""
+        with self.db.write() as cur:
+            self._bump(cur, namespace, name, by)
 
     # -- internals
     def _has_row(self, namespace: str, task_id: str) -> bool:

@@ -231,6 +231,10 @@ class LearningWorker:
             "near_miss",
         )
         result = self.distiller.distill(task, pair)
+        # Counted as soon as the distiller returns, before the record's transaction: a
+        # crash in between leaves the run counted and the row to do again, so runs beyond
+        # the rows distilled measure the pairs distilled twice.
+        self.queue.count(item.namespace, "distillations")
         detail: dict[str, Any] = {"status": result.status, "rejected": dict(result.rejected)}
         if not result.constraints:
             return self._refuse(item, refusal_reason(result), detail)

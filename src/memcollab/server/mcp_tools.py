@@ -444,7 +444,11 @@ class McpTools:
             distiller=distiller,
             created_at=time.time(),
         )
-        result = guard.add(self.context, guard.Submitter.of(who, "mcp"), record, dedup=args.dedup)
+        submitter = guard.Submitter.of(who, "mcp")
+        try:
+            result = guard.submit(self.context, submitter, record, dedup=args.dedup)
+        except guard.SubmissionConflict as exc:
+            raise ToolError(f"{exc}: give another `task` or `model` for a new constraint") from None
         return AddOutcome(
             record_id=result.record_id,
             created=result.created,

@@ -126,18 +126,18 @@ def browse(
     page = records[offset : offset + limit]
     flags = ctx.memory.flagged(who.namespace)
     statuses = ctx.memory.statuses(who.namespace)
-    provenance = ctx.provenance.many([r.id for r in page])
+    ids = [r.id for r in page]
+    provenance = ctx.provenance.many(ids)
+    # Batched reads (a few queries for the page, not a few per record).
+    usages = ctx.memory.usages(ids)
+    histories = ctx.memory.histories(who.namespace, ids)
+    utilities = ctx.memory.utilities(page)
     out = []
     for record in page:
         item = record_out(record, flags, provenance, statuses.get(record.id, "active"))
-        usage = ctx.memory.usage(record.id)
-        item["usage"] = Usage(**usage)
-        item["history"] = ctx.memory.history(record.id)
-        item["utility"] = (
-            {m: _utility_out(e) for m, e in ctx.memory.utility(record.id).items()}
-            if usage["models"]
-            else {}
-        )
+        item["usage"] = Usage(**usages[record.id])
+        item["history"] = histories[record.id]
+        item["utility"] = {m: _utility_out(e) for m, e in utilities[record.id].items()}
         out.append(item)
     end = offset + len(page)
     return {

@@ -254,11 +254,12 @@ def add_record(body: RecordIn, response: Response, who: WriteKey, ctx: Context) 
         created_at=time.time(),
     )
     # One transaction: the record, the merges and its provenance, or none of them.
-    result = guard.add(ctx, guard.Submitter.of(who, "add"), record, dedup=body.dedup)
+    try:
+        result = guard.submit(ctx, guard.Submitter.of(who, "add"), record, dedup=body.dedup)
+    except guard.SubmissionConflict as exc:
+        raise HTTPException(409, str(exc)) from None
     stored = ctx.memory.get(rid)
     if not result.created:
-        if stored.namespace != who.namespace or not same_submission(stored, record):
-            raise HTTPException(409, f"record {rid!r} is already stored with other content")
         response.status_code = 200
     flags = ctx.memory.flagged(who.namespace)
     return {
@@ -269,17 +270,6 @@ def add_record(body: RecordIn, response: Response, who: WriteKey, ctx: Context) 
         "released": list(result.released),
         "record": record_out(stored, flags, ctx.provenance.many([rid]), result.status),
     }
-
-
-def same_submission(stored: MemoryRecord, submitted: MemoryRecord) -> bool:
-    """Whether `stored` is what adding `submitted` left: the same fields, and constraints
-    that are submitted ones (those that merged elsewhere are missing; supports may have
-    grown since)."""
-    fields = {"created_at", "constraints", "format_version"}
-    if stored.model_dump(exclude=fields) != submitted.model_dump(exclude=fields):
-        return False
-    sent = [(c.when, c.enforce, c.avoid) for c in submitted.constraints]
-    return all((c.when, c.enforce, c.avoid) in sent for c in stored.constraints)
 
 
 @router.post("/records/{record_id}/release", response_model=ReleaseResult)

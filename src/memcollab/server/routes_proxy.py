@@ -17,7 +17,11 @@ streamed one when its stream has ended (a stream the client abandons, or that fa
 midway, stores nothing). A call that fails stores nothing: malformed JSON or a malformed
 request 400, an unknown model 404 (OpenAI's error shape with a `code`), a body over
 `Settings.proxy_body_limit` 413, an upstream that cannot be reached 502, one that does not
-answer within `Settings.upstream_timeout_s` 504; an upstream's own error answer (4xx/5xx)
+answer within `Settings.upstream_timeout_s` 504 (but an in-process model's generation,
+which cannot be interrupted, is kept when the client gave an attempt id: its late answer
+is stored under that id, and a retry with the id waits for it, within the timeout again,
+and gets it replayed instead of a second generation queued behind the first); an
+upstream's own error answer (4xx/5xx)
 is passed through with its status and body, except 401/403 (the service's credentials,
 not the client's: 502). A request that comes back to this service from its own upstream
 call (a fleet that points at the service) is refused with 508.
@@ -28,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -142,6 +146,66 @@ def _stored(ctx: ServerContext, who: Principal, call: ChatCall) -> Attempt | Non
             "a new exchange needs a new attempt id",
         )
     return stored
+
+
+Orphans = dict[tuple[str, str], "asyncio.Task[bool]"]
+
+
+def _orphans(request: Request) -> Orphans:
+    """(namespace, client attempt id) -> the task storing the late answer of a call that
+    timed out (kept on the app, one event loop's tasks)."""
+    state = request.app.state
+    found: Orphans | None = getattr(state, "proxy_orphans", None)
+    if found is None:
+        found = state.proxy_orphans = {}
+    return found
+
+
+def _keep_late(
+    orphans: Orphans,
+    late: Callable[[], Awaitable[Answer]],
+    ctx: ServerContext,
+    who: Principal,
+    call: ChatCall,
+    use: MemoryUse,
+) -> None:
+    """Store the answer of a timed-out generation under the client's attempt id when it
+    arrives (as its own call would have), in the background."""
+    assert call.attempt_id is not None
+    key = (who.namespace, call.attempt_id)
+
+    async def keep() -> bool:
+        try:
+            answer = await late()
+        except Exception as exc:  # noqa: BLE001 - the generation failed: nothing to keep
+            log.warning("late answer of attempt %s failed: %s", call.attempt_id, exc)
+            return False
+        transcript = Transcript()
+        transcript.read_json(answer.body)
+        stored = await run_in_threadpool(_store, ctx, who, call, use, transcript, key[1])
+        log.info("stored the late answer of attempt %s: %s", key[1], stored)
+        return stored
+
+    task = asyncio.ensure_future(keep())
+    orphans[key] = task
+    task.add_done_callback(lambda t: orphans.pop(key) if orphans.get(key) is t else None)
+
+
+async def _await_orphan(
+    request: Request, ctx: ServerContext, who: Principal, call: ChatCall
+) -> bool:
+    """Wait (within the upstream timeout) for a generation of this attempt id that is still
+    running after its call timed out; False when it is still running then."""
+    assert call.attempt_id is not None
+    orphan = _orphans(request).get((who.namespace, call.attempt_id))
+    if orphan is None or orphan.get_loop() is not asyncio.get_running_loop():
+        return True
+    try:
+        async with asyncio.timeout(ctx.settings.upstream_timeout_s):
+            await asyncio.shield(orphan)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _replay(stored: Attempt, call: ChatCall) -> Response:
@@ -271,6 +335,14 @@ async def chat_completions(request: Request, who: WriteKey, ctx: Context) -> Res
             "model_not_found",
         )
     if call.attempt_id is not None:
+        if not await _await_orphan(request, ctx, who, call):
+            return openai_error(
+                504,
+                f"the generation of attempt {call.attempt_id!r} (model {call.model!r}) is still"
+                f" running after {ctx.settings.upstream_timeout_s:g} s; retry to get it",
+                "upstream_timeout",
+                "upstream_error",
+            )
         try:
             stored = await run_in_threadpool(_stored, ctx, who, call)
         except AttemptConflictError as exc:
@@ -285,6 +357,8 @@ async def chat_completions(request: Request, who: WriteKey, ctx: Context) -> Res
     try:
         answer = await (upstream.stream(body) if call.stream else upstream.complete(body))
     except UpstreamError as exc:
+        if exc.late is not None and call.attempt_id is not None:
+            _keep_late(_orphans(request), exc.late, ctx, who, call, use)
         kind = "invalid_request_error" if exc.status < 500 else "upstream_error"
         return openai_error(exc.status, exc.message, exc.code, kind, headers)
     if isinstance(answer, Answer):

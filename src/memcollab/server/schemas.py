@@ -107,6 +107,10 @@ class Learning(BaseModel):
     refused: dict[str, int] = Field(description="refused pairs by reason (screens, empty, ...)")
     failed: dict[str, int] = Field(description="failed pairs by reason (error, lease_expired)")
     deferred: int = Field(description="offers put off by a full queue (the scan files them later)")
+    distillations: int = Field(
+        0,
+        description="distiller runs that returned (a pair redone after a crash counts again)",
+    )
     waiting: int = Field(description="tasks with a contrast and no queue row yet")
 
 

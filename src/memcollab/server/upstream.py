@@ -18,7 +18,10 @@ in this process through memcollab's model layer.
 
 Failures are `UpstreamError`s carrying the status the client gets: 502 when the upstream
 cannot be reached or refuses the service's credentials, 504 when it does not answer within
-the configured timeout, 400 for a request an in-process model cannot serve.
+the configured timeout, 400 for a request an in-process model cannot serve. An in-process
+model's call cannot be interrupted: on its 504 the generation goes on in its thread, and
+the error's `late` hands over its answer when it ends (the proxy stores it under the
+client's attempt id, so a retry gets it instead of generating again behind it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,13 +51,22 @@ points back at this service, e.g. through OPENAI_BASE_URL) and is refused."""
 
 
 class UpstreamError(Exception):
-    """A call that produced no answer: `status` and an OpenAI error `type`/`code`."""
+    """A call that produced no answer: `status` and an OpenAI error `type`/`code`. `late`
+    (an in-process model's timeout only): awaits the answer of the generation still
+    running, which a caller may keep."""
 
-    def __init__(self, status: int, message: str, code: str = "upstream_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str = "upstream_error",
+        late: Callable[[], Awaitable[Answer]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.late = late
 
 
 @dataclass(frozen=True)
@@ -354,18 +366,22 @@ class LocalUpstream:
         if not isinstance(n, int) or not 1 <= n <= 8:
             raise UpstreamError(400, "n must be an integer from 1 to 8 for an in-process model")
         requests = local_request(body, self.spec, n)
+        running: asyncio.Future[list[Completion]] | None = None
         try:
             async with asyncio.timeout(self._timeout_s):
                 threads = await self._threads()
                 context = contextvars.copy_context()  # as asyncio.to_thread does
-                completions = await asyncio.get_running_loop().run_in_executor(
+                running = asyncio.get_running_loop().run_in_executor(
                     threads, lambda: context.run(self._complete_all, requests)
                 )
+                # shielded: a timeout leaves the generation's result to `late`
+                completions = await asyncio.shield(running)
         except TimeoutError:
             raise UpstreamError(
                 504,
                 f"model {self.name!r} did not answer within {self._timeout_s:g} s",
                 "upstream_timeout",
+                late=None if running is None else self._late(running),
             ) from None
         except ContextOverflowError as exc:
             raise UpstreamError(400, str(exc), "context_length_exceeded") from None
@@ -376,6 +392,19 @@ class LocalUpstream:
                 502, f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
             ) from None
         return completion_object(self.name, completions)
+
+    def _late(self, running: asyncio.Future[list[Completion]]) -> Callable[[], Awaitable[Answer]]:
+        """What hands over the answer of a generation whose call timed out (its failure is
+        retrieved here too, so an answer nobody keeps logs nothing)."""
+        running.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+        async def answer() -> Answer:
+            obj = completion_object(self.name, await running)
+            return Answer(
+                200, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json"
+            )
+
+        return answer
 
     def close(self) -> None:
         """Stop this model's threads (at shutdown): queued calls are cancelled, a call
