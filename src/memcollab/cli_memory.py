@@ -34,6 +34,7 @@ from memcollab.cli_common import (
 from memcollab.collect import TrajectoryStore
 from memcollab.errors import UserError
 from memcollab.llm.fleet import Fleet
+from memcollab.memory.gate_note import NOTE_PREFIX
 from memcollab.tasks.task import Task
 
 if TYPE_CHECKING:
@@ -256,6 +257,14 @@ def solve_command(
     ] = False,
     taxonomy: TaxonomyOption = None,
     labeller: LabellerOption = "llm",
+    ignore_gate: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-gate",
+            help="Retrieve even where the namespace's stored utility gate withholds memory"
+            " from this model in this domain.",
+        ),
+    ] = False,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
@@ -293,8 +302,14 @@ def solve_command(
                 namespace=namespace,
                 p=p,
                 participant_filter=participant_filter,
+                gate=not ignore_gate,
             )
         guidance = got.guidance
+        if got.gate is not None:
+            console.print(
+                f"[bold]utility gate[/bold] of {got.gate.condition} (rule {got.gate.rule}):"
+                f" {got.gate.verdict} for {model} on {task.domain}"
+            )
         console.print(
             f"[bold]label[/bold] {label.category} / {label.subcategory}"
             f" ({getattr(label, 'source', labeller)}); retrieved at level [bold]{got.level}[/bold]:"
@@ -477,7 +492,7 @@ def _print_notes(notes: dict[str, dict[str, Any]]) -> None:
     """A namespace's notes: a utility gate's decisions as a table (model x domain: whether
     the memory is served, with the development accuracies behind it), others as JSON."""
     for key, value in notes.items():
-        decisions = value.get("decisions") if key.startswith("gate:") else None
+        decisions = value.get("decisions") if key.startswith(NOTE_PREFIX) else None
         if not isinstance(decisions, dict):
             console.print(f"note {key}: {json.dumps(value)}", markup=False, highlight=False)
             continue
