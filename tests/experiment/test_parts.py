@@ -117,3 +117,17 @@ def test_a_part_is_appended_whole_with_its_phase_entries(tmp_path: Path) -> None
     read = read_parts(tmp_path)
     assert len(read) == 2 and read[0] == part  # `ended` and `wall_s` were set on `part`
     assert list(read[0]) == ["started", "phases", "finished", "ended", "wall_s"]
+
+
+def test_a_part_appended_after_a_cut_off_line_is_not_glued_onto_it(tmp_path: Path) -> None:
+    whole = _part(0.0, train={"computed": 3, "seconds": 60.0})
+    cut = json.dumps(_part(60.0, eval={"computed": 9}))[:25]
+    _write(tmp_path, json.dumps(whole) + "\n" + cut)
+    later = {"started": time.time(), "phases": {}, "finished": True}
+    append_part(tmp_path, later)
+    assert read_parts(tmp_path) == [whole, later]  # the fragment is gone, nothing else
+    # A last line that parses but lost its newline is kept and ended, not dropped.
+    _write(tmp_path, json.dumps(whole))
+    again = {"started": time.time(), "phases": {}, "finished": False}
+    append_part(tmp_path, again)
+    assert read_parts(tmp_path) == [whole, again]

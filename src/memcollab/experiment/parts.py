@@ -72,8 +72,30 @@ def append_part(folder: Path, part: dict[str, Any]) -> None:
     """Set `part`'s `ended` and `wall_s`, and append it as one line to parts.jsonl."""
     part["ended"] = time.time()
     part["wall_s"] = round(part["ended"] - part["started"], 1)
-    with (folder / PARTS_FILE).open("a", encoding="utf-8") as fh:
+    path = folder / PARTS_FILE
+    _drop_cut_off_tail(path)
+    with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(part) + "\n")
+
+
+def _drop_cut_off_tail(path: Path) -> None:
+    """Before appending: a last line without its newline is a write a kill cut off. If it
+    parses it is kept and ended; if not (a fragment, never a part's line) it is removed,
+    so the next line is not glued onto it. Nothing else in the file changes."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        with path.open("r+b") as fh:
+            fh.truncate(start)
+        return
+    with path.open("ab") as fh:
+        fh.write(b"\n")
 
 
 def read_parts(folder: Path) -> list[dict[str, Any]]:
