@@ -573,10 +573,10 @@ class Memory:
         if any(r.namespace != namespace for r in records):
             raise ValueError("utilities() takes records of one namespace")
         buckets = {(r.domain, r.category, r.subcategory) for r in records}
-        # One bucket (a single record): read its counts alone, not the namespace's.
-        usage = self.store.usage_counts(
-            namespace, None, *(next(iter(buckets)) if len(buckets) == 1 else (None, None, None))
-        )
+        # Records of one bucket (e.g. a single record): read that bucket's counts alone;
+        # of several: the namespace's counts in one read.
+        domain, category, subcategory = buckets.pop() if len(buckets) == 1 else (None, None, None)
+        usage = self.store.usage_counts(namespace, None, domain, category, subcategory)
         baselines = self.store.baselines(namespace)
         policy = policy or UtilityPolicy()
         wanted = set(out)
