@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from memcollab.memory import Memory
 from memcollab.memory.store import SQLiteMemory
 from tests.test_cli import assert_one_line_error, run_cli
 
@@ -141,6 +142,25 @@ def test_collect_distill_export_import_show_solve(tmp_path: Path) -> None:
     assert "retrieved at level" in solved.stdout
     assert "avoid multiplying when the task asks for a sum" in solved.stdout
     assert "boxed{4}" in solved.stdout
+
+    # A utility gate stored with the memory withholds it from the model it said no to.
+    with Memory.open(memory) as opened:
+        decisions = {"right": {"math": {"memory": False, "n": 40}}}
+        opened.set_note("default", "gate:v2", {"rule": "non_negative", "decisions": decisions})
+    solve = ["solve", "What is two plus two?", "--model", "right", "--memory", str(memory)]
+    gated = run_cli(*solve, "--fleet", fleet, "--no-cache")
+    assert gated.returncode == 0, gated.stderr
+    assert "utility gate of v2 (rule non_negative): withheld for right on math" in gated.stdout
+    assert "0 records, 0 constraints" in gated.stdout
+    assert "avoid multiplying when the task asks for a sum" not in gated.stdout
+    ignored = run_cli(*solve, "--fleet", fleet, "--no-cache", "--ignore-gate")
+    assert "avoid multiplying when the task asks for a sum" in ignored.stdout
+    with Memory.open(memory) as opened:
+        decisions = {"right": {"math": {"memory": True}}}
+        opened.set_note("default", "gate:placebo", {"rule": "positive", "decisions": decisions})
+    assert_one_line_error(
+        run_cli(*solve, "--fleet", fleet, "--no-cache"), "utility gates disagree for right"
+    )
 
 
 def test_bad_inputs_give_one_line(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -34,6 +34,7 @@ from memcollab.cli_common import (
 from memcollab.collect import TrajectoryStore
 from memcollab.errors import UserError
 from memcollab.llm.fleet import Fleet
+from memcollab.memory.gate_note import NOTE_PREFIX
 from memcollab.tasks.task import Task
 
 if TYPE_CHECKING:
@@ -256,6 +257,14 @@ def solve_command(
     ] = False,
     taxonomy: TaxonomyOption = None,
     labeller: LabellerOption = "llm",
+    ignore_gate: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-gate",
+            help="Retrieve even where the namespace's stored utility gate withholds memory"
+            " from this model in this domain.",
+        ),
+    ] = False,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
@@ -293,8 +302,14 @@ def solve_command(
                 namespace=namespace,
                 p=p,
                 participant_filter=participant_filter,
+                gate=not ignore_gate,
             )
         guidance = got.guidance
+        if got.gate is not None:
+            console.print(
+                f"[bold]utility gate[/bold] of {got.gate.condition} (rule {got.gate.rule}):"
+                f" {got.gate.verdict} for {model} on {task.domain}"
+            )
         console.print(
             f"[bold]label[/bold] {label.category} / {label.subcategory}"
             f" ({getattr(label, 'source', labeller)}); retrieved at level [bold]{got.level}[/bold]:"
@@ -450,8 +465,9 @@ def memory_stats(
             return
         stats = mem.stats(namespace)
         flagged = len(mem.flagged(namespace))
+        notes = mem.notes(namespace)
     if as_json:
-        console.print_json(json.dumps({**stats, "flagged": flagged}))
+        console.print_json(json.dumps({**stats, "flagged": flagged, "notes": notes}))
         return
     console.print(
         f"{stats['records']} records ({flagged} flagged), {stats['constraints']} constraints"
@@ -469,6 +485,31 @@ def memory_stats(
         console.print(table)
     for key in ("pair_types", "distillers"):
         console.print(f"{key}: {json.dumps(stats.get(key, {}))}")
+    _print_notes(notes)
+
+
+def _print_notes(notes: dict[str, dict[str, Any]]) -> None:
+    """A namespace's notes: a utility gate's decisions as a table (model x domain: whether
+    the memory is served, with the development accuracies behind it), others as JSON."""
+    for key, value in notes.items():
+        decisions = value.get("decisions") if key.startswith(NOTE_PREFIX) else None
+        if not isinstance(decisions, dict):
+            console.print(f"note {key}: {json.dumps(value)}", markup=False, highlight=False)
+            continue
+        table = Table(
+            "model",
+            "domain",
+            "memory",
+            "dev accuracy without / with",
+            "n",
+            title=f"utility gate of {value.get('condition', key)} (rule {value.get('rule')})",
+        )
+        for model, by_domain in decisions.items():
+            for domain, d in by_domain.items():
+                served = "served" if d.get("memory") else "withheld"
+                accuracy = f"{d.get('accuracy_without', '?')} / {d.get('accuracy_with', '?')}"
+                table.add_row(model, domain, served, accuracy, str(d.get("n", "?")))
+        console.print(table)
 
 
 @memory_app.command("list")

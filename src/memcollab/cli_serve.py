@@ -115,6 +115,14 @@ def serve_command(
             "--learn-reply-tokens", min=16, help="--learn: the distiller's reply budget, tokens."
         ),
     ] = 400,
+    ignore_gate: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-gate",
+            help="Serve every model memory even where the namespace's stored utility gate"
+            " (an experiment's dev phase) said it does not help that model in that domain.",
+        ),
+    ] = False,
 ) -> None:
     """Serve a memory over HTTP: the REST API under /v1, OpenAPI docs at /docs.
 
@@ -149,6 +157,7 @@ def serve_command(
         threads=threads,
         data_dir=None if data_dir is None else str(data_dir),
         learn_lease_s=learn_lease,
+        honour_gate=not ignore_gate,
     )
     context = ServerContext.open(location, fleet=fleet, labeller=chosen, settings=settings)
     try:

@@ -164,3 +164,38 @@ def test_cli_import_counts_the_notes(tmp_path: Path) -> None:
     assert "imported 1 records, skipped 0 already present; stored 1 namespace notes" in done.stdout
     with Memory.open(tmp_path / "b.sqlite") as copy:
         assert copy.note("ns", "gate") == GATE
+
+
+def test_cli_stats_shows_a_gates_decisions_and_other_notes(tmp_path: Path) -> None:
+    """`memory stats --namespace` shows what an imported memory carries: the utility gate's
+    decision per model and domain (served or withheld, and why), other notes as JSON."""
+    from tests.test_cli import run_cli
+
+    gate = {
+        "condition": "memcollab-v2",
+        "rule": "non_negative",
+        "decisions": {
+            "big": {"math": {"memory": True, "n": 97, "accuracy_without": 0.5,
+                             "accuracy_with": 0.52}},
+            "small": {"math": {"memory": False, "n": 97, "accuracy_without": 0.3,
+                               "accuracy_with": 0.27}},
+        },
+    }  # fmt: skip
+    with Memory.open(tmp_path / "a.sqlite") as memory:
+        memory.add(_record(1))
+        memory.set_note("ns", "gate:memcollab-v2", gate)
+        memory.set_note("ns", "origin", {"built_by": "v2 run"})
+    done = run_cli("memory", "stats", str(tmp_path / "a.sqlite"), "--namespace", "ns")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any("utility gate of memcollab-v2 (rule non_negative)" in line for line in lines)
+    assert any(
+        " big " in f" {line} " and "served" in line and "0.5 / 0.52" in line for line in lines
+    )
+    assert any("small" in line and "withheld" in line and "0.3 / 0.27" in line for line in lines)
+    assert 'note origin: {"built_by": "v2 run"}' in done.stdout
+    as_json = run_cli("memory", "stats", str(tmp_path / "a.sqlite"), "--namespace", "ns", "--json")
+    assert json.loads(as_json.stdout)["notes"] == {
+        "gate:memcollab-v2": gate,
+        "origin": {"built_by": "v2 run"},
+    }

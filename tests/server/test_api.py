@@ -358,3 +358,25 @@ def test_metrics_count_requests_by_route_template(service: Service) -> None:
     assert 'route="unmatched",status="404"' in text
     assert "memcollab_http_request_duration_seconds_bucket" in text
     assert "abc" not in text
+
+
+def test_search_says_what_the_namespaces_utility_gate_decided(service: Service) -> None:
+    c, h = service.client, service.key("a", "read")
+    rid = service.add("a", "Solve 7x + 1 = 22.")
+    service.context.memory.set_note(
+        "a", "gate:v2", {"rule": "non_negative", "decisions": {"weak": {"math": {"memory": False}}}}
+    )
+    query = {"task": "Solve 3x + 4 = 19.", "domain": "math"}
+    withheld = c.post("/v1/search", json={**query, "model": "weak"}, headers=h).json()
+    assert withheld["hits"] == []
+    assert withheld["gate"] == {"verdict": "withheld", "condition": "v2", "rule": "non_negative"}
+    other = c.post("/v1/search", json={**query, "model": "strong"}, headers=h).json()
+    assert [x["record_id"] for x in other["hits"]] == [rid]
+    assert other["gate"]["verdict"] == "undecided"
+    anonymous = c.post("/v1/search", json=query, headers=h).json()
+    assert [x["record_id"] for x in anonymous["hits"]] == [rid] and anonymous["gate"] is None
+    # Another namespace's key never sees this namespace's gate or records.
+    elsewhere = c.post(
+        "/v1/search", json={**query, "model": "weak"}, headers=service.key("b", "read")
+    ).json()
+    assert elsewhere["hits"] == [] and elsewhere["gate"] is None

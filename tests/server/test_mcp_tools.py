@@ -18,7 +18,7 @@ from mcp import types  # noqa: E402
 
 from memcollab.server.auth import Principal  # noqa: E402
 from memcollab.server.mcp_tools import McpTools, run_tool  # noqa: E402
-from tests.server.mcp_cases import McpWorld, make_world  # noqa: E402
+from tests.server.mcp_cases import QUERY, McpWorld, make_world  # noqa: E402
 
 
 @pytest.fixture
@@ -73,3 +73,16 @@ def test_the_service_starts_without_the_mcp_sdk(
     assert "MCP not served at /mcp: mcp is not installed" in caplog.text
     assert client.get("/v1/health").status_code == 200
     assert client.post("/mcp", json={}).status_code == 404
+
+
+def test_search_constraints_honours_the_namespaces_utility_gate(world: McpWorld) -> None:
+    tools = McpTools(world.context)
+    who = Principal("k", "a", "read")
+    gate = {"rule": "non_negative", "decisions": {"m1": {"math": {"memory": False}}}}
+    world.context.memory.set_note("a", "gate:v2", gate)
+    query = {"task": QUERY, "domain": "math", "k": 5}
+    withheld = tools.call("search_constraints", {**query, "model": "m1"}, who)
+    assert withheld["hits"] == [] and withheld["gate"]["verdict"] == "withheld"
+    served = tools.call("search_constraints", {**query, "model": "m2"}, who)
+    assert [h["record_id"] for h in served["hits"]] == [world.a_rid]
+    assert served["gate"] == {"verdict": "undecided", "condition": "v2", "rule": "non_negative"}

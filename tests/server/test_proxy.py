@@ -99,6 +99,38 @@ def test_skipped_when_the_client_opts_out(svc: Service, stub: Stub, how: str) ->
     assert attempt.metadata["memory"] == "skipped" and attempt.injected_ids == ()
 
 
+GATE = {
+    "condition": "v2",
+    "rule": "non_negative",
+    "decisions": {"stubbed": {"math": {"memory": False}}, "local": {"math": {"memory": True}}},
+}
+
+
+def test_gated_when_the_memorys_utility_gate_withholds_it_from_the_model(
+    svc: Service, stub: Stub
+) -> None:
+    rid = svc.add("a", SIMILAR)
+    svc.context.memory.set_note("a", "gate:v2", GATE)
+    r = chat(svc, body_for("stubbed"))
+    assert r.status_code == 200 and r.headers["x-memcollab-memory"] == "gated"
+    assert "x-memcollab-records" not in r.headers
+    assert stub.state.requests[-1]["messages"] == [{"role": "user", "content": MATH}]
+    attempt = svc.context.attempts.get("a", r.headers["x-memcollab-attempt"])
+    assert attempt.metadata["memory"] == "gated" and attempt.injected_ids == ()
+    assert svc.context.memory.usage(rid)["retrieved"] == 0
+    # The model the gate serves gets the memory.
+    r = chat(svc, body_for("local"))
+    assert r.headers["x-memcollab-memory"] == "applied" and r.headers["x-memcollab-records"] == rid
+
+
+def test_a_service_told_to_ignore_the_gate_applies_memory(storage: Storage, stub: Stub) -> None:
+    svc = proxy_service(storage, stub, Settings(memory_timeout_s=30.0, honour_gate=False))
+    rid = svc.add("a", SIMILAR)
+    svc.context.memory.set_note("a", "gate:v2", GATE)
+    r = chat(svc, body_for("stubbed"))
+    assert r.headers["x-memcollab-memory"] == "applied" and r.headers["x-memcollab-records"] == rid
+
+
 def test_memory_failure_forwards_without_memory(
     svc: Service, stub: Stub, monkeypatch: pytest.MonkeyPatch
 ) -> None:

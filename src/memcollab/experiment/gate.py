@@ -31,6 +31,7 @@ from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, EvalContext, FleetView, Note, Vanilla
 from memcollab.experiment.config import DevSettings
 from memcollab.memory.api import Memory
+from memcollab.memory.gate_note import NOTE_PREFIX
 from memcollab.memory.guidance import Guidance
 from memcollab.memory.record import task_hash
 from memcollab.memory.store import read_jsonl
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from memcollab.experiment.runner import Experiment
 
 BASELINE = "vanilla"
-NOTE_PREFIX = "gate:"
 GATE_FILE = "gate.json"
 
 

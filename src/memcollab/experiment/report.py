@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from memcollab.collect import TrajectoryStore
+from memcollab.experiment.parts import PARTS_FILE, read_parts
 from memcollab.experiment.plots import write_plots
 from memcollab.experiment.results import (
     Results,
@@ -215,12 +216,11 @@ def comparison_table(rows: list[ContrastResult]) -> str:
 
 
 def parts_table(folder: Path) -> str | None:
-    path = folder / "parts.jsonl"
-    if not path.is_file():
+    """How the run was split: a row per part in parts.jsonl (None without the file)."""
+    if not (folder / PARTS_FILE).is_file():
         return None
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        part = json.loads(line)
+    for i, part in enumerate(read_parts(folder), start=1):
         when = dt.datetime.fromtimestamp(part["started"], dt.UTC).strftime("%Y-%m-%d %H:%M")
         phases = ", ".join(describe_phase(name, v) for name, v in part.get("phases", {}).items())
         failed = any(v.get("failed") for v in part.get("phases", {}).values())

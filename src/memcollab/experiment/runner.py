@@ -14,6 +14,7 @@ Layout of the output folder (everything resumable; a second run skips what is st
     memories/NAMESPACE.jsonl    each memory, exported
     build_summary.json          pairing and distillation counters per memory
     parts.jsonl                 one line per invocation: when, how long, what it computed
+                                (experiment/parts.py)
 
 Memory is built from the training tasks only; evaluation tasks are never collected for it.
 """
@@ -33,7 +34,6 @@ from typing import Any, Literal
 
 from memcollab.agent import Agent, fleet_agent
 from memcollab.atomic import write_json
-from memcollab.code_version import code_version
 from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, MemoryRecipe, make_condition
@@ -52,6 +52,13 @@ from memcollab.experiment.gate import (
     Gate,
     check_dev_settings,
     load_dev_sets,
+)
+from memcollab.experiment.parts import (
+    PhaseLabels,
+    append_part,
+    phase_entry,
+    start_part,
+    write_label_stats,
 )
 from memcollab.experiment.results import write_results
 from memcollab.llm.base import Decoding
@@ -166,8 +173,6 @@ class Experiment:
     ) -> None:
         self.config = config
         self.gateway = gateway
-        # Reads the labellers' counters of the dev or eval phase running now (set by it).
-        self._phase_labels: Callable[[], dict[str, Any]] | None = None
         self.fleet = fleet or Fleet.load(config.fleet)
         self.info = FleetInfo(self.fleet, self.fleet.names())
         self.eval_models = list(config.eval_models or self.info.models)
@@ -472,15 +477,16 @@ class Experiment:
         stats = self.gateway.stats().values()
         return sum(s.calls for s in stats), sum(s.cache_hits for s in stats)
 
-    def _phase_line(self, computed: int, began: float, calls: tuple[int, int]) -> dict[str, Any]:
-        """One phase's entry in parts.jsonl: what it computed, how long, which calls."""
-        now_calls, now_hits = self._call_counts()
-        return {
-            "computed": computed,
-            "seconds": round(time.perf_counter() - began, 1),
-            "model_calls": now_calls - calls[0],
-            "replayed_calls": now_hits - calls[1],
-        }
+    def _phase_line(
+        self,
+        computed: int,
+        began: float,
+        calls: tuple[int, int],
+        labels: PhaseLabels,
+        ended: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One phase's entry in parts.jsonl (experiment/parts.py)."""
+        return phase_entry(computed, began, calls, self._call_counts(), ended, labels.counters())
 
     def run(
         self,
@@ -504,24 +510,19 @@ class Experiment:
         self._check_labeller_data()
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "plan.json", self.plan_json())
-        part: dict[str, Any] = {
-            "started": time.time(),
-            "phases": {},
-            "finished": False,
-            "code": code_version(),
-        }
+        part = start_part()
         phase, began, before, calls = None, time.perf_counter(), 0, (0, 0)
+        labels = PhaseLabels()  # a dev or eval phase's labellers' counters, for its line
         ended: dict[str, Any] = {"interrupted": True}
         try:
             for phase in PHASES:
+                labels = PhaseLabels()
                 if phase not in phases or (phase == "dev" and self.dev is None):
                     continue
                 began, before = time.perf_counter(), self._stored_count(phase)
                 calls = self._call_counts()
-                self._phase_labels = None
-                done = getattr(self, f"_run_{phase}")(emit, redo)
-                part["phases"][phase] = self._phase_line(done, began, calls)
-                self._add_labels(part["phases"][phase])
+                done = getattr(self, f"_run_{phase}")(emit, redo, labels)
+                part["phases"][phase] = self._phase_line(done, began, calls, labels)
             part["finished"] = True
             return part
         except KeyboardInterrupt:
@@ -534,21 +535,11 @@ class Experiment:
             if not part["finished"] and phase is not None and phase not in part["phases"]:
                 # Stopped or failed mid-phase: what this part added is what the stores gained.
                 added = max(0, self._stored_count(phase) - before)
-                part["phases"][phase] = {**self._phase_line(added, began, calls), **ended}
-                self._add_labels(part["phases"][phase])
-            part["ended"] = time.time()
-            part["wall_s"] = round(part["ended"] - part["started"], 1)
-            with (self.out / "parts.jsonl").open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(part) + "\n")
+                part["phases"][phase] = self._phase_line(added, began, calls, labels, ended)
+            append_part(self.out, part)
             for labelled in ("dev", "eval"):
                 if "labels" in part["phases"].get(labelled, {}):
-                    self._write_label_stats(labelled)
-
-    def _add_labels(self, line: dict[str, Any]) -> None:
-        """The labellers' counters of the phase that just ran (dev and eval label queries)."""
-        if self._phase_labels is not None:
-            line["labels"] = self._phase_labels()
-            self._phase_labels = None
+                    write_label_stats(self.out, labelled)
 
     def _check_agent_unchanged(self) -> None:
         """Refuse new [agent] settings over stored trajectories: their keys do not hold the
@@ -631,7 +622,9 @@ class Experiment:
 
         return on
 
-    def _run_train(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+    def _run_train(
+        self, emit: Callable[[ProgressEvent], None], redo: bool, _labels: PhaseLabels
+    ) -> int:
         jobs = self.train_jobs()
         emit(ProgressEvent("train", total=len(jobs)))
         store = self.train_store
@@ -658,7 +651,9 @@ class Experiment:
     def _pairs(self, recipe: MemoryRecipe, trajectories: list[Trajectory]) -> PairingResult:
         return Memory.pairs(trajectories, self._pairing(recipe), self._strengths())
 
-    def _run_memory(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+    def _run_memory(
+        self, emit: Callable[[ProgressEvent], None], redo: bool, _labels: PhaseLabels
+    ) -> int:
         if not self.recipes:
             emit(ProgressEvent("memory", total=0))
             return 0
@@ -792,29 +787,21 @@ class Experiment:
             out |= stats(kind, by_model)
         return out
 
-    def _write_label_stats(self, phase: str) -> None:
-        """`<phase>_classifier_stats.json`: the labellers' counters summed over every part's
-        line in parts.jsonl, so a run split into parts counts all of its labels (a part
-        killed by SIGKILL writes no line: its labels are missing from the sum)."""
-        lines = [json.loads(x) for x in _read_lines(self.out / "parts.jsonl")]
-        counters = [
-            line["phases"][phase]["labels"]
-            for line in lines
-            if "labels" in line.get("phases", {}).get(phase, {})
-        ]
-        write_json(self.out / f"{phase}_classifier_stats.json", _sum_counters(counters))
-
-    def _run_dev(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+    def _run_dev(
+        self, emit: Callable[[ProgressEvent], None], redo: bool, labels: PhaseLabels
+    ) -> int:
         assert self.dev is not None
         self._require_built()
         with _open_for_jobs(self.memory_path()) as memory:
             ctx = self._context(memory)
             emit(ProgressEvent("dev", total=len(self.dev.jobs(None))))
-            self._phase_labels = lambda: self._label_counters(ctx)
+            labels.follow(lambda: self._label_counters(ctx))
             computed = self.dev.run(ctx, memory, self._progress("dev", emit), redo)
         return computed
 
-    def _run_eval(self, emit: Callable[[ProgressEvent], None], redo: bool) -> int:
+    def _run_eval(
+        self, emit: Callable[[ProgressEvent], None], redo: bool, labels: PhaseLabels
+    ) -> int:
         self._require_built()
         with _open_for_jobs(self.memory_path()) as memory:
             gate = None
@@ -828,7 +815,7 @@ class Experiment:
                     self.dev.sets.digest(),
                 )
             ctx = self._context(memory, gate)
-            self._phase_labels = lambda: self._label_counters(ctx)
+            labels.follow(lambda: self._label_counters(ctx))
             jobs = self.eval_jobs(ctx)
             emit(ProgressEvent("eval", total=len(jobs)))
             store = self.eval_store
@@ -896,21 +883,3 @@ def _dedupe(jobs: list[Job]) -> list[Job]:
             seen.add(job.key())
             out.append(job)
     return out
-
-
-def _read_lines(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def _sum_counters(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Nested counters (labeller -> domain -> counter -> number) added key by key."""
-    total: dict[str, Any] = {}
-    for item in items:
-        for key, value in item.items():
-            if isinstance(value, Mapping):
-                total[key] = _sum_counters([total.get(key, {}), value])
-            else:
-                total[key] = total.get(key, 0) + value
-    return total

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,6 +37,7 @@ from memcollab.memory.dedup import (
     unsupported,
 )
 from memcollab.memory.distill import Distiller
+from memcollab.memory.gate_note import check_gate
 from memcollab.memory.guidance import Labeller, LabelLike
 from memcollab.memory.merge import MERGE_THRESHOLD, MergeSummary, merge_namespace
 from memcollab.memory.pairs import PairingResult, PairingRule, pair_by_rule
@@ -219,6 +221,7 @@ class Memory:
         count_usage: bool = True,
         prefer_support: bool = False,
         utility: UtilityPolicy | bool = False,
+        gate: bool | str = True,
     ) -> Retrieved:
         """Constraints for `task` as `model` would get them: `hits` (record, score, back-off
         level) and the guidance lines. The task is labelled by `label`, else by `labeller`
@@ -226,7 +229,16 @@ class Memory:
         among equally relevant records, the better supported first (memory/merge.py).
         `utility` (True: the default `UtilityPolicy`; needs `model`): rank by relevance
         and the record's utility for `model`, and withhold records of confident harm for
-        it, listed in `withheld` (memory/utility.py)."""
+        it, listed in `withheld` (memory/utility.py). `gate` (True, or the condition
+        whose note applies; needs `model`): honour the namespace's stored utility gate,
+        so a (model, domain) it said no to gets nothing (`gate` of the result says what it
+        decided; memory/gate_note.py); False ignores it."""
+        checked = None
+        if gate is not False:
+            condition = gate if isinstance(gate, str) else None
+            checked = check_gate(self.notes(namespace), model, task.domain, condition)
+            if checked is not None and checked.verdict == "withheld":
+                return Retrieved((), (), "none", strategy, gate=checked)
         if label is None and labeller is not None and strategy == "task_aware":
             label = labeller.classify(task)
         retriever = self.retriever(
@@ -239,7 +251,8 @@ class Memory:
             prefer_support=prefer_support,
             utility=UtilityPolicy() if utility is True else (utility or None),
         )
-        return retriever.retrieve(task, label, model)
+        found = retriever.retrieve(task, label, model)
+        return found if checked is None else replace(found, gate=checked)
 
     # -- records
     def get(self, record_id: str) -> MemoryRecord:
@@ -560,10 +573,10 @@ class Memory:
         if any(r.namespace != namespace for r in records):
             raise ValueError("utilities() takes records of one namespace")
         buckets = {(r.domain, r.category, r.subcategory) for r in records}
-        # One bucket (a single record): read its counts alone, not the namespace's.
-        usage = self.store.usage_counts(
-            namespace, None, *(next(iter(buckets)) if len(buckets) == 1 else (None, None, None))
-        )
+        # Records of one bucket (e.g. a single record): read that bucket's counts alone;
+        # of several: the namespace's counts in one read.
+        domain, category, subcategory = buckets.pop() if len(buckets) == 1 else (None, None, None)
+        usage = self.store.usage_counts(namespace, None, domain, category, subcategory)
         baselines = self.store.baselines(namespace)
         policy = policy or UtilityPolicy()
         wanted = set(out)

@@ -41,6 +41,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from memcollab.errors import UserError
+from memcollab.memory.gate_note import GateCheck
 from memcollab.memory.guidance import UNLABELLED, Guidance, LabelLike
 from memcollab.memory.record import Constraint, MemoryRecord, task_hash
 from memcollab.memory.utility import (
@@ -110,6 +111,9 @@ class Retrieved:
     hits: tuple[Hit, ...] = ()
     withheld: tuple[Withheld, ...] = ()
     """Records passed over for the querying model (confident harm; utility retrieval)."""
+    gate: GateCheck | None = None
+    """The namespace's utility gate for the querying model and domain, where it has one
+    (memory/gate_note.py); `withheld`: nothing was retrieved."""
 
 
 Strategy = Callable[["Retriever", Task, LabelLike | None, str | None], Retrieved]

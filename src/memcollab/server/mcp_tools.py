@@ -52,6 +52,7 @@ from memcollab.server.schemas import (
     RecordId,
     SearchResponse,
     Stats,
+    gate_out,
     record_fields,
 )
 from memcollab.tasks.task import Task
@@ -331,6 +332,7 @@ class McpTools:
             namespace=who.namespace,
             p=args.k,
             count_usage=False,
+            gate=ctx.settings.honour_gate,
         )
         hits = [
             Hit(
@@ -353,6 +355,7 @@ class McpTools:
             category=found.category,
             subcategory=found.subcategory,
             label_source=source,
+            gate=gate_out(found.gate),
         )
 
     def record_outcome(self, who: Principal, args: OutcomeArgs) -> OutcomeResult:

@@ -41,7 +41,7 @@ from memcollab.tasks.task import Task, known_domain
 
 log = logging.getLogger("memcollab.server.proxy")
 
-MemoryStatus = Literal["applied", "none", "skipped", "error"]
+MemoryStatus = Literal["applied", "none", "gated", "skipped", "error"]
 OWN_METADATA = ("memcollab", "task_id", "domain", "attempt_id")
 """`metadata` keys the proxy reads and removes before forwarding."""
 _CODE = re.compile(
@@ -219,12 +219,19 @@ def find_memory(ctx: Any, namespace: str, call: ChatCall) -> MemoryUse:
         p=ctx.settings.proxy_p,
         count_usage=True,
         utility=ctx.settings.proxy_utility,
+        gate=ctx.settings.honour_gate,
     )
     category = getattr(label, "category", UNLABELLED)
     subcategory = getattr(label, "subcategory", UNLABELLED)
     source = "labeller" if label is not None else "none"
     if not found.guidance:
-        return MemoryUse("none", category=category, subcategory=subcategory, label_source=source)
+        gated = found.gate is not None and found.gate.verdict == "withheld"
+        return MemoryUse(
+            "gated" if gated else "none",
+            category=category,
+            subcategory=subcategory,
+            label_source=source,
+        )
     return MemoryUse(
         "applied",
         record_ids=tuple(dict.fromkeys(found.record_ids)),

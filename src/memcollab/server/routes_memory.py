@@ -47,6 +47,7 @@ from memcollab.server.schemas import (
     SearchResponse,
     Stats,
     Usage,
+    gate_out,
     record_fields,
     storable,
 )
@@ -130,6 +131,7 @@ def search(body: SearchRequest, who: ReadKey, ctx: Context) -> dict[str, Any]:
         p=body.p,
         strategy=body.strategy,
         count_usage=False,
+        gate=ctx.settings.honour_gate,
     )
     hits = [
         Hit(
@@ -153,6 +155,7 @@ def search(body: SearchRequest, who: ReadKey, ctx: Context) -> dict[str, Any]:
         "category": found.category,
         "subcategory": found.subcategory,
         "label_source": source,
+        "gate": gate_out(found.gate),
     }
 
 

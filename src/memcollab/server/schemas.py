@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from memcollab.memory.gate_note import GateCheck
 from memcollab.memory.record import MemoryRecord, PairType
 from memcollab.memory.retrieve import Level
 from memcollab.server.attempts import ID_PATTERN, Verdict
@@ -298,6 +299,22 @@ class Hit(BaseModel):
     model_neg: str | None
 
 
+class GateOut(BaseModel):
+    """A utility gate's verdict (memory/gate_note.py), stored with the memory by an
+    experiment's dev phase."""
+
+    verdict: Literal["served", "withheld", "undecided"]
+    condition: str = Field(description="the experiment condition whose gate decided")
+    rule: str | None = Field(description="the gate's rule, fixed before its dev phase")
+
+
+def gate_out(check: GateCheck | None) -> GateOut | None:
+    """The response's form of a gate check."""
+    if check is None:
+        return None
+    return GateOut(verdict=check.verdict, condition=check.condition, rule=check.rule)
+
+
 class SearchResponse(BaseModel):
     hits: list[Hit]
     level: Level
@@ -305,6 +322,11 @@ class SearchResponse(BaseModel):
     category: str | None
     subcategory: str | None
     label_source: Literal["request", "labeller", "none"]
+    gate: GateOut | None = Field(
+        None,
+        description="the namespace's utility gate for this model and domain, where it has"
+        " one: `withheld` means the gate said this model gets no memory here (no hits)",
+    )
 
 
 # --------------------------------------------------------------------------- attempts
