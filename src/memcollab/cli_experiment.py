@@ -207,11 +207,20 @@ def demo(
     out: Annotated[
         Path | None, typer.Option("--out", help="Run folder (default: <cache>/demo-v2).")
     ] = None,
+    memory_export: Annotated[
+        Path | None,
+        typer.Option(
+            "--memory-export",
+            help="Also evaluate a memory built elsewhere (its JSONL export, e.g. the v2"
+            " run's benchmarks/results/v2/memories/...), as condition 'imported'.",
+        ),
+    ] = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
     """Build a small MemCollab memory with the packaged fleet, then compare vanilla and
-    memcollab on held-out tasks; prints the table and the constraints learned."""
+    memcollab (and an imported memory) on held-out tasks; prints the table and the
+    constraints learned."""
     from memcollab.experiment.demo import demo_config, demo_fleet
     from memcollab.experiment.report import (
         POOLED,
@@ -223,9 +232,14 @@ def demo(
     from memcollab.experiment.results import load_results
     from memcollab.experiment.runner import Experiment
 
+    if memory_export is not None and not memory_export.is_file():
+        raise UserError(
+            f"no memory export at {memory_export}",
+            "give the JSONL file `memcollab memory export` wrote",
+        )
     fleet = demo_fleet()
     prepare_with_progress([fleet.spec(n).packaged or n for n in fleet.names()])
-    config = demo_config(out, train=train, test=test, data_dir=data_dir)
+    config = demo_config(out, train=train, test=test, data_dir=data_dir, imported=memory_export)
     gateway = make_gateway(cache, no_cache)
     experiment = Experiment(config, gateway, fleet)
     console.print(plan_table(experiment))
@@ -238,6 +252,9 @@ def demo(
     results = load_results(experiment.out)
     console.rule("Constraints the fleet learned (memcollab memory)")
     _print_learned(experiment)
+    if memory_export is not None:
+        console.rule(f"Constraints the imported memory gave ({memory_export.name})")
+        _print_imported(experiment, results.rows)
     console.rule("Accuracy (%) on held-out tasks")
     console.print(accuracy_table(results), markup=False, highlight=False)
     console.print(effort_table(results), markup=False, highlight=False)
@@ -256,6 +273,25 @@ def demo(
         " A small demo cannot show a significant effect: see benchmarks/results/paper.[/dim]"
     )
     print_gateway_stats(gateway)
+
+
+def _print_imported(experiment, rows) -> None:  # type: ignore[no-untyped-def]
+    """Per held-out task and model, the imported memory's constraints it was given."""
+    from memcollab.experiment.demo import IMPORTED
+    from memcollab.memory import Memory
+
+    with Memory.open(experiment.memory_path()) as memory:
+        for row in rows:
+            if row.condition != IMPORTED:
+                continue
+            verdict = "right" if row.correct else "wrong"
+            console.print(
+                f"[bold]{row.task_id}[/bold] {row.model} ({verdict}):"
+                f" {len(row.record_ids)} record(s)"
+            )
+            for record in map(memory.get, dict.fromkeys(row.record_ids)):
+                for c in record.constraints:
+                    console.print(f"  - {c.text()}", markup=False, highlight=False)
 
 
 def _print_learned(experiment) -> None:  # type: ignore[no-untyped-def]

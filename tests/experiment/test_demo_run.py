@@ -258,3 +258,60 @@ def test_the_demo_command_without_the_labellers_train_files_is_one_line(
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: the trained labeller needs")
     assert "math/train.jsonl" in err[0] and "memcollab data get" in err[0]
+
+
+def test_the_demo_evaluates_an_imported_memory_beside_its_own(
+    tmp_path: Path, no_data: Path, scripted_demo: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from memcollab.cli import main
+    from memcollab.memory import MemoryRecord
+    from memcollab.memory.record import Constraint, record_id, task_hash
+
+    text = "Write a function that tells whether any two numbers are closer than a threshold."
+    rule = Constraint(
+        when="a task asks whether any two items satisfy a condition",
+        enforce="comparing each item with every other item",
+        avoid="comparing only neighbouring items",
+    )
+    export = tmp_path / "built-elsewhere.jsonl"
+    with Memory.open(tmp_path / "elsewhere.sqlite") as memory:
+        memory.add(
+            MemoryRecord(
+                id=record_id("team", "mbpp/1", "near_miss", "a", "b", "a"),
+                namespace="team",
+                domain="code",
+                category="Lists and arrays",
+                subcategory="pairwise comparison",
+                task_text=text,
+                task_hash=task_hash(text),
+                source_task_id="mbpp/1",
+                constraints=(rule,),
+                model_pos="a",
+                model_neg="b",
+                pair_type="near_miss",
+                distiller="a",
+                created_at=1.0,
+            )
+        )
+        memory.export(export, "team")
+    out = tmp_path / "out"
+    args = ["demo", "--train", "2", "--test", "1", "--out", str(out), "--no-cache"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--memory-export", str(export)])
+    assert done.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    rows = _rows(out)
+    assert {r["condition"] for r in rows} == {"vanilla", "memcollab", "imported"}
+    imported = {r["model"]: r for r in rows if r["condition"] == "imported"}
+    assert set(imported) == set(DEMO_EVAL_MODELS)
+    # The scripted 0.5B is right only with a memory block: the imported record reached it.
+    assert (
+        imported["qwen2.5-coder-0.5b"]["correct"] and imported["qwen2.5-coder-0.5b"]["record_ids"]
+    )
+    gave = printed.split("Constraints the imported memory gave (built-elsewhere.jsonl)")[1]
+    assert "humaneval/64 qwen2.5-coder-0.5b (right): 1 record(s)" in gave
+    assert "avoid comparing only neighbouring items" in gave
+    # A missing export is one clear line before anything runs.
+    assert main([*args, "--memory-export", str(tmp_path / "nope.jsonl")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: no memory export at")

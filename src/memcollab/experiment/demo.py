@@ -27,6 +27,7 @@ from memcollab.paths import cache_root
 # Evaluation is the largest phase, about 26 s per (model, condition, task) cell.
 DEMO_TRAIN = 4
 DEMO_TEST = 3
+IMPORTED = "imported"  # the condition of `memcollab demo --memory-export EXPORT`
 # Gemma 3 270M solves no HumanEval task in our runs: it takes part in building the
 # memory (its failures are the contrast) but is not evaluated, which keeps the demo short.
 DEMO_EVAL_MODELS = ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"]
@@ -67,14 +68,22 @@ def demo_config(
     data_dir: Path | None = None,
     max_turns: int = 2,
     max_tokens: int = 256,
+    imported: Path | None = None,
 ) -> ExperimentConfig:
-    """The demo's experiment: HumanEval (plus GSM8K and MATH-500 with `data_dir`)."""
+    """The demo's experiment: HumanEval (plus GSM8K and MATH-500 with `data_dir`).
+    `imported`: a memory export built elsewhere (e.g. the v2 run's), evaluated beside the
+    demo's own as the condition IMPORTED (served the v2 way: trained labeller)."""
     train_specs = [f"humaneval:train[:{train}]"]
     evals = {"humaneval": f"humaneval:test[:{test}]"}
     if data_dir is not None:
         train_specs.append(f"gsm8k:train[:{train}]")
         evals["gsm8k"] = f"gsm8k:test[:{test}]"
         evals["math500"] = f"math500:test[:{test}]"
+    conditions = ["vanilla", "memcollab"]
+    condition: dict[str, dict[str, object]] = {"memcollab": dict(DEMO_V2["memcollab"])}
+    if imported is not None:
+        conditions.append(IMPORTED)
+        condition[IMPORTED] = {"kind": "memcollab", "memory": str(imported.resolve())}
     raw = {
         "name": "demo",
         "out": str(out or demo_out()),
@@ -85,8 +94,8 @@ def demo_config(
         "memory": {"prompt_chars": 3000, **DEMO_V2["memory"]},
         "eval": evals,
         "eval_models": DEMO_EVAL_MODELS,
-        "conditions": ["vanilla", "memcollab"],
-        "condition": {"memcollab": dict(DEMO_V2["memcollab"])},
+        "conditions": conditions,
+        "condition": condition,
     }
     return parse_experiment(raw, "the demo")
 
