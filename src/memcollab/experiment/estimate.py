@@ -9,15 +9,24 @@ too, unless it stopped in the middle of the job.
 
 Speeds: a model's wall seconds per completion token at its batch width,
 `sum(latency) / (batch width * sum(completion tokens))` over the calls the cache recorded
-for that model (prompt processing is folded in: it is not separable in these latencies).
-Without 20 such calls, the packaged models fall back to the same figure from the committed
+for that model. Prompt processing is folded in: a prefill slows the decoding steps of every
+sequence beside it, of all models (their engines take turns on one thread), so it shows
+in everyone's latency per completion token, not in its own call's. Fits that give prompt
+tokens a cost of their own (per call, or pooled over 15-minute windows) predicted the
+paper and v2 runs' parts no better (benchmarks/results/estimate/COMMAND.md). Without 20
+recorded calls, the packaged models fall back to the same figure from the committed
 paper run (13,783 calls, three models decoding 16 at once on 2 cores); any other model
 has no speed, and its time shows as unknown.
 
 Time of a phase: in train and eval every model runs at once, so the estimate is the
-slowest model's time (it was within -26%..+26% of the wall time of the paper run's last
-four parts), and the sum over models bounds it from above if they share the cores worse;
-the memory phase distils one memory after another, so it is the sum.
+slowest model's time, and the sum over models bounds it from above if they share the
+cores worse; the memory phase distils one memory after another, so it is the sum.
+Measured on the tokens each part really used, with the speeds the cache held before it
+(benchmarks/estimate_accuracy.py): 0.64x-1.45x the wall time of six v2 training parts
+(the seventh ran on a crowded machine: 0.07x), 0.41x-2.80x of the paper run's phases;
+most of the spread is other work on the shared cores. The projected tokens add their own
+error where the jobs left differ from the stored ones (v2's MBPP training took 1.46x the
+completion tokens projected).
 """
 
 from __future__ import annotations
