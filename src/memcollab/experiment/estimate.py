@@ -31,13 +31,14 @@ completion tokens projected).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from memcollab.collect import Job
 from memcollab.errors import UserError
 from memcollab.llm.base import Model
 from memcollab.llm.cache import CallTimings, Gateway
+from memcollab.trajectory import Trajectory
 
 MIN_MEASURED_CALLS = 20
 LABEL_TOKENS = 16  # the LLM classifier's reply budget (memory/classify.py)
@@ -133,6 +134,62 @@ def phase_seconds(
     if not times:
         return 0.0, 0.0
     return (max(times) if side_by_side else sum(times)), sum(times)
+
+
+MIN_PROFILED = 5  # stored trajectories a (model, domain) needs before its own means are used
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """Mean model calls of a job and tokens per call."""
+
+    calls: float
+    prompt_per_call: float | None
+    completion_per_call: float
+
+
+class TrajectoryProfile:
+    """What a job will cost, projected from stored trajectories of the same model and
+    domain (code jobs make several calls with long repair prompts, math jobs about one):
+    that (model, domain)'s means with at least MIN_PROFILED trajectories, else the
+    domain's over every model, else every stored trajectory's, else `fallback` (the upper
+    bound: max turns x max tokens). Measured on the v2 run (benchmarks/estimate_accuracy.py):
+    one mean over all stored trajectories projected 975 calls for its first MBPP part,
+    which made 2,644."""
+
+    def __init__(self, trajectories: Iterable[Trajectory], fallback: JobCost) -> None:
+        self.fallback = fallback
+        groups: dict[tuple[str | None, str | None], list[Trajectory]] = {}
+        self.count = 0
+        for t in trajectories:
+            self.count += 1
+            for key in ((t.model, t.domain), (None, t.domain), (None, None)):
+                groups.setdefault(key, []).append(t)
+        self._costs = {k: _mean_cost(ts) for k, ts in groups.items() if len(ts) >= MIN_PROFILED}
+        if self.count and (None, None) not in self._costs:
+            self._costs[(None, None)] = _mean_cost(groups[(None, None)])
+
+    def cost(self, model: str, domain: str) -> JobCost:
+        """The projected cost of one job of `model` on a task of `domain`."""
+        for key in ((model, domain), (None, domain), (None, None)):
+            if key in self._costs:
+                return self._costs[key]
+        return self.fallback
+
+    def basis(self) -> str:
+        """What the projection rests on, for the plan's footnote."""
+        if not self.count:
+            return "upper bound: max turns x max tokens"
+        return f"{self.count} stored trajectories, per model and domain"
+
+
+def _mean_cost(trajectories: Sequence[Trajectory]) -> JobCost:
+    n = len(trajectories)
+    return JobCost(
+        sum(t.turns for t in trajectories) / n,
+        sum(t.prompt_tokens / max(t.turns, 1) for t in trajectories) / n,
+        sum(t.completion_tokens / max(t.turns, 1) for t in trajectories) / n,
+    )
 
 
 def format_seconds(seconds: float | None) -> str:
