@@ -183,6 +183,17 @@ def fit_per_call(calls: Sequence[Call], width: int) -> Costs | None:
     return Costs(float(a), float(b), len(calls))
 
 
+def _window_sums(calls: Sequence[Call], width: Callable[[str], int], window_s: float) -> np.ndarray:
+    """Per window of `window_s` seconds: [prompt tokens, completion tokens, latency / width]."""
+    sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for call in calls:
+        s = sums[int(call.created_at // window_s)]
+        s[0] += call.prompt_tokens
+        s[1] += call.completion_tokens
+        s[2] += call.latency_s / width(call.identity)
+    return np.array(list(sums.values()))
+
+
 def fit_windowed(
     calls: Sequence[Call], width: Callable[[str], int], window_s: float = WINDOW_S
 ) -> Costs | None:
@@ -191,13 +202,7 @@ def fit_windowed(
     MIN_MEASURED_CALLS calls."""
     if len(calls) < MIN_MEASURED_CALLS:
         return None
-    sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    for call in calls:
-        s = sums[int(call.created_at // window_s)]
-        s[0] += call.prompt_tokens
-        s[1] += call.completion_tokens
-        s[2] += call.latency_s / width(call.identity)
-    rows = np.array(list(sums.values()))
+    rows = _window_sums(calls, width, window_s)
     (a, b), _ = nnls(rows[:, :2], rows[:, 2])
     return Costs(float(a), float(b), len(calls))
 
@@ -210,13 +215,8 @@ def fit_windowed_robust(
     latency; None without MIN_MEASURED_CALLS calls or a window with completions."""
     if len(calls) < MIN_MEASURED_CALLS:
         return None
-    sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    for call in calls:
-        s = sums[int(call.created_at // window_s)]
-        s[0] += call.prompt_tokens
-        s[1] += call.completion_tokens
-        s[2] += call.latency_s / width(call.identity)
-    rows = np.array([r for r in sums.values() if r[1] > 0])
+    rows = _window_sums(calls, width, window_s)
+    rows = rows[rows[:, 1] > 0]
     if not len(rows):
         return None
     share, per_token = rows[:, 0] / rows[:, 1], rows[:, 2] / rows[:, 1]
