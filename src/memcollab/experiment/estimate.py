@@ -26,7 +26,8 @@ Measured on the tokens each part really used, with the speeds the cache held bef
 (the seventh ran on a crowded machine: 0.07x), 0.41x-2.80x of the paper run's phases;
 most of the spread is other work on the shared cores. The projected tokens add their own
 error where the jobs left differ from the stored ones (v2's MBPP training took 1.46x the
-completion tokens projected).
+completion tokens projected from one mean over all stored trajectories; jobs are now
+projected per model and domain: TrajectoryProfile).
 """
 
 from __future__ import annotations
@@ -184,11 +185,16 @@ class TrajectoryProfile:
 
 
 def _mean_cost(trajectories: Sequence[Trajectory]) -> JobCost:
+    """Mean calls per job, and tokens per call as total tokens over total calls, so that
+    calls x tokens per call is the mean tokens of a job (longer jobs also have longer
+    turns: a mean of per-trajectory ratios undercounted the v2 run's 1.5B code jobs 1.46x)."""
     n = len(trajectories)
+    # a live repair loop's re-asked reply is one more call (Trajectory.resampled)
+    calls = sum(max(t.turns + t.resampled, 1) for t in trajectories)
     return JobCost(
-        sum(t.turns for t in trajectories) / n,
-        sum(t.prompt_tokens / max(t.turns, 1) for t in trajectories) / n,
-        sum(t.completion_tokens / max(t.turns, 1) for t in trajectories) / n,
+        calls / n,
+        sum(t.prompt_tokens for t in trajectories) / calls,
+        sum(t.completion_tokens for t in trajectories) / calls,
     )
 
 
