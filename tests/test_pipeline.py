@@ -157,9 +157,18 @@ def test_collect_distill_export_import_show_solve(tmp_path: Path) -> None:
     assert "avoid multiplying when the task asks for a sum" in ignored.stdout
     with Memory.open(memory) as opened:
         decisions = {"right": {"math": {"memory": True}}}
-        opened.set_note("default", "gate:placebo", {"rule": "positive", "decisions": decisions})
+        opened.set_note("default", "gate:placebo[/b]", {"decisions": decisions})  # no rule
     assert_one_line_error(
         run_cli(*solve, "--fleet", fleet, "--no-cache"), "utility gates disagree for right"
+    )
+    # --gate-condition picks one note; its name and a missing rule print as they are.
+    picked = run_cli(*solve, "--fleet", fleet, "--no-cache", "--gate-condition", "placebo[/b]")
+    assert picked.returncode == 0, picked.stderr
+    assert "utility gate of placebo[/b] (rule ?): served for right on math" in picked.stdout
+    assert "avoid multiplying when the task asks for a sum" in picked.stdout
+    assert_one_line_error(
+        run_cli(*solve, "--fleet", fleet, "--ignore-gate", "--gate-condition", "v2"),
+        "--ignore-gate and --gate-condition exclude each other",
     )
 
 

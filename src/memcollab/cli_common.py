@@ -56,6 +56,31 @@ DataDirOption = Annotated[
     ),
 ]
 
+IgnoreGateOption = Annotated[
+    bool,
+    typer.Option(
+        "--ignore-gate",
+        help="Serve memory even where the namespace's stored utility gate (an experiment's"
+        " dev phase) said it does not help that model in that domain.",
+    ),
+]
+GateConditionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--gate-condition",
+        help="The condition whose stored utility gate applies, where the namespace holds"
+        " several (gate:CONDITION notes) that disagree.",
+    ),
+]
+
+
+def gate_choice(ignore_gate: bool, gate_condition: str | None) -> bool | str:
+    """Memory.search's `gate` from the two options."""
+    if ignore_gate and gate_condition is not None:
+        raise UserError("--ignore-gate and --gate-condition exclude each other", "give one")
+    return False if ignore_gate else (gate_condition or True)
+
+
 SinceOption = Annotated[
     str | None,
     typer.Option(help="Only rows stored at or after this time (ISO, UTC; or epoch seconds)."),

@@ -11,7 +11,12 @@ from typing import Annotated
 
 import typer
 
-from memcollab.cli_common import DataDirOption
+from memcollab.cli_common import (
+    DataDirOption,
+    GateConditionOption,
+    IgnoreGateOption,
+    gate_choice,
+)
 from memcollab.cli_serve import MemoryOption
 from memcollab.errors import UserError
 from memcollab.paths import default_memory
@@ -45,13 +50,15 @@ def mcp_command(
         ),
     ] = "none",
     data_dir: DataDirOption = None,
+    ignore_gate: IgnoreGateOption = False,
+    gate_condition: GateConditionOption = None,
 ) -> None:
     """Serve the memory's MCP tools (search_constraints, record_outcome, memory_stats) on
     stdin/stdout, for one API key's namespace."""
     try:
         import anyio
 
-        from memcollab.server.context import ServerContext
+        from memcollab.server.context import ServerContext, Settings
         from memcollab.server.keys import InvalidKeyError
         from memcollab.server.mcp_stdio import key_principal, serve_stdio
     except ImportError as exc:
@@ -64,12 +71,15 @@ def mcp_command(
         raise UserError("memcollab mcp needs an API key", _KEY_FIX)
     if labeller not in ("none", "trained"):
         raise UserError(f"unknown labeller {labeller!r}", "use --labeller none or trained")
+    gate = gate_choice(ignore_gate, gate_condition)
     chosen = None
     if labeller == "trained":
         from memcollab.memory.labeller import make_labeller
 
         chosen = make_labeller("trained", data_dir=data_dir)
-    context = ServerContext.open(memory or default_memory(), labeller=chosen, create=False)
+    context = ServerContext.open(
+        memory or default_memory(), labeller=chosen, create=False, settings=Settings(gate=gate)
+    )
     try:
         try:
             who = key_principal(context, key)

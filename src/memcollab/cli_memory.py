@@ -24,9 +24,12 @@ from memcollab.cli_common import (
     CacheOption,
     DataDirOption,
     FleetOption,
+    GateConditionOption,
+    IgnoreGateOption,
     NoCacheOption,
     check_domain,
     console,
+    gate_choice,
     load_tasks_or_fail,
     make_gateway,
     spinner,
@@ -257,14 +260,8 @@ def solve_command(
     ] = False,
     taxonomy: TaxonomyOption = None,
     labeller: LabellerOption = "llm",
-    ignore_gate: Annotated[
-        bool,
-        typer.Option(
-            "--ignore-gate",
-            help="Retrieve even where the namespace's stored utility gate withholds memory"
-            " from this model in this domain.",
-        ),
-    ] = False,
+    ignore_gate: IgnoreGateOption = False,
+    gate_condition: GateConditionOption = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
@@ -302,13 +299,14 @@ def solve_command(
                 namespace=namespace,
                 p=p,
                 participant_filter=participant_filter,
-                gate=not ignore_gate,
+                gate=gate_choice(ignore_gate, gate_condition),
             )
         guidance = got.guidance
         if got.gate is not None:
             console.print(
-                f"[bold]utility gate[/bold] of {got.gate.condition} (rule {got.gate.rule}):"
-                f" {got.gate.verdict} for {model} on {task.domain}"
+                f"[bold]utility gate[/bold] of {escape(got.gate.condition)}"
+                f" (rule {escape(got.gate.rule or '?')}): {got.gate.verdict} for"
+                f" {escape(model)} on {task.domain}"
             )
         console.print(
             f"[bold]label[/bold] {label.category} / {label.subcategory}"

@@ -18,7 +18,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from memcollab.cli_common import DataDirOption, FleetOption, console, err_console
+from memcollab.cli_common import (
+    DataDirOption,
+    FleetOption,
+    GateConditionOption,
+    IgnoreGateOption,
+    console,
+    err_console,
+    gate_choice,
+)
 from memcollab.errors import UserError
 from memcollab.paths import default_memory
 
@@ -115,14 +123,8 @@ def serve_command(
             "--learn-reply-tokens", min=16, help="--learn: the distiller's reply budget, tokens."
         ),
     ] = 400,
-    ignore_gate: Annotated[
-        bool,
-        typer.Option(
-            "--ignore-gate",
-            help="Serve every model memory even where the namespace's stored utility gate"
-            " (an experiment's dev phase) said it does not help that model in that domain.",
-        ),
-    ] = False,
+    ignore_gate: IgnoreGateOption = False,
+    gate_condition: GateConditionOption = None,
 ) -> None:
     """Serve a memory over HTTP: the REST API under /v1, OpenAPI docs at /docs.
 
@@ -157,7 +159,7 @@ def serve_command(
         threads=threads,
         data_dir=None if data_dir is None else str(data_dir),
         learn_lease_s=learn_lease,
-        honour_gate=not ignore_gate,
+        gate=gate_choice(ignore_gate, gate_condition),
     )
     context = ServerContext.open(location, fleet=fleet, labeller=chosen, settings=settings)
     try:

@@ -4,13 +4,18 @@ already answers is subtracted, and wall time comes from measured speeds (or says
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from memcollab.experiment.config import parse_experiment
 from memcollab.experiment.estimate import (
+    MIN_PROFILED,
     PAPER_RUN_SPEEDS,
+    JobCost,
     ModelSpeed,
+    TrajectoryProfile,
     format_seconds,
     model_speed,
     phase_seconds,
@@ -147,3 +152,62 @@ def test_cli_dry_run_shows_wall_time_and_its_basis(tmp_path: Path) -> None:
     assert "(measured: 30 cached calls)" in text
     assert "wrong: no speed known (time ?)" in text
     assert "upper bound: max turns x max tokens" in text
+
+
+def _stored(
+    model: str, domain: str, turns: int, prompt: int, completion: int, resampled: int = 0
+) -> Any:
+    """A stored trajectory as the profile reads it (turns, re-asks and token totals;
+    `prompt` and `completion` per call)."""
+    calls = turns + resampled
+    return SimpleNamespace(
+        model=model,
+        domain=domain,
+        turns=turns,
+        resampled=resampled,
+        prompt_tokens=prompt * calls,
+        completion_tokens=completion * calls,
+    )
+
+
+def test_a_projected_job_costs_the_mean_tokens_of_a_stored_job() -> None:
+    """Longer jobs have longer turns: calls x tokens per call must be the mean per job
+    (a mean of per-trajectory ratios would project 2 x 200 = 400, not 500)."""
+    short = [_stored("big", "code", 1, 50, 100) for _ in range(MIN_PROFILED)]
+    long = [_stored("big", "code", 3, 500, 300) for _ in range(MIN_PROFILED)]
+    cost = TrajectoryProfile(short + long, JobCost(5.0, None, 512.0)).cost("big", "code")
+    assert cost.calls == 2.0
+    assert cost.calls * cost.completion_per_call == pytest.approx((100 + 900) / 2)
+    assert cost.prompt_per_call is not None
+    assert cost.calls * cost.prompt_per_call == pytest.approx((50 + 1500) / 2)
+    # A live loop's re-asked reply is a call of its own.
+    again = TrajectoryProfile(
+        [_stored("big", "code", 2, 10, 10, resampled=1) for _ in range(MIN_PROFILED)],
+        JobCost(5.0, None, 512.0),
+    )
+    assert again.cost("big", "code") == JobCost(3.0, 10.0, 10.0)
+
+
+def test_a_job_is_projected_from_its_own_model_and_domain_then_backs_off() -> None:
+    fallback = JobCost(5.0, None, 512.0)
+    stored = [_stored("big", "math", 1, 300, 200) for _ in range(MIN_PROFILED)]
+    stored += [_stored("big", "code", 4, 2000, 150) for _ in range(MIN_PROFILED)]
+    stored += [_stored("small", "code", 2, 1000, 100) for _ in range(MIN_PROFILED - 1)]
+    profile = TrajectoryProfile(stored, fallback)
+    assert profile.cost("big", "math") == JobCost(1.0, 300.0, 200.0)
+    assert profile.cost("big", "code") == JobCost(4.0, 2000.0, 150.0)
+    # Too few of its own: the domain's mean over every model.
+    small_code = profile.cost("small", "code")
+    assert small_code.calls == pytest.approx((5 * 4 + 4 * 2) / 9)
+    # tokens per call: all tokens over all calls
+    assert small_code.prompt_per_call == pytest.approx((5 * 4 * 2000 + 4 * 2 * 1000) / 28)
+    # A domain no model has enough of: every stored trajectory's mean.
+    assert profile.cost("big", "proofs").calls == pytest.approx((5 * 1 + 5 * 4 + 4 * 2) / 14)
+    assert profile.basis() == "14 stored trajectories, per model and domain"
+    # Nothing stored: the upper bound.
+    empty = TrajectoryProfile([], fallback)
+    assert empty.cost("big", "math") is fallback
+    assert empty.basis().startswith("upper bound")
+    # Fewer than MIN_PROFILED in all: still every stored trajectory's mean, not the bound.
+    few = TrajectoryProfile([_stored("big", "code", 3, 10, 20)], fallback)
+    assert few.cost("small", "math") == JobCost(3.0, 10.0, 20.0)

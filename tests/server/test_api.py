@@ -370,6 +370,9 @@ def test_search_says_what_the_namespaces_utility_gate_decided(service: Service) 
     withheld = c.post("/v1/search", json={**query, "model": "weak"}, headers=h).json()
     assert withheld["hits"] == []
     assert withheld["gate"] == {"verdict": "withheld", "condition": "v2", "rule": "non_negative"}
+    labelled = {**query, "model": "weak", "category": "algebra"}
+    withheld = c.post("/v1/search", json=labelled, headers=h).json()
+    assert (withheld["category"], withheld["label_source"]) == ("algebra", "request")
     other = c.post("/v1/search", json={**query, "model": "strong"}, headers=h).json()
     assert [x["record_id"] for x in other["hits"]] == [rid]
     assert other["gate"]["verdict"] == "undecided"

@@ -124,11 +124,24 @@ def test_gated_when_the_memorys_utility_gate_withholds_it_from_the_model(
 
 
 def test_a_service_told_to_ignore_the_gate_applies_memory(storage: Storage, stub: Stub) -> None:
-    svc = proxy_service(storage, stub, Settings(memory_timeout_s=30.0, honour_gate=False))
+    svc = proxy_service(storage, stub, Settings(memory_timeout_s=30.0, gate=False))
     rid = svc.add("a", SIMILAR)
     svc.context.memory.set_note("a", "gate:v2", GATE)
     r = chat(svc, body_for("stubbed"))
     assert r.headers["x-memcollab-memory"] == "applied" and r.headers["x-memcollab-records"] == rid
+
+
+def test_disagreeing_gates_are_an_error_status_until_the_service_names_one(
+    storage: Storage, stub: Stub
+) -> None:
+    other = {"rule": "positive", "decisions": {"stubbed": {"math": {"memory": True}}}}
+    for gate, status in ((True, "error"), ("v2", "gated"), ("placebo", "applied")):
+        svc = proxy_service(storage, stub, Settings(memory_timeout_s=30.0, gate=gate))
+        svc.add("a", SIMILAR)
+        svc.context.memory.set_note("a", "gate:v2", GATE)
+        svc.context.memory.set_note("a", "gate:placebo", other)
+        r = chat(svc, body_for("stubbed"))
+        assert r.status_code == 200 and r.headers["x-memcollab-memory"] == status, gate
 
 
 def test_memory_failure_forwards_without_memory(

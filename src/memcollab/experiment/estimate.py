@@ -9,26 +9,37 @@ too, unless it stopped in the middle of the job.
 
 Speeds: a model's wall seconds per completion token at its batch width,
 `sum(latency) / (batch width * sum(completion tokens))` over the calls the cache recorded
-for that model (prompt processing is folded in: it is not separable in these latencies).
-Without 20 such calls, the packaged models fall back to the same figure from the committed
+for that model. Prompt processing is folded in: a prefill slows the decoding steps of every
+sequence beside it, of all models (their engines take turns on one thread), so it shows
+in everyone's latency per completion token, not in its own call's. Fits that give prompt
+tokens a cost of their own (per call, or pooled over 15-minute windows) predicted the
+paper and v2 runs' parts no better (benchmarks/results/estimate/COMMAND.md). Without 20
+recorded calls, the packaged models fall back to the same figure from the committed
 paper run (13,783 calls, three models decoding 16 at once on 2 cores); any other model
 has no speed, and its time shows as unknown.
 
 Time of a phase: in train and eval every model runs at once, so the estimate is the
-slowest model's time (it was within -26%..+26% of the wall time of the paper run's last
-four parts), and the sum over models bounds it from above if they share the cores worse;
-the memory phase distils one memory after another, so it is the sum.
+slowest model's time, and the sum over models bounds it from above if they share the
+cores worse; the memory phase distils one memory after another, so it is the sum.
+Measured on the tokens each part really used, with the speeds the cache held before it
+(benchmarks/estimate_accuracy.py): 0.64x-1.45x the wall time of six v2 training parts
+(the seventh ran on a crowded machine: 0.07x), 0.41x-2.80x of the paper run's phases;
+most of the spread is other work on the shared cores. The projected tokens add their own
+error where the jobs left differ from the stored ones (v2's MBPP training took 1.46x the
+completion tokens projected from one mean over all stored trajectories; jobs are now
+projected per model and domain: TrajectoryProfile).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from memcollab.collect import Job
 from memcollab.errors import UserError
 from memcollab.llm.base import Model
 from memcollab.llm.cache import CallTimings, Gateway
+from memcollab.trajectory import Trajectory
 
 MIN_MEASURED_CALLS = 20
 LABEL_TOKENS = 16  # the LLM classifier's reply budget (memory/classify.py)
@@ -124,6 +135,67 @@ def phase_seconds(
     if not times:
         return 0.0, 0.0
     return (max(times) if side_by_side else sum(times)), sum(times)
+
+
+MIN_PROFILED = 5  # stored trajectories a (model, domain) needs before its own means are used
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """Mean model calls of a job and tokens per call."""
+
+    calls: float
+    prompt_per_call: float | None
+    completion_per_call: float
+
+
+class TrajectoryProfile:
+    """What a job will cost, projected from stored trajectories of the same model and
+    domain (code jobs make several calls with long repair prompts, math jobs about one):
+    that (model, domain)'s means with at least MIN_PROFILED trajectories, else the
+    domain's over every model, else every stored trajectory's, else `fallback` (the upper
+    bound: max turns x max tokens). Measured on the v2 run (benchmarks/estimate_accuracy.py):
+    one mean over all stored trajectories projected 975 calls for its first MBPP part,
+    which made 2,644."""
+
+    def __init__(self, trajectories: Iterable[Trajectory], fallback: JobCost) -> None:
+        self.fallback = fallback
+        groups: dict[tuple[str | None, str | None], list[Trajectory]] = {}
+        self.count = 0
+        for t in trajectories:
+            self.count += 1
+            for key in ((t.model, t.domain), (None, t.domain), (None, None)):
+                groups.setdefault(key, []).append(t)
+        self._costs = {k: _mean_cost(ts) for k, ts in groups.items() if len(ts) >= MIN_PROFILED}
+        if self.count and (None, None) not in self._costs:
+            self._costs[(None, None)] = _mean_cost(groups[(None, None)])
+
+    def cost(self, model: str, domain: str) -> JobCost:
+        """The projected cost of one job of `model` on a task of `domain`."""
+        for key in ((model, domain), (None, domain), (None, None)):
+            if key in self._costs:
+                return self._costs[key]
+        return self.fallback
+
+    def basis(self) -> str:
+        """What the projection rests on, for the plan's footnote."""
+        if not self.count:
+            return "upper bound: max turns x max tokens"
+        return f"{self.count} stored trajectories, per model and domain"
+
+
+def _mean_cost(trajectories: Sequence[Trajectory]) -> JobCost:
+    """Mean calls per job, and tokens per call as total tokens over total calls, so that
+    calls x tokens per call is the mean tokens of a job (longer jobs also have longer
+    turns: a mean of per-trajectory ratios undercounted the v2 run's 1.5B code jobs 1.46x)."""
+    n = len(trajectories)
+    # a live repair loop's re-asked reply is one more call (Trajectory.resampled)
+    calls = sum(max(t.turns + t.resampled, 1) for t in trajectories)
+    return JobCost(
+        calls / n,
+        sum(t.prompt_tokens for t in trajectories) / calls,
+        sum(t.completion_tokens for t in trajectories) / calls,
+    )
 
 
 def format_seconds(seconds: float | None) -> str:

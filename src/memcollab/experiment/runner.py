@@ -41,7 +41,9 @@ from memcollab.experiment.config import ExperimentConfig, excluded_task_ids
 from memcollab.experiment.estimate import (
     LABEL_TOKENS,
     FirstCalls,
+    JobCost,
     ModelSpeed,
+    TrajectoryProfile,
     cache_timings,
     model_speed,
     phase_seconds,
@@ -309,19 +311,14 @@ class Experiment:
         models = {m: self.fleet.model(m) for m in self.info.models}
         timings = cache_timings(self.gateway)
         stored = _stored(self.out / "train")
-        turns = [t.turns for t in stored]
-        prompt = [t.prompt_tokens / max(t.turns, 1) for t in stored]
-        completion = [t.completion_tokens / max(t.turns, 1) for t in stored]
-        if stored:
-            mean_turns = sum(turns) / len(turns)
-            per_call_prompt: float | None = sum(prompt) / len(prompt)
-            per_call_completion = sum(completion) / len(completion)
-            basis = f"{len(stored)} stored trajectories"
-        else:
-            mean_turns = float(self.config.agent.max_turns)
-            per_call_prompt = prompt_tokens_per_call(models.values(), timings)
-            per_call_completion = float(max_tokens)
-            basis = "upper bound: max turns x max tokens"
+        profile = TrajectoryProfile(
+            stored,
+            fallback=JobCost(
+                float(self.config.agent.max_turns),
+                prompt_tokens_per_call(models.values(), timings),
+                float(max_tokens),
+            ),
+        )
         first_calls = FirstCalls(self.gateway)
         tokens: dict[Phase, defaultdict[str, float]] = {p: defaultdict(float) for p in PHASES}
 
@@ -332,16 +329,24 @@ class Experiment:
             todo = [j for j in jobs if j.key() not in keys]
             # A job with memory guidance has no first call known before its memory is built.
             live = [j for j in todo if guided(j) or not first_calls.answered(j)]
+            calls = completion = 0.0
+            prompt: float | None = 0.0
             for job in live:
-                tokens[phase][job.agent.client.name] += mean_turns * per_call_completion
-            calls = round(len(live) * mean_turns)
+                cost = profile.cost(job.agent.client.name, job.task.domain)
+                tokens[phase][job.agent.client.name] += cost.calls * cost.completion_per_call
+                calls += cost.calls
+                completion += cost.calls * cost.completion_per_call
+                if prompt is not None and cost.prompt_per_call is not None:
+                    prompt += cost.calls * cost.prompt_per_call
+                else:
+                    prompt = None
             estimate = PhaseEstimate(
                 len(jobs),
                 len(jobs) - len(todo),
-                calls,
-                round(calls * per_call_completion),
-                round(calls * per_call_prompt) if per_call_prompt is not None else None,
-                basis,
+                round(calls),
+                round(completion),
+                round(prompt) if prompt is not None else None,
+                profile.basis(),
                 replayed=len(todo) - len(live),
             )
             return estimate, todo

@@ -234,11 +234,19 @@ class Memory:
         so a (model, domain) it said no to gets nothing (`gate` of the result says what it
         decided; memory/gate_note.py); False ignores it."""
         checked = None
-        if gate is not False:
+        if gate is not False and model is not None:  # a gate decides per model
             condition = gate if isinstance(gate, str) else None
             checked = check_gate(self.notes(namespace), model, task.domain, condition)
             if checked is not None and checked.verdict == "withheld":
-                return Retrieved((), (), "none", strategy, gate=checked)
+                return Retrieved(
+                    (),
+                    (),
+                    "none",
+                    strategy,
+                    category=getattr(label, "category", None),
+                    subcategory=getattr(label, "subcategory", None),
+                    gate=checked,
+                )
         if label is None and labeller is not None and strategy == "task_aware":
             label = labeller.classify(task)
         retriever = self.retriever(

@@ -69,7 +69,8 @@ def check_gate(
         said = "; ".join(f"{c.condition}: {c.verdict}" for c in checks)
         raise GateNoteError(
             f"the namespace's utility gates disagree for {model} on {domain} ({said})",
-            "name the condition whose gate applies (search gate=CONDITION, --gate-condition)",
+            "name the condition whose gate applies (Memory.search(gate=CONDITION); serve,"
+            " mcp and solve: --gate-condition)",
         )
     return checks[0]
 

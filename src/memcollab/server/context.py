@@ -49,10 +49,11 @@ class Settings:
     """Utility retrieval in the proxy (withhold records of confident harm for the model).
     Off by default: its estimates cost about 75 ms per request over 1000 domain records
     (benchmarks/proxy_overhead.py's memory), against a goal of 5 ms."""
-    honour_gate: bool = True
+    gate: bool | str = True
     """Apply the utility gate a namespace's memory carries (its `gate:CONDITION` note from
     an experiment's dev phase; memory/gate_note.py): a (model, domain) the gate said no to
-    gets no constraints from search, MCP or the proxy (proxy status `gated`)."""
+    gets no constraints from search, MCP or the proxy (proxy status `gated`). A condition
+    name picks its note where several disagree; False ignores the gate."""
     memory_timeout_s: float = 5.0
     """Labelling + retrieval longer than this: the request goes on without memory (error)."""
     upstream_timeout_s: float = 300.0

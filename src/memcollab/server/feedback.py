@@ -5,7 +5,7 @@ memory's own API (memory/utility.py):
 
 * for every record injected into the exchange, `Memory.record_outcome(record, model,
   helped=verdict is correct)`;
-* for a proxied exchange that got no record (memory none, skipped or error),
+* for a proxied exchange that got no record (memory none, gated, skipped or error),
   `Memory.record_baseline(model, success, bucket)`: the model's success without memory in
   the bucket the task was labelled into (the domain when no labeller is configured).
 

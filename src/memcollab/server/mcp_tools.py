@@ -208,7 +208,9 @@ TOOLS: dict[str, ToolSpec] = {
             "and failures taught, for a task as `model` would be given them: task-aware "
             "retrieval (the task's bucket, backing off to its category, then its domain; "
             "TF-IDF top k). Returns hits with record id, bucket, score, back-off level and "
-            "constraints. Counts no usage. Needs a read key.",
+            "constraints, and `gate`: where the memory carries a utility gate, its verdict "
+            "for this model and domain (withheld: no hits by design, not for want of "
+            "records). Counts no usage. Needs a read key.",
             True,
         ),
         ToolSpec(
@@ -332,7 +334,7 @@ class McpTools:
             namespace=who.namespace,
             p=args.k,
             count_usage=False,
-            gate=ctx.settings.honour_gate,
+            gate=ctx.settings.gate,
         )
         hits = [
             Hit(

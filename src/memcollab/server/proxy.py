@@ -17,7 +17,8 @@ lost answer, a crash of either side) gets the stored answer back without a model
 (`replayed_completion`), so a retried call never doubles its attempt.
 
 Memory status (the `x-memcollab-memory` response header): `applied` (records injected),
-`none` (nothing found, or no user turn to search with), `skipped` (the client opted out:
+`none` (nothing found, or no user turn to search with), `gated` (the namespace's stored
+utility gate withholds memory from this model in this domain), `skipped` (the client opted out:
 `x-memcollab-memory: off` or `metadata.memcollab = "off"`), `error` (labelling or
 retrieval failed or took longer than the memory timeout: the request goes on without
 memory).
@@ -219,7 +220,7 @@ def find_memory(ctx: Any, namespace: str, call: ChatCall) -> MemoryUse:
         p=ctx.settings.proxy_p,
         count_usage=True,
         utility=ctx.settings.proxy_utility,
-        gate=ctx.settings.honour_gate,
+        gate=ctx.settings.gate,
     )
     category = getattr(label, "category", UNLABELLED)
     subcategory = getattr(label, "subcategory", UNLABELLED)

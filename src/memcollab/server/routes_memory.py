@@ -131,7 +131,7 @@ def search(body: SearchRequest, who: ReadKey, ctx: Context) -> dict[str, Any]:
         p=body.p,
         strategy=body.strategy,
         count_usage=False,
-        gate=ctx.settings.honour_gate,
+        gate=ctx.settings.gate,
     )
     hits = [
         Hit(

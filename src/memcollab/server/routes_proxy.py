@@ -5,7 +5,7 @@ proxy labels the last user turn, retrieves the requested model's constraints, ad
 one system message (server/proxy.py), forwards the request to the model's upstream
 (server/upstream.py) and returns its answer unchanged, streamed or not. Response headers:
 
-* `x-memcollab-memory`: applied | none | skipped | error;
+* `x-memcollab-memory`: applied | none | gated | skipped | error;
 * `x-memcollab-records`: the injected record ids, comma-separated (when any);
 * `x-memcollab-attempt`: the id of the attempt that records the exchange;
 * `x-memcollab-replayed: true`: the answer of an attempt stored under the client's attempt
