@@ -302,8 +302,10 @@ def _print_learned(experiment) -> None:  # type: ignore[no-untyped-def]
     from memcollab.memory import Memory
 
     shown = 0
+    # the memories the demo built (an imported one, --memory-export, is shown apart)
+    built = [ns for ns, recipe in experiment.recipes.items() if recipe.built]
     with Memory.open(experiment.memory_path()) as memory:
-        for ns in experiment.recipes:
+        for ns in built:
             for record in memory.list(ns):
                 if not record.constraints:  # all merged into another record's (support)
                     continue
@@ -319,7 +321,8 @@ def _print_learned(experiment) -> None:  # type: ignore[no-untyped-def]
     if shown:
         return
     summaries = json.loads((experiment.out / "build_summary.json").read_text())
-    for ns, summary in summaries.items():
+    for ns in built:
+        summary = summaries[ns]
         pairing, distill = summary.get("pairing", {}), summary.get("distill", {})
         console.print(
             f"none in {ns}: {pairing.get('pairs', 0)} pair(s) of {pairing.get('tasks', 0)}"

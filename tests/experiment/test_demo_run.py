@@ -270,8 +270,8 @@ def test_the_demo_evaluates_an_imported_memory_beside_its_own(
     text = "Write a function that tells whether any two numbers are closer than a threshold."
     rule = Constraint(
         when="a task asks whether any two items satisfy a condition",
-        enforce="comparing each item with every other item",
-        avoid="comparing only neighbouring items",
+        enforce="checking every pair of items once",
+        avoid="stopping after the adjacent pairs",
     )
     export = tmp_path / "built-elsewhere.jsonl"
     with Memory.open(tmp_path / "elsewhere.sqlite") as memory:
@@ -310,7 +310,11 @@ def test_the_demo_evaluates_an_imported_memory_beside_its_own(
     )
     gave = printed.split("Constraints the imported memory gave (built-elsewhere.jsonl)")[1]
     assert "humaneval/64 qwen2.5-coder-0.5b (right): 1 record(s)" in gave
-    assert "avoid comparing only neighbouring items" in gave
+    assert "avoid stopping after the adjacent pairs" in gave
+    # the demo's own memory is listed alone under what the fleet learned
+    learned = printed.split("Constraints the fleet learned")[1].split("Constraints the imported")[0]
+    assert "avoid comparing only neighbouring items" in learned
+    assert "adjacent pairs" not in learned
     # A missing export is one clear line before anything runs.
     assert main([*args, "--memory-export", str(tmp_path / "nope.jsonl")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
