@@ -125,6 +125,14 @@ def distill_command(
             help="v1: the form rules; v2: also the semantic rules (vacuous, vague, ...).",
         ),
     ] = "v1",
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            "--judge",
+            help="--screen v2: a fleet model grades each constraint the rules keep (WRONG,"
+            " VACUOUS or KEEP) and the first two are rejected (memory/judge.py).",
+        ),
+    ] = None,
     merge: Annotated[
         bool,
         typer.Option(
@@ -148,7 +156,14 @@ def distill_command(
         raise typer.BadParameter(
             f"{screen!r} is not one of {', '.join(SCREEN_VERSIONS)}", param_hint="--screen"
         )
+    if judge is not None and version != "v2":
+        raise UserError("--judge runs after the v2 screen's rules", "add --screen v2")
     loaded = Fleet.load(fleet)
+    if judge is not None and judge not in loaded.names():
+        raise UserError(
+            f"the judge {judge!r} is not a model of the fleet",
+            f"use one of: {', '.join(loaded.names())}",
+        )
     store = TrajectoryStore.open_existing(runs)
     trajectories = [t for t in store if t.condition == "vanilla"]
     if not trajectories:
@@ -165,6 +180,11 @@ def distill_command(
     gateway = make_gateway(cache, no_cache)
     client = gateway.bind(loaded.model(name))
     classifier = _labeller(labeller, client, data_dir, taxonomy)
+    grader = None
+    if judge is not None:
+        from memcollab.memory.judge import ModelJudge
+
+        grader = ModelJudge(gateway.bind(loaded.model(judge)))
     if pairing_rule not in ("contrastive", "near_miss"):
         raise UserError(f"unknown pairing {pairing_rule!r}", "use contrastive or near_miss")
     pairing = PairingRule(pairing_rule, tie_break=tie_break, floor=floor)
@@ -190,7 +210,9 @@ def distill_command(
         summary = mem.build(
             trajectories,
             tasks,
-            distiller=Distiller(client, max_constraints=max_constraints, screen=version),
+            distiller=Distiller(
+                client, max_constraints=max_constraints, screen=version, judge=grader
+            ),
             labeller=classifier,
             pairing=pairing,
             strengths=strengths,
@@ -220,10 +242,14 @@ def distill_command(
     table.add_row("records added", str(summary.records_added))
     table.add_row("records already there", str(summary.records_existing))
     table.add_row("records in namespace", str(total))
+    judged = grader.stats() if grader is not None else None
+    for key, value in (judged or {}).items():
+        table.add_row(f"judge: {key}", str(value))
     console.print(table)
-    (runs / "distill_summary.json").write_text(
-        json.dumps({"memory": memory, "distiller": name, **summary.as_dict()}, indent=2) + "\n"
-    )
+    written = {"memory": memory, "distiller": name, **summary.as_dict()}
+    if judged is not None:
+        written["judge"] = judged
+    (runs / "distill_summary.json").write_text(json.dumps(written, indent=2) + "\n")
 
 
 def solve_command(

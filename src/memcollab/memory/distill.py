@@ -71,6 +71,7 @@ from memcollab.memory.pairs import Pair
 from memcollab.memory.poison import POISON_REASONS, screen_parts
 from memcollab.memory.record import Constraint
 from memcollab.memory.semantic import (
+    JUDGE_REASONS,
     SEMANTIC_REJECT_REASONS,
     SemanticContext,
     SemanticJudge,
@@ -97,6 +98,8 @@ REJECT_REASONS = (
     "over_limit",
     # The v2 screen's reasons (memory/semantic.py); the v1 screen never gives them.
     *SEMANTIC_REJECT_REASONS,
+    # The optional model judge after those rules (memory/judge.py).
+    *JUDGE_REASONS,
     # The content screen against poisoning (memory/poison.py), one per reason code.
     *(f"poison:{reason}" for reason in POISON_REASONS),
 )
@@ -873,7 +876,7 @@ class Distiller:
             reason = semantic_reason(c.when, c.enforce, c.avoid, ctx)
             if reason is None and judge is not None:
                 reason = judge(c.text(), task)
-                if reason is not None and reason not in SEMANTIC_REJECT_REASONS:
+                if reason is not None and reason not in (*SEMANTIC_REJECT_REASONS, *JUDGE_REASONS):
                     raise ValueError(f"the semantic judge gave an unknown reason {reason!r}")
             return reason
 

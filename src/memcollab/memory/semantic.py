@@ -42,7 +42,7 @@ final e and a doubled final consonant dropped: "summing" = "sum", "divides" =
   distilled from a task with no division by zero.
 
 A model judge may follow the rules (`SemanticJudge`, a hook: `Distiller(judge=...)`;
-none is shipped).
+memory/judge.py ships one that asks a model: reasons judged_wrong, judged_vacuous).
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ SEMANTIC_REJECT_REASONS = (
     "unsupported",
     "unshown_edge_case",
 )
+# What the optional model judge after the rules may answer (memory/judge.py).
+JUDGE_REASONS = ("judged_wrong", "judged_vacuous")
 _ECHO_WORDS = 3
 
 _WORD = re.compile(r"[a-z]+")
@@ -386,7 +388,8 @@ def semantic_reason(when: str, enforce: str, avoid: str, ctx: SemanticContext) -
 
 
 class SemanticJudge(Protocol):
-    """A hook for a model judge after the rules (not called by the library): given a
-    constraint's text and the task, a reason of `SEMANTIC_REJECT_REASONS` or None."""
+    """A model judge after the rules (memory/judge.py: ModelJudge asks a model): given a
+    constraint's text and the task, a reason of `JUDGE_REASONS` (or of
+    `SEMANTIC_REJECT_REASONS`) or None."""
 
     def __call__(self, constraint: str, task: Task) -> str | None: ...

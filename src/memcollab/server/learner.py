@@ -51,7 +51,7 @@ from memcollab.memory.guidance import Labeller
 from memcollab.memory.pairs import Pair
 from memcollab.memory.poison import POISON_REASONS, screen_record
 from memcollab.memory.record import MemoryRecord
-from memcollab.memory.semantic import SEMANTIC_REJECT_REASONS
+from memcollab.memory.semantic import JUDGE_REASONS, SEMANTIC_REJECT_REASONS
 from memcollab.server.attempts import Attempt
 from memcollab.server.context import ServerContext
 from memcollab.server.keys import ApiKeyError
@@ -81,7 +81,7 @@ def refusal_reason(result: DistillResult) -> str:
     if result.status in ("empty", "malformed"):
         return result.status
     rejected = {k: v for k, v in result.rejected.items() if v > 0}
-    for group in (_POISON, SEMANTIC_REJECT_REASONS):
+    for group in (_POISON, (*SEMANTIC_REJECT_REASONS, *JUDGE_REASONS)):
         found = sorted((-rejected[r], r) for r in rejected if r in group)
         if found:
             return found[0][1]
