@@ -24,6 +24,7 @@ from memcollab.memory.poison import (
     text_reasons,
 )
 from memcollab.memory.record import Constraint, MemoryRecord
+from memcollab.memory.store import read_export_with_history
 from memcollab.tasks.task import Task
 from tests.memory.distill_helpers import GOOD, MATH, distiller, line, math_pair
 from tests.memory.redteam import HONEST, TASK, load_redteam
@@ -36,12 +37,9 @@ COMMITTED = sorted(glob.glob(str(ROOT / "benchmarks/results/*/memories/*.jsonl")
 
 
 def _committed_records() -> list[MemoryRecord]:
-    out = []
-    for path in COMMITTED:
-        for row in Path(path).read_text(encoding="utf-8").splitlines():
-            if row.strip():
-                out.append(MemoryRecord.model_validate_json(row))
-    return out
+    """Every record of every committed export (an export may also carry notes and its
+    change history: read as an import reads it)."""
+    return [record for path in COMMITTED for record in read_export_with_history(path)[0]]
 
 
 # --------------------------------------------------------------------------- the red team
