@@ -152,6 +152,7 @@ def test_collect_distill_export_import_show_solve(tmp_path: Path) -> None:
     assert gated.returncode == 0, gated.stderr
     assert "utility gate of v2 (rule non_negative): withheld for right on math" in gated.stdout
     assert "0 records, 0 constraints" in gated.stdout
+    assert "label not asked (the gate withheld the memory)" in gated.stdout  # no label call
     assert "avoid multiplying when the task asks for a sum" not in gated.stdout
     ignored = run_cli(*solve, "--fleet", fleet, "--no-cache", "--ignore-gate")
     assert "avoid multiplying when the task asks for a sum" in ignored.stdout

@@ -315,13 +315,17 @@ def solve_command(
         task = Task(id="cli/solve", domain=domain, prompt=text or "")  # type: ignore[arg-type]
     guidance: tuple = ()
     if memory is not None:
-        with spinner(f"classifying the task ({labeller} labeller)..."):
-            label = _labeller(labeller, agent.client, data_dir, taxonomy).classify(task)
-        with Memory.open(memory, create=False) as mem:
+        classifier = _labeller(labeller, agent.client, data_dir, taxonomy)
+        # search() labels the task only after the gate check: a withheld memory costs no
+        # label call.
+        with (
+            Memory.open(memory, create=False) as mem,
+            spinner(f"classifying the task ({labeller} labeller) and retrieving..."),
+        ):
             got = mem.search(
                 task,
                 model=model,
-                label=label,
+                labeller=classifier,
                 namespace=namespace,
                 p=p,
                 participant_filter=participant_filter,
@@ -334,9 +338,13 @@ def solve_command(
                 f" (rule {escape(got.gate.rule or '?')}): {got.gate.verdict} for"
                 f" {escape(model)} on {task.domain}"
             )
+        said = (
+            "not asked (the gate withheld the memory)"
+            if got.gate is not None and got.gate.verdict == "withheld"
+            else f"{got.category or '-'} / {got.subcategory or '-'} ({labeller} labeller)"
+        )
         console.print(
-            f"[bold]label[/bold] {label.category} / {label.subcategory}"
-            f" ({getattr(label, 'source', labeller)}); retrieved at level [bold]{got.level}[/bold]:"
+            f"[bold]label[/bold] {escape(said)}; retrieved at level [bold]{got.level}[/bold]:"
             f" {len(got.record_ids)} records, {len(guidance)} constraints"
         )
         for g in guidance:
