@@ -4,7 +4,7 @@
 # experiment named in benchmarks/results/NAME/BASED_ON, if any (or only the calls of the one
 # named in CALLS_FROM). Then `memcollab experiment run
 # benchmarks/results/NAME/experiment.toml --cache runs/NAME/calls.sqlite` resumes where
-# the last snapshot left off (the memories are rebuilt from the replayed calls in seconds).
+# the last snapshot left off (a finished memory phase's memory comes from its exports).
 # Safe to run again: every import skips what is already there.
 set -euo pipefail
 source "$(dirname "$0")/paper_run_paths.sh" "$@"
@@ -37,3 +37,14 @@ if [ -f "$results/CALLS_FROM" ]; then
 fi
 import_state "$results"
 if [ -f "$results/parts.jsonl" ]; then cp "$results/parts.jsonl" "$run/parts.jsonl"; fi
+# A finished memory phase: its memory from the committed exports (an import reproduces each
+# record and the change log, so it is the memory the phase wrote, gate notes included once
+# the dev phase has added them), then build_summary.json and gate.json beside it, so a
+# resumed dev or eval phase finds the memory built. Only into a run with no memory yet.
+if [ -f "$results/build_summary.json" ] && [ ! -e "$run/memory.sqlite" ]; then
+  for export in "$results"/memories/*.jsonl; do
+    if [ -f "$export" ]; then "$memcollab" memory import "$run/memory.sqlite" "$export"; fi
+  done
+  cp "$results/build_summary.json" "$run/build_summary.json"
+  if [ -f "$results/gate.json" ]; then cp "$results/gate.json" "$run/gate.json"; fi
+fi
