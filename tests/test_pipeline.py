@@ -140,6 +140,7 @@ def test_collect_distill_export_import_show_solve(tmp_path: Path) -> None:
     )
     assert solved.returncode == 0, solved.stderr
     assert "retrieved at level" in solved.stdout
+    assert "(model); retrieved" in solved.stdout or "(fallback); retrieved" in solved.stdout
     assert "avoid multiplying when the task asks for a sum" in solved.stdout
     assert "boxed{4}" in solved.stdout
 

@@ -338,11 +338,9 @@ def solve_command(
                 f" (rule {escape(got.gate.rule or '?')}): {got.gate.verdict} for"
                 f" {escape(model)} on {task.domain}"
             )
-        said = (
-            "not asked (the gate withheld the memory)"
-            if got.gate is not None and got.gate.verdict == "withheld"
-            else f"{got.category or '-'} / {got.subcategory or '-'} ({labeller} labeller)"
-        )
+        said = f"{got.category} / {got.subcategory} ({got.label_source or labeller})"
+        if got.gate is not None and got.gate.verdict == "withheld":
+            said = "not asked (the gate withheld the memory)"
         console.print(
             f"[bold]label[/bold] {escape(said)}; retrieved at level [bold]{got.level}[/bold]:"
             f" {len(got.record_ids)} records, {len(guidance)} constraints"

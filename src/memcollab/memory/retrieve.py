@@ -108,6 +108,9 @@ class Retrieved:
     mode: Mode
     category: str | None = None
     subcategory: str | None = None
+    label_source: str | None = None
+    """How the query's label came about, where its labeller says (e.g. 'model', 'fallback',
+    'trained', 'abstained')."""
     hits: tuple[Hit, ...] = ()
     withheld: tuple[Withheld, ...] = ()
     """Records passed over for the querying model (confident harm; utility retrieval)."""
@@ -393,6 +396,7 @@ class Retriever:
             mode=self.mode,
             category=label.category if label else None,
             subcategory=label.subcategory if label else None,
+            label_source=getattr(label, "source", None),
             hits=tuple(hits),
         )
 
