@@ -39,12 +39,13 @@ import_state "$results"
 if [ -f "$results/parts.jsonl" ]; then cp "$results/parts.jsonl" "$run/parts.jsonl"; fi
 # A finished memory phase: its memory from the committed exports (an import reproduces each
 # record and the change log, so it is the memory the phase wrote, gate notes included once
-# the dev phase has added them), then build_summary.json and gate.json beside it, so a
-# resumed dev or eval phase finds the memory built. Only into a run with no memory yet.
-if [ -f "$results/build_summary.json" ] && [ ! -e "$run/memory.sqlite" ]; then
+# the dev phase has added them), then gate.json and build_summary.json beside it, so a
+# resumed dev or eval phase finds the memory built. build_summary.json is copied last, so a
+# restore cut off before it imports again (the imports skip what is already there).
+if [ -f "$results/build_summary.json" ] && [ ! -e "$run/build_summary.json" ]; then
   for export in "$results"/memories/*.jsonl; do
     if [ -f "$export" ]; then "$memcollab" memory import "$run/memory.sqlite" "$export"; fi
   done
-  cp "$results/build_summary.json" "$run/build_summary.json"
   if [ -f "$results/gate.json" ]; then cp "$results/gate.json" "$run/gate.json"; fi
+  cp "$results/build_summary.json" "$run/build_summary.json"
 fi
