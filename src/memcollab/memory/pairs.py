@@ -126,6 +126,27 @@ def _one_condition(trajectories: list[Trajectory]) -> None:
         raise ValueError(f"pair one condition at a time; got trajectories of {conditions}")
 
 
+def _ranked_tasks(
+    items: list[Trajectory], strengths: dict[str, int]
+) -> tuple[list[Trajectory], dict[str, list[Trajectory]]]:
+    """The cross-model rules' common start: the sample-0 trajectories of one condition and,
+    per task, them ranked strongest model first. Raises on a model with no strength or a
+    task with two sample-0 trajectories of one model."""
+    _one_condition(items)
+    missing = sorted({t.model for t in items} - strengths.keys())
+    if missing:
+        raise ValueError(f"no strength given for model(s) {missing}")
+    used = [t for t in items if t.sample_index == 0]
+    key = _rank_key(strengths)
+    ranked: dict[str, list[Trajectory]] = {}
+    for task_id, group in _group(used).items():
+        models = [t.model for t in group]
+        if len(set(models)) != len(models):
+            raise ValueError(f"task {task_id!r} has several sample-0 trajectories of one model")
+        ranked[task_id] = sorted(group, key=key)
+    return used, ranked
+
+
 def _by_type(pairs: list[Pair]) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for p in pairs:
@@ -140,21 +161,11 @@ def make_pairs(
     for the ranking rule with more than two models). Uses sample index 0 only; all
     trajectories must share one condition; every model needs a strength."""
     items = list(trajectories)
-    _one_condition(items)
-    missing = sorted({t.model for t in items} - strengths.keys())
-    if missing:
-        raise ValueError(f"no strength given for model(s) {missing}")
-    used = [t for t in items if t.sample_index == 0]
+    used, groups = _ranked_tasks(items, strengths)
     ignored = len(items) - len(used)
-    key = _rank_key(strengths)
     pairs: list[Pair] = []
     mixed = all_right = all_wrong = single = ties = 0
-    groups = _group(used)
-    for task_id, group in groups.items():
-        models = [t.model for t in group]
-        if len(set(models)) != len(models):
-            raise ValueError(f"task {task_id!r} has several sample-0 trajectories of one model")
-        ranked = sorted(group, key=key)
+    for task_id, ranked in groups.items():
         right = [t for t in ranked if t.correct]
         wrong = [t for t in ranked if not t.correct]
         if len(ranked) < 2:
@@ -361,25 +372,15 @@ def near_miss_pairs(
     mixed task whose only failures come from such models is left unpaired and counted in
     `below_floor`. Uses sample index 0 only; all trajectories share one condition."""
     items = list(trajectories)
-    _one_condition(items)
-    missing = sorted({t.model for t in items} - strengths.keys())
-    if missing:
-        raise ValueError(f"no strength given for model(s) {missing}")
-    used = [t for t in items if t.sample_index == 0]
+    used, groups = _ranked_tasks(items, strengths)
     tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for t in used:
         tally[(t.domain, t.model)][0] += int(t.correct)
         tally[(t.domain, t.model)][1] += 1
     excluded = {key for key, (right, seen) in tally.items() if right < floor * seen}
-    key = _rank_key(strengths)
     pairs: list[Pair] = []
     mixed = all_right = all_wrong = single = below = 0
-    groups = _group(used)
-    for task_id, group in groups.items():
-        models = [t.model for t in group]
-        if len(set(models)) != len(models):
-            raise ValueError(f"task {task_id!r} has several sample-0 trajectories of one model")
-        ranked = sorted(group, key=key)
+    for task_id, ranked in groups.items():
         right = [t for t in ranked if t.correct]
         wrong = [t for t in ranked if not t.correct]
         if len(ranked) < 2:
