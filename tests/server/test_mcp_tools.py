@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,9 +81,21 @@ def test_search_constraints_honours_the_namespaces_utility_gate(world: McpWorld)
     who = Principal("k", "a", "read")
     gate = {"rule": "non_negative", "decisions": {"m1": {"math": {"memory": False}}}}
     world.context.memory.set_note("a", "gate:v2", gate)
+    asked: list[str] = []
+
+    class Counting:
+        category, subcategory = "unlabelled", "unlabelled"
+
+        def classify(self, task: Any) -> Any:
+            asked.append(task.prompt)
+            return self
+
+    world.context.labeller = Counting()
     query = {"task": QUERY, "domain": "math", "k": 5}
     withheld = tools.call("search_constraints", {**query, "model": "m1"}, who)
     assert withheld["hits"] == [] and withheld["gate"]["verdict"] == "withheld"
+    assert asked == [] and withheld["label_source"] == "none"  # nothing to label for
     served = tools.call("search_constraints", {**query, "model": "m2"}, who)
     assert [h["record_id"] for h in served["hits"]] == [world.a_rid]
+    assert asked == [QUERY] and served["label_source"] == "labeller"
     assert served["gate"] == {"verdict": "undecided", "condition": "v2", "rule": "non_negative"}

@@ -111,6 +111,16 @@ def test_gated_when_the_memorys_utility_gate_withholds_it_from_the_model(
 ) -> None:
     rid = svc.add("a", SIMILAR)
     svc.context.memory.set_note("a", "gate:v2", GATE)
+    asked: list[str] = []
+
+    class Counting:
+        category, subcategory = "unlabelled", "unlabelled"
+
+        def classify(self, task: Any) -> Any:
+            asked.append(task.prompt)
+            return self
+
+    svc.context.labeller = Counting()
     r = chat(svc, body_for("stubbed"))
     assert r.status_code == 200 and r.headers["x-memcollab-memory"] == "gated"
     assert "x-memcollab-records" not in r.headers
@@ -118,9 +128,14 @@ def test_gated_when_the_memorys_utility_gate_withholds_it_from_the_model(
     attempt = svc.context.attempts.get("a", r.headers["x-memcollab-attempt"])
     assert attempt.metadata["memory"] == "gated" and attempt.injected_ids == ()
     assert svc.context.memory.usage(rid)["retrieved"] == 0
-    # The model the gate serves gets the memory.
+    # A withheld memory needs no label: the labeller (a model call, with the LLM one) is not asked.
+    assert asked == [] and attempt.metadata["label_source"] == "none"
+    # The model the gate serves gets the memory, its task labelled.
     r = chat(svc, body_for("local"))
     assert r.headers["x-memcollab-memory"] == "applied" and r.headers["x-memcollab-records"] == rid
+    assert asked == [MATH]
+    attempt = svc.context.attempts.get("a", r.headers["x-memcollab-attempt"])
+    assert attempt.metadata["label_source"] == "labeller"
 
 
 def test_a_service_told_to_ignore_the_gate_applies_memory(storage: Storage, stub: Stub) -> None:

@@ -13,10 +13,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Literal
 
 from memcollab.llm.fleet import Fleet
 from memcollab.memory.api import Memory
-from memcollab.memory.guidance import Labeller
+from memcollab.memory.guidance import UNLABELLED, Labeller
+from memcollab.memory.retrieve import Retrieved
 from memcollab.memory.store import PostgresMemory
 from memcollab.server.attempts import AttemptStore
 from memcollab.server.db import ServerDB
@@ -25,8 +27,20 @@ from memcollab.server.judge import TaskJudge
 from memcollab.server.keys import KeyStore
 from memcollab.server.learn_queue import LearnQueue
 from memcollab.server.provenance import ProvenanceStore
+from memcollab.tasks.task import Task
 
 MiB = 1024 * 1024
+
+LabelSource = Literal["request", "labeller", "none"]
+"""Where a search's label came from: the request, the service's labeller, or nowhere."""
+
+
+@dataclass(frozen=True)
+class RequestLabel:
+    """A (category, subcategory) that a request names itself."""
+
+    category: str
+    subcategory: str
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,44 @@ class ServerContext:
         if self.fleet is None or model not in self.fleet.names():
             return 0
         return self.fleet.spec(model).strength
+
+    def search(
+        self,
+        task: Task,
+        *,
+        namespace: str,
+        model: str | None,
+        category: str | None = None,
+        subcategory: str | None = None,
+        **options: Any,
+    ) -> tuple[Retrieved, LabelSource]:
+        """The retrieval that REST /v1/search, the MCP tool and the proxy share, honouring the
+        settings' gate. The label is the request's `category` (and `subcategory`, else
+        unlabelled) if it names one; else the service's labeller's, asked only when the
+        gate lets memory through to `model` and the strategy is task-aware; else none (the
+        whole domain is searched). `options` go to `Memory.search`; raises what the
+        labeller or the store raises."""
+        if category is not None:
+            label = RequestLabel(category, subcategory or UNLABELLED)
+            found = self.memory.search(
+                task,
+                model=model,
+                label=label,
+                namespace=namespace,
+                gate=self.settings.gate,
+                **options,
+            )
+            return found, "request"
+        found = self.memory.search(
+            task,
+            model=model,
+            labeller=self.labeller,
+            namespace=namespace,
+            gate=self.settings.gate,
+            **options,
+        )
+        # A labelled task-aware search reports its label's category; nothing else does.
+        return found, "labeller" if found.category is not None else "none"
 
     @classmethod
     def open(

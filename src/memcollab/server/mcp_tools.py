@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from memcollab import __version__
 from memcollab.errors import UserError
-from memcollab.memory.guidance import UNLABELLED
 from memcollab.memory.record import Constraint, MemoryRecord, record_id, task_hash
 from memcollab.memory.store import MemoryConnectionError, MemoryNotFoundError
 from memcollab.server import guard
@@ -321,20 +320,14 @@ class McpTools:
         """The same retrieval as POST /v1/search (routes_memory.search)."""
         ctx = self.context
         task = Task(id="query", domain=args.domain, prompt=args.task)
-        label: Any = None
-        source: Literal["request", "labeller", "none"] = "none"
-        if args.category is not None:
-            label, source = _Label(args.category, args.subcategory or UNLABELLED), "request"
-        elif ctx.labeller is not None:
-            label, source = ctx.labeller.classify(task), "labeller"
-        found = ctx.memory.search(
+        found, source = ctx.search(
             task,
-            model=args.model,
-            label=label,
             namespace=who.namespace,
+            model=args.model,
+            category=args.category,
+            subcategory=args.subcategory,
             p=args.k,
             count_usage=False,
-            gate=ctx.settings.gate,
         )
         hits = [
             Hit(
@@ -470,12 +463,6 @@ class McpTools:
             record = None
         if record is None or record.namespace != who.namespace:
             raise ToolError(f"no record with id {rid!r}; nothing was counted")
-
-
-@dataclass(frozen=True)
-class _Label:
-    category: str
-    subcategory: str
 
 
 PrincipalOf = Callable[[Any], Principal]

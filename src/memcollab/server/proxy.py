@@ -204,27 +204,24 @@ class MemoryUse:
 
 
 def find_memory(ctx: Any, namespace: str, call: ChatCall) -> MemoryUse:
-    """Label the task and retrieve the model's constraints (counting usage). Raises on a
-    labeller or store failure; the caller turns that into status `error`."""
+    """Retrieve the model's constraints (counting usage), the task labelled by the service's
+    labeller unless the gate withholds memory from the model. Raises on a labeller or store
+    failure; the caller turns that into status `error`."""
     if call.opted_out:
         return MemoryUse("skipped")
     if not call.task.strip():
         return MemoryUse("none")
     task = Task(id="proxy", domain=call.domain, prompt=call.task)
-    label = ctx.labeller.classify(task) if ctx.labeller is not None else None
-    found = ctx.memory.search(
+    found, source = ctx.search(
         task,
-        model=call.model,
-        label=label,
         namespace=namespace,
+        model=call.model,
         p=ctx.settings.proxy_p,
         count_usage=True,
         utility=ctx.settings.proxy_utility,
-        gate=ctx.settings.gate,
     )
-    category = getattr(label, "category", UNLABELLED)
-    subcategory = getattr(label, "subcategory", UNLABELLED)
-    source = "labeller" if label is not None else "none"
+    category = found.category or UNLABELLED
+    subcategory = found.subcategory or UNLABELLED
     if not found.guidance:
         gated = found.gate is not None and found.gate.verdict == "withheld"
         return MemoryUse(

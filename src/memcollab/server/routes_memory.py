@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +15,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from memcollab.memory.guidance import UNLABELLED
 from memcollab.memory.record import Constraint, MemoryRecord, record_id, task_hash
 from memcollab.memory.store import (
     ON_CONFLICT,
@@ -101,12 +99,6 @@ def record_out(
     }
 
 
-@dataclass(frozen=True)
-class _Label:
-    category: str
-    subcategory: str
-
-
 # --------------------------------------------------------------------------- search
 
 
@@ -115,23 +107,18 @@ def search(body: SearchRequest, who: ReadKey, ctx: Context) -> dict[str, Any]:
     """Constraints for a task as `model` would be given them: task-aware retrieval (the
     task's bucket, backing off to its category, then its domain; TF-IDF top p). The label
     is the request's `category`/`subcategory` if given, else the service's labeller if it
-    has one, else none (the whole domain is searched). Counts no usage."""
+    has one (not asked when the gate withholds memory from `model`), else none (the whole
+    domain is searched). Counts no usage."""
     task = Task(id="query", domain=body.domain, prompt=body.task)
-    label: _Label | Any = None
-    source = "none"
-    if body.category is not None:
-        label, source = _Label(body.category, body.subcategory or UNLABELLED), "request"
-    elif ctx.labeller is not None and body.strategy == "task_aware":
-        label, source = ctx.labeller.classify(task), "labeller"
-    found = ctx.memory.search(
+    found, source = ctx.search(
         task,
-        model=body.model,
-        label=label,
         namespace=who.namespace,
+        model=body.model,
+        category=body.category,
+        subcategory=body.subcategory,
         p=body.p,
         strategy=body.strategy,
         count_usage=False,
-        gate=ctx.settings.gate,
     )
     hits = [
         Hit(
