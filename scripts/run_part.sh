@@ -9,7 +9,10 @@ name="${1:?experiment name}"; limit="${2:?limit in seconds}"; shift 2
 source "$(dirname "$0")/paper_run_paths.sh" "$name"
 : "${MEMCOLLAB_DATA_DIR:?set MEMCOLLAB_DATA_DIR to the folder holding gsm8k/, math/, mbpp/}"
 mkdir -p "$run"
-nice -n 10 timeout -s TERM "$limit" "$memcollab" experiment run "$results/experiment.toml" \
+# --foreground: `timeout` signals only the run, once; without it, it also signals its own
+# process group, and the run's second SIGTERM could cut short the shutdown that writes the
+# part's line in parts.jsonl (part 14 of the v2 run lost its line that way).
+nice -n 10 timeout --foreground -s TERM "$limit" "$memcollab" experiment run "$results/experiment.toml" \
   --cache "$run/calls.sqlite" "$@" &
 pid=$!
 echo "part of $name: pid $pid, limit ${limit}s"

@@ -244,10 +244,15 @@ def stop_on_sigterm() -> None:
     """Make `kill PID` stop a long run the way Ctrl-C does.
 
     SIGTERM becomes KeyboardInterrupt, and so does SIGINT where the shell started us in the
-    background with SIGINT ignored (POSIX shells without job control do that).
+    background with SIGINT ignored (POSIX shells without job control do that). Only the
+    first SIGTERM: later ones are ignored, so they cannot cut short the shutdown that
+    records the run's part (GNU `timeout` signals its command and then its whole process
+    group, so a run under it gets two; one landing in the runner's `finally` lost a part's
+    line in parts.jsonl). `kill -9` still stops it at once.
     """
 
     def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
