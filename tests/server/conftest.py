@@ -182,3 +182,16 @@ def world(tmp_path: Path) -> Iterator[Any]:
     made = make_world(tmp_path)
     yield made
     made.context.close()
+
+
+class CountingLabeller:
+    """A labeller that files every task as unlabelled and records the prompts it was asked."""
+
+    category = subcategory = "unlabelled"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def classify(self, task: Any) -> CountingLabeller:
+        self.asked.append(task.prompt)
+        return self

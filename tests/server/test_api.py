@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from memcollab.server.context import Settings
-from tests.server.conftest import Service, Storage, make_record, service_for
+from tests.server.conftest import CountingLabeller, Service, Storage, make_record, service_for
 
 ADD = {
     "domain": "math",
@@ -367,29 +366,22 @@ def test_search_says_what_the_namespaces_utility_gate_decided(service: Service) 
     service.context.memory.set_note(
         "a", "gate:v2", {"rule": "non_negative", "decisions": {"weak": {"math": {"memory": False}}}}
     )
-    asked: list[str] = []
-
-    class Counting:
-        category, subcategory = "unlabelled", "unlabelled"
-
-        def classify(self, task: Any) -> Any:
-            asked.append(task.prompt)
-            return self
-
-    service.context.labeller = Counting()
+    labeller = CountingLabeller()
+    service.context.labeller = labeller
     query = {"task": "Solve 3x + 4 = 19.", "domain": "math"}
     withheld = c.post("/v1/search", json={**query, "model": "weak"}, headers=h).json()
     assert withheld["hits"] == []
     assert withheld["gate"] == {"verdict": "withheld", "condition": "v2", "rule": "non_negative"}
     # The labeller is not asked for a query the gate answers with nothing.
-    assert asked == [] and (withheld["category"], withheld["label_source"]) == (None, "none")
+    assert labeller.asked == []
+    assert (withheld["category"], withheld["label_source"]) == (None, "none")
     labelled = {**query, "model": "weak", "category": "algebra"}
     withheld = c.post("/v1/search", json=labelled, headers=h).json()
     assert (withheld["category"], withheld["label_source"]) == ("algebra", "request")
     other = c.post("/v1/search", json={**query, "model": "strong"}, headers=h).json()
     assert [x["record_id"] for x in other["hits"]] == [rid]
     assert other["gate"]["verdict"] == "undecided"
-    assert asked == [query["task"]] and other["label_source"] == "labeller"
+    assert labeller.asked == [query["task"]] and other["label_source"] == "labeller"
     anonymous = c.post("/v1/search", json=query, headers=h).json()
     assert [x["record_id"] for x in anonymous["hits"]] == [rid] and anonymous["gate"] is None
     # Another namespace's key never sees this namespace's gate or records.

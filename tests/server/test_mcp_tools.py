@@ -9,7 +9,6 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +18,7 @@ from mcp import types  # noqa: E402
 
 from memcollab.server.auth import Principal  # noqa: E402
 from memcollab.server.mcp_tools import McpTools, run_tool  # noqa: E402
+from tests.server.conftest import CountingLabeller  # noqa: E402
 from tests.server.mcp_cases import QUERY, McpWorld, make_world  # noqa: E402
 
 
@@ -81,21 +81,13 @@ def test_search_constraints_honours_the_namespaces_utility_gate(world: McpWorld)
     who = Principal("k", "a", "read")
     gate = {"rule": "non_negative", "decisions": {"m1": {"math": {"memory": False}}}}
     world.context.memory.set_note("a", "gate:v2", gate)
-    asked: list[str] = []
-
-    class Counting:
-        category, subcategory = "unlabelled", "unlabelled"
-
-        def classify(self, task: Any) -> Any:
-            asked.append(task.prompt)
-            return self
-
-    world.context.labeller = Counting()
+    labeller = CountingLabeller()
+    world.context.labeller = labeller
     query = {"task": QUERY, "domain": "math", "k": 5}
     withheld = tools.call("search_constraints", {**query, "model": "m1"}, who)
     assert withheld["hits"] == [] and withheld["gate"]["verdict"] == "withheld"
-    assert asked == [] and withheld["label_source"] == "none"  # nothing to label for
+    assert labeller.asked == [] and withheld["label_source"] == "none"  # nothing to label for
     served = tools.call("search_constraints", {**query, "model": "m2"}, who)
     assert [h["record_id"] for h in served["hits"]] == [world.a_rid]
-    assert asked == [QUERY] and served["label_source"] == "labeller"
+    assert labeller.asked == [QUERY] and served["label_source"] == "labeller"
     assert served["gate"] == {"verdict": "undecided", "condition": "v2", "rule": "non_negative"}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from memcollab.server.context import Settings
-from tests.server.conftest import Service, Storage
+from tests.server.conftest import CountingLabeller, Service, Storage
 from tests.server.proxy_fixtures import MATH, Stub, proxy_service
 
 SIMILAR = "A shop sells apples at 2 for $1. How much do 10 apples cost?"
@@ -111,16 +111,8 @@ def test_gated_when_the_memorys_utility_gate_withholds_it_from_the_model(
 ) -> None:
     rid = svc.add("a", SIMILAR)
     svc.context.memory.set_note("a", "gate:v2", GATE)
-    asked: list[str] = []
-
-    class Counting:
-        category, subcategory = "unlabelled", "unlabelled"
-
-        def classify(self, task: Any) -> Any:
-            asked.append(task.prompt)
-            return self
-
-    svc.context.labeller = Counting()
+    labeller = CountingLabeller()
+    svc.context.labeller = labeller
     r = chat(svc, body_for("stubbed"))
     assert r.status_code == 200 and r.headers["x-memcollab-memory"] == "gated"
     assert "x-memcollab-records" not in r.headers
@@ -129,11 +121,11 @@ def test_gated_when_the_memorys_utility_gate_withholds_it_from_the_model(
     assert attempt.metadata["memory"] == "gated" and attempt.injected_ids == ()
     assert svc.context.memory.usage(rid)["retrieved"] == 0
     # A withheld memory needs no label: the labeller (a model call, with the LLM one) is not asked.
-    assert asked == [] and attempt.metadata["label_source"] == "none"
+    assert labeller.asked == [] and attempt.metadata["label_source"] == "none"
     # The model the gate serves gets the memory, its task labelled.
     r = chat(svc, body_for("local"))
     assert r.headers["x-memcollab-memory"] == "applied" and r.headers["x-memcollab-records"] == rid
-    assert asked == [MATH]
+    assert labeller.asked == [MATH]
     attempt = svc.context.attempts.get("a", r.headers["x-memcollab-attempt"])
     assert attempt.metadata["label_source"] == "labeller"
 
