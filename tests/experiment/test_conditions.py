@@ -69,7 +69,7 @@ class Context:
     seed: int = 1
     label_: Label = field(default_factory=lambda: Label("Algebra"))
 
-    def label(self, model: str, task: Task) -> Label:
+    def label(self, model: str, task: Task, labeller: str | None = None) -> Label:
         return self.label_
 
     def retriever(self, namespace, p, mode, participant_filter):  # type: ignore[no-untyped-def]
@@ -180,6 +180,7 @@ def test_placebo_draws_as_many_constraints_from_other_categories() -> None:
     ctx = _placebo_context()
     by_id = {r.id: r for r in ctx.records_}
     guidance, note = placebo.guide(task, "small", FLEET, ctx)
+    assert note is not None
     assert len(guidance) == 3 == note["constraints"]  # as many as memcollab gave
     assert note["matched_to"] == ["r1", "r2"] and note["mode"] == "placebo"
     assert all(by_id[i].category != "Algebra" for i in note["record_ids"])
@@ -187,10 +188,8 @@ def test_placebo_draws_as_many_constraints_from_other_categories() -> None:
     assert {g.record_id for g in guidance} <= set(note["record_ids"])
     # the draw depends on the seed only: the same seed draws the same records
     assert placebo.guide(task, "small", FLEET, _placebo_context())[1] == note
-    draws = {
-        tuple(placebo.guide(task, "small", FLEET, _placebo_context(s))[1]["record_ids"])
-        for s in range(20)
-    }
+    notes = [placebo.guide(task, "small", FLEET, _placebo_context(s))[1] for s in range(20)]
+    draws = {tuple(n["record_ids"]) for n in notes if n is not None}
     assert len(draws) > 1
 
 
@@ -222,5 +221,6 @@ def test_placebo_skips_records_a_merge_emptied() -> None:
     ]
     ctx.records_ = ctx.records_ + emptied
     guidance, note = placebo.guide(task, "small", FLEET, ctx)
+    assert note is not None
     assert len(guidance) == 3 == note["constraints"]
     assert note["record_ids"] and not any("-emptied-" in i for i in note["record_ids"])

@@ -98,6 +98,7 @@ def test_wall_time_comes_from_the_speeds_the_cache_measured(tmp_path: Path) -> N
 
 def test_too_few_calls_fall_back_to_the_packaged_default_or_nothing() -> None:
     class Packaged:
+        name = "packaged"
         prompt_format = "chat"
 
         def __init__(self, sha: str) -> None:
@@ -108,6 +109,9 @@ def test_too_few_calls_fall_back_to_the_packaged_default_or_nothing() -> None:
 
         def concurrency(self) -> tuple[str, int]:
             return "engine", 16
+
+        def complete(self, request: ChatRequest) -> Completion:
+            raise AssertionError("the estimate never calls the model")
 
     sha, rate = next(iter(PAPER_RUN_SPEEDS.items()))
     few = {Packaged(sha).identity(): CallTimings(5, 100, 500, 50.0)}

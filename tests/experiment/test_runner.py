@@ -48,7 +48,7 @@ def test_dry_run_estimate_counts_the_plan_and_writes_nothing(tmp_path: Path) -> 
 
 def test_pipeline_end_to_end_then_resume_and_report(tmp_path: Path) -> None:
     experiment = _experiment(tmp_path)
-    events = []
+    events: list[ProgressEvent] = []
     part = experiment.run(events.append)
     out = tmp_path / "out"
     assert part["finished"] and part["phases"]["train"]["computed"] == 8

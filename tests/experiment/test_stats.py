@@ -49,7 +49,9 @@ def test_paired_bootstrap_interval_covers_the_truth_about_95_percent() -> None:
     for rep in range(reps):
         first = rng.random(200) < 0.6
         second = first | (rng.random(200) < 0.25)
-        _, low, high = paired_bootstrap_ci(first, second, resamples=2000, seed=rep)
+        _, low, high = paired_bootstrap_ci(
+            first.tolist(), second.tolist(), resamples=2000, seed=rep
+        )
         hits += low <= 0.1 <= high
     assert 0.91 <= hits / reps <= 0.985
 

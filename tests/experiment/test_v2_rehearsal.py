@@ -94,7 +94,7 @@ def _part(
 
         return run(on, **kwargs)
 
-    experiment.run = watched  # type: ignore[method-assign]
+    experiment.run = watched  # type: ignore[method-assign, assignment]
     try:
         part = run_with_progress(experiment, phases or None)
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from memcollab.memory import Hit, register_strategy
 from memcollab.memory.guidance import LabelLike
-from memcollab.memory.retrieve import Retrieved, Retriever
+from memcollab.memory.retrieve import Level, Retrieved, Retriever
 from memcollab.tasks.task import Task
 
 
@@ -20,5 +20,5 @@ def newest(
     category = label.category if label is not None else None
     records = retriever.store.records(retriever.namespace, task.domain, category)
     chosen = sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)[: retriever.p]
-    level = "category" if category is not None else "domain"
+    level: Level = "category" if category is not None else "domain"
     return retriever.result([Hit(r, 0.0, level) for r in chosen], level, label)

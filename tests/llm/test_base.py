@@ -1,7 +1,9 @@
+from typing import Any
+
 from memcollab.llm.base import ChatRequest, Completion, Decoding, Usage, system, user
 
 
-def _request(**kwargs: object) -> ChatRequest:
+def _request(**kwargs: Any) -> ChatRequest:
     return ChatRequest(messages=(system("be brief"), user("2+2?")), **kwargs)
 
 

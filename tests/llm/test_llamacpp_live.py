@@ -2,6 +2,7 @@
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def gemma(gemma_path: Path) -> LlamaCppModel:
     return LlamaCppModel("gemma3-270m", gemma_path, sha256=GEMMA_SHA, n_ctx=1024)
 
 
-def _ask(text: str, max_tokens: int = 12, **decoding: object) -> ChatRequest:
+def _ask(text: str, max_tokens: int = 12, **decoding: Any) -> ChatRequest:
     return ChatRequest(messages=(user(text),), decoding=Decoding(max_tokens=max_tokens, **decoding))
 
 

@@ -69,7 +69,7 @@ def test_starting_an_engine_is_reported_under_the_model_name_once(
     seen: list[LoadEvent] = []
     try:
         with loading.listening(seen.append):
-            engine: Any = model.engine()
+            engine = model.engine()
             assert model.engine() is engine  # shared: loaded once, reported once
     finally:
         llamacpp.unload_all()
@@ -77,6 +77,7 @@ def test_starting_an_engine_is_reported_under_the_model_name_once(
         ("my-model", 1000, False),
         ("my-model", 1000, True),
     ]
+    assert isinstance(engine, _FakeEngine)
     assert engine.kwargs["mmap"] is False
     assert engine.kwargs["width"] == 4
 

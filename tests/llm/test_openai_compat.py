@@ -1,6 +1,7 @@
 """The openai provider against a real HTTP server on 127.0.0.1, through the official SDK."""
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ def _echo() -> ScriptedModel:
     return ScriptedModel(lambda r: f"echo: {r.messages[-1].content}", name="backend")
 
 
-def _ask(text: str = "ping", **decoding: object) -> ChatRequest:
+def _ask(text: str = "ping", **decoding: Any) -> ChatRequest:
     return ChatRequest(messages=(system("s"), user(text)), decoding=Decoding(**decoding))
 
 

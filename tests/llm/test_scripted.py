@@ -1,10 +1,12 @@
+from typing import Any
+
 import pytest
 
 from memcollab.llm.base import ChatRequest, Decoding, user
 from memcollab.llm.scripted import ScriptedModel, ScriptExhaustedError
 
 
-def _ask(text: str = "hi", **decoding: object) -> ChatRequest:
+def _ask(text: str = "hi", **decoding: Any) -> ChatRequest:
     return ChatRequest(messages=(user(text),), decoding=Decoding(**decoding))
 
 

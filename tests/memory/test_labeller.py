@@ -245,7 +245,8 @@ def test_the_trained_labeller_from_a_data_dir_is_fitted_once(tmp_path: Path) -> 
     root = write_data_dir(tmp_path / "data")
     first = make_labeller("trained", data_dir=root)
     second = make_labeller("trained", data_dir=root)
-    assert isinstance(first, TrainedLabeller) and first is not second
+    assert isinstance(first, TrainedLabeller) and isinstance(second, TrainedLabeller)
+    assert first is not second
     assert first.models is not second.models and first.models["math"] is second.models["math"]
     text = "Sam buys 3 apples for 2 dollars each at the store. How much money does he spend?"
     label = first.classify(_math(text))

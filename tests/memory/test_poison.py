@@ -66,7 +66,7 @@ def test_every_red_team_case_is_refused_with_its_reason(case: object) -> None:
     verdict = screen_record(case.record())
     assert verdict.reason == case.expected, (case.id, case.obfuscation, verdict)
     if case.constraint is not None:
-        assert screen_constraint(Constraint(**case.constraint)).reason == case.expected
+        assert screen_constraint(Constraint.model_validate(case.constraint)).reason == case.expected
 
 
 def test_no_red_team_case_reaches_retrieval(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_an_honest_record_beside_a_poisoned_one_refuses_the_whole_import(tmp_pat
     honest = (
         CASES[0]
         .record()
-        .model_copy(update={"id": "honest", "constraints": (Constraint(**HONEST),)})
+        .model_copy(update={"id": "honest", "constraints": (Constraint.model_validate(HONEST),)})
     )
     path = tmp_path / "mixed.jsonl"
     path.write_text(honest.model_dump_json() + "\n" + CASES[7].record_json() + "\n")
@@ -211,7 +211,7 @@ def test_a_task_text_is_screened_only_for_what_could_act_on_a_reader() -> None:
     case = CASES[0].record()
     code_task = case.model_copy(
         update={
-            "constraints": (Constraint(**HONEST),),
+            "constraints": (Constraint.model_validate(HONEST),),
             "task_text": "import os\ndef f(url='https://example.com'): return os.sep",
         }
     )

@@ -24,6 +24,7 @@ from memcollab.memory.record import (
     MEMORY_FORMAT_VERSION,
     Constraint,
     MemoryRecord,
+    PairType,
     record_id,
     task_hash,
 )
@@ -56,7 +57,7 @@ def make(
     created_at: float | None = None,
     model_pos: str | None = "big",
     model_neg: str | None = "small",
-    pair_type: str = "mixed",
+    pair_type: PairType = "mixed",
     distiller: str = "big",
     constraints: int = 2,
 ) -> MemoryRecord:
@@ -671,7 +672,9 @@ def test_postgres_refusals_name_the_fix(pg_url: str) -> None:
 def test_open_memory_postgres_url(stores: Stores, pg_url: str) -> None:
     import psycopg
 
-    schema = stores.new("postgres").schema  # a fresh schema, dropped after the test
+    fresh = stores.new("postgres")  # a fresh schema, dropped after the test
+    assert isinstance(fresh, PostgresMemory)
+    schema = fresh.schema
     sep = "&" if "?" in pg_url else "?"
     with open_memory(f"{pg_url}{sep}options=-csearch_path%3D{schema}") as store:
         assert isinstance(store, PostgresMemory)

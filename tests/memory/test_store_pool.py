@@ -41,8 +41,11 @@ def test_an_error_inside_a_transaction_rolls_back_every_joined_write(store: Memo
         store.add(make(1))
         store.flag(make(0).id, "bad", "test")
         cur.execute(
-            store._sql("UPDATE memory_meta SET value = value + 100 WHERE key = ?"), ("version",)
-        )  # type: ignore[attr-defined]
+            store._sql(  # type: ignore[attr-defined]
+                "UPDATE memory_meta SET value = value + 100 WHERE key = ?"
+            ),
+            ("version",),
+        )
         raise RuntimeError("boom")
     with pytest.raises(MemoryNotFoundError):
         store.get(make(1).id)

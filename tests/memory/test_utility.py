@@ -87,7 +87,9 @@ def test_prob_worse_symmetries_and_arrays() -> None:
     assert prob_worse(10, 10, 10, 10) == pytest.approx(0.5)
     # Swapping successes and failures on both sides mirrors the probability.
     assert prob_worse(3, 12, 40, 60) == pytest.approx(1 - prob_worse(12, 3, 60, 40))
-    both = prob_worse(np.array([3, 12]), np.array([12, 3]), np.array([40, 60]), np.array([60, 40]))
+    both = np.asarray(
+        prob_worse(np.array([3, 12]), np.array([12, 3]), np.array([40, 60]), np.array([60, 40]))
+    )
     assert both[0] == pytest.approx(prob_worse(3, 12, 40, 60))
     with pytest.raises(ValueError, match="negative"):
         prob_worse(-1, 0, 0, 0)
@@ -160,11 +162,13 @@ def _downgrade_to_schema_2(backend: str, opened: MemoryStore) -> None:
     else:
         import psycopg
 
-        assert isinstance(opened.schema, str)  # type: ignore[attr-defined]
-        with psycopg.connect(opened.url, autocommit=True) as conn:  # type: ignore[attr-defined]
-            conn.execute(f'SET search_path TO "{opened.schema}"')  # type: ignore[attr-defined]
+        from memcollab.memory.store_postgres import PostgresMemory
+
+        assert isinstance(opened, PostgresMemory) and isinstance(opened.schema, str)
+        with psycopg.connect(opened.url, autocommit=True) as pg:
+            pg.execute(f'SET search_path TO "{opened.schema}"')
             for s in statements:
-                conn.execute(s)
+                pg.execute(s)
 
 
 def test_a_schema_2_store_gains_the_baselines_step(stores: Stores, kind: str) -> None:  # noqa: F811

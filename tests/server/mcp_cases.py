@@ -299,12 +299,13 @@ async def check_b_sees_its_own(session: ClientSession, world: McpWorld) -> None:
 
 
 def _valid(tool: str, world: McpWorld) -> dict[str, Any]:
-    return {
+    arguments: dict[str, dict[str, Any]] = {
         "search_constraints": {"task": QUERY, "domain": "math"},
         "record_outcome": {"record_ids": [world.a_rid], "model": "m1", "verdict": "correct"},
         "memory_stats": {},
         "add_constraint": NEW_CONSTRAINT,
-    }[tool]
+    }
+    return arguments[tool]
 
 
 BAD_ARGUMENTS: list[tuple[str, dict[str, Any], str]] = [

@@ -107,7 +107,12 @@ def test_the_page_shows_the_keys_namespace_and_only_it(
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     dialogs: list[str] = []
     errors: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.on("pageerror", lambda e: errors.append(str(e)))
     expected = ("status of 401", "status of 403")  # the wrong key and the other namespace
     page.on(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -200,7 +200,7 @@ def test_full_queue_defers_and_the_backlog_scan_refills(storage: Storage, kind: 
     assert counts["queue"]["pending"] == 2 and counts["deferred"] == 3
     assert ctx.learning.waiting("a") == 3  # nothing lost: the attempts still show them
     w, _ = worker(ctx)
-    done = []
+    done: list[Outcome] = []
     w.run(threading.Event(), once=True, on_outcome=done.append)
     assert sorted(o.task_id for o in done) == [f"t{i}" for i in range(5)]
     assert {o.status for o in done} == {"done"}
@@ -311,7 +311,7 @@ def test_a_crash_between_distillation_and_commit_is_redone_once(
     queue = clocked(ctx, clock, lease_s=5)
     dying, first_model = worker(ctx, owner="dying", cache=cache, queue=queue)
 
-    def crash(*args: Any, **kw: Any) -> bool:
+    def crash(*args: Any, **kw: Any) -> NoReturn:
         raise Crash
 
     dying.commit = crash  # type: ignore[method-assign]

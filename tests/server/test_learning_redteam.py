@@ -69,8 +69,8 @@ def test_poisoned_distillations_of_proxied_attempts_are_refused(
         text = "\n".join(m.content for m in request.messages)
         return next(out for cid, out in outputs.items() if f"Case {cid}:" in text)
 
-    model = ScriptedModel(respond, name="distiller")
-    distiller = Distiller(Gateway(None).bind(model), screen=screen)
+    distiller_model = ScriptedModel(respond, name="distiller")
+    distiller = Distiller(Gateway(None).bind(distiller_model), screen=screen)
     worker = LearningWorker(svc.context, svc.context.learning, distiller, StubLabeller())
     outcomes = []
     while (outcome := worker.step()) is not None:

@@ -17,6 +17,7 @@ pytest.importorskip("mcp", reason="the MCP SDK (server extra) is not installed")
 
 from mcp import ClientSession, StdioServerParameters  # noqa: E402
 from mcp.client.stdio import stdio_client  # noqa: E402
+from mcp.types import TextContent  # noqa: E402
 
 from memcollab.cli import main  # noqa: E402
 from tests.server.mcp_cases import (  # noqa: E402
@@ -72,7 +73,8 @@ def test_a_read_key_from_the_environment_and_revocation(world: McpWorld) -> None
             # Revoked while the process runs: refused from the next call on.
             world.context.keys.revoke(read.split("_")[1])
             result = await s.call_tool("memory_stats", {})
-            assert result.isError and result.content[0].text == "invalid or revoked API key"
+            assert result.isError and isinstance(result.content[0], TextContent)
+            assert result.content[0].text == "invalid or revoked API key"
         async with spawned(world, "--key", world.key("b", "write")) as s:
             await check_b_sees_its_own(s, world)
 

@@ -15,10 +15,13 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
+if TYPE_CHECKING:
+    from schemathesis import BaseSchema, Case
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -37,7 +40,7 @@ _CONTEXTS: list[ServerContext] = []
 _SECRET: dict[int, str] = {}
 
 
-def _schema(ctx: ServerContext) -> schemathesis.BaseSchema:
+def _schema(ctx: ServerContext) -> BaseSchema:
     """The OpenAPI schema of an app over `ctx`, with an admin key and a few records."""
     _CONTEXTS.append(ctx)
     _SECRET[id(ctx)] = ctx.keys.create("default", "admin")[1]
@@ -76,7 +79,7 @@ def _cleanup() -> Iterator[None]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{_PG_SCHEMA}" CASCADE')
 
 
-def _check(case: schemathesis.Case, ctx: ServerContext) -> None:
+def _check(case: Case, ctx: ServerContext) -> None:
     if case.query:
         case.query.pop("namespace", None)
     response = case.call(headers={"Authorization": f"Bearer {_SECRET[id(ctx)]}"})
@@ -90,13 +93,13 @@ _BOUNDED = settings(
 
 @_SQLITE.parametrize()
 @_BOUNDED
-def test_no_server_error_on_any_generated_input(case: schemathesis.Case) -> None:
+def test_no_server_error_on_any_generated_input(case: Case) -> None:
     _check(case, _CONTEXTS[0])
 
 
 @_PG.parametrize()
 @_BOUNDED
-def test_no_server_error_on_postgres(case: schemathesis.Case) -> None:
+def test_no_server_error_on_postgres(case: Case) -> None:
     if _PG_CTX is None:
         _pg_unavailable(f"no PostgreSQL test server at {PG_URL.split('@')[-1]}")
     _check(case, _CONTEXTS[-1])

@@ -40,8 +40,7 @@ class OpenAIStubServer:
 
     @property
     def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://127.0.0.1:{self._httpd.server_port}/v1"
 
     def __enter__(self) -> OpenAIStubServer:
         self._thread.start()

@@ -504,7 +504,11 @@ def test_the_deadline_counts_cpu_time_not_waiting(where: str) -> None:
     outcome: list[object] = []
 
     def run() -> None:
-        outcome.append(_run_with_deadline(lambda: time.sleep(0.6) or "done", 0.2))
+        def wait_then_answer() -> str:
+            time.sleep(0.6)
+            return "done"
+
+        outcome.append(_run_with_deadline(wait_then_answer, 0.2))
         with pytest.raises(TimeoutException):
             _run_with_deadline(lambda: _burn_cpu(1.0), 0.2)
         outcome.append("timed out")

@@ -39,9 +39,9 @@ class RedTeamCase:
     def record(self, namespace: str = "default") -> MemoryRecord:
         """The submission as a record: an honest constraint, then the poisoned one (or
         the honest record with the poisoned fields)."""
-        constraints = [Constraint(**HONEST)]
+        constraints = [Constraint.model_validate(HONEST)]
         if self.constraint is not None:
-            constraints.append(Constraint(**self.constraint))
+            constraints.append(Constraint.model_validate(self.constraint))
         data: dict[str, Any] = {
             "id": self.id,
             "namespace": namespace,
