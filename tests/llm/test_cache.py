@@ -102,6 +102,83 @@ def test_concurrency_limit_is_applied_to_async_callers() -> None:
     assert model.peak == 2
 
 
+class _HeldModel(ScriptedModel):
+    """Answers only once `release` is set; counts the calls that reached it; its first
+    `failures` calls raise."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(lambda r: f"answer to {r.messages[0].content}", name="held")
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.reached = 0
+        self.failures = failures
+        self._gauge = threading.Lock()
+
+    def concurrency(self) -> tuple[str, int]:
+        return "held", 8
+
+    def complete(self, request: ChatRequest) -> Completion:
+        with self._gauge:
+            self.reached += 1
+            fail = self.reached <= self.failures
+        self.entered.set()
+        assert self.release.wait(10)
+        if fail:
+            raise RuntimeError("the backend failed")
+        return super().complete(request)
+
+
+def _ask_in_threads(gateway: Gateway, model: _HeldModel, callers: int) -> list[object]:
+    """`callers` threads ask the same request: the first alone until the model holds its
+    call, the others while it does; then the model answers. Each thread's completion or
+    exception, in order."""
+    results: list[object] = [None] * callers
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = gateway.complete(model, _ask("same"))
+        except RuntimeError as err:
+            results[i] = err
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(callers)]
+    threads[0].start()
+    assert model.entered.wait(10)
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.3)  # the others reach the gateway while the first call is held
+    model.release.set()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def test_identical_requests_in_flight_make_one_model_call(tmp_path: Path) -> None:
+    model = _HeldModel()
+    gateway = Gateway(CallCache(tmp_path / "c.sqlite"))
+    results = _ask_in_threads(gateway, model, 3)
+    assert model.reached == 1
+    assert all(isinstance(r, Completion) and r.text == "answer to same" for r in results)
+    assert [r.cached for r in results if isinstance(r, Completion)] == [False, True, True]
+    stats = gateway.stats()["held"]
+    assert (stats.calls, stats.cache_hits) == (1, 2)
+
+
+def test_a_failed_call_in_flight_lets_the_waiting_requests_ask_again(tmp_path: Path) -> None:
+    model = _HeldModel(failures=1)
+    gateway = Gateway(CallCache(tmp_path / "c.sqlite"))
+    first, *others = _ask_in_threads(gateway, model, 3)
+    assert isinstance(first, RuntimeError)
+    assert all(isinstance(r, Completion) and r.text == "answer to same" for r in others)
+    assert model.reached >= 2 and gateway.stats()["held"].errors == 1
+
+
+def test_without_a_cache_identical_requests_each_ask_the_model() -> None:
+    model = _HeldModel()
+    results = _ask_in_threads(Gateway(None), model, 3)
+    assert model.reached == 3
+    assert [r.cached for r in results if isinstance(r, Completion)] == [False] * 3
+
+
 def _writer(path: str, worker: int, count: int) -> None:
     cache = CallCache(path)
     for i in range(count):

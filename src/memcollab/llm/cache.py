@@ -5,7 +5,9 @@ the full request and the sample index, so a second identical run makes no model 
 several processes can share one cache file. `export_jsonl` / `import_jsonl` move its
 rows losslessly between machines (the only state a long run needs to resume elsewhere: its
 phases replay every stored call). `Gateway` wraps any `Model` with that cache, counts calls,
-tokens and time per model, and bounds how many calls share one resource.
+tokens and time per model, and bounds how many calls share one resource; with a cache, a
+request asked again while the same request is in flight waits for that call's answer
+instead of asking the model twice (as a later identical request would find it cached).
 """
 
 from __future__ import annotations
@@ -251,6 +253,14 @@ class ModelStats:
         return asdict(self)
 
 
+@dataclass
+class _Flight:
+    """A call in progress that identical requests wait for (Gateway.complete)."""
+
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    completion: Completion | None = None  # None once done: the call failed
+
+
 class CacheMissError(UserError):
     """A replay-only gateway was asked a call its cache does not hold."""
 
@@ -269,6 +279,7 @@ class Gateway:
         self.replay_only = replay_only
         self._stats: dict[str, ModelStats] = {}
         self._limits: dict[str, threading.BoundedSemaphore] = {}
+        self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
 
     def stats(self) -> dict[str, ModelStats]:
@@ -286,12 +297,39 @@ class Gateway:
             return sem
 
     def complete(self, model: Model, request: ChatRequest) -> Completion:
-        """Answer `request` with `model`, from the cache when possible."""
+        """Answer `request` with `model`, from the cache when possible, or from the same
+        request's call in flight (then marked cached, as a cache hit would be)."""
         identity = model.identity() if self.cache is not None else ""
         key = request.cache_key(identity) if self.cache is not None else ""
         hit = self._lookup(model, key)
         if hit is not None:
             return hit
+        if self.cache is None:
+            return self._call(model, request, key, identity)
+        # Written here rather than taken from a library: a few lines over the lock this
+        # class already holds (the "single flight" pattern of Go's x/sync).
+        with self._lock:
+            flight = self._flights.get(key)
+            leads = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leads:
+            flight.done.wait()
+            if flight.completion is not None:
+                with self._lock:
+                    self._stats.setdefault(model.name, ModelStats()).cache_hits += 1
+                return flight.completion.model_copy(update={"cached": True})
+            return self._call(model, request, key, identity)  # that call failed: ask again
+        try:
+            flight.completion = self._call(model, request, key, identity)
+            return flight.completion
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+    def _call(self, model: Model, request: ChatRequest, key: str, identity: str) -> Completion:
+        """Ask the model (within its concurrency limit), count the call and cache it."""
         if self.replay_only:
             raise CacheMissError(
                 f"the call cache holds no answer of {model.name} to a request (key {key[:16]})",
