@@ -468,3 +468,37 @@ def test_plans_without_the_new_settings_keep_their_shape(tmp_path: Path) -> None
     part = experiment.run()
     assert list(part["phases"]) == ["train", "memory", "eval"]  # no dev phase recorded
     assert all("gate" not in r for r in _rows(tmp_path / "out"))
+
+
+def test_the_estimate_counts_the_jobs_the_gate_withholds_as_replayed(tmp_path: Path) -> None:
+    """A withheld job asks exactly what its vanilla twin asks, so once the gate has decided
+    the plan counts it as replayed (with a call cache; without one it would ask again), and
+    the evaluation answers it from the cache."""
+    from memcollab.llm.cache import CallCache
+
+    raw = _gated(tmp_path)
+    cache = CallCache(tmp_path / "calls.sqlite")
+    experiment = Experiment(parse_experiment(raw), Gateway(cache), _fleet(fragile=True))
+    experiment.run(phases=["train", "memory"])
+    before = experiment.estimate()["eval"]
+    experiment.run(phases=["dev"])
+    after = experiment.estimate()["eval"]
+    tasks = sum(len(ts) for ts in experiment.eval_sets.values())
+    assert before.jobs == after.jobs == tasks * 3 * 3  # tasks x conditions x models
+    withheld = tasks * 2  # fragile x (memcollab, placebo)
+    assert after.replayed - before.replayed == withheld
+    assert after.calls < before.calls
+    without_cache = Experiment(parse_experiment(raw), Gateway(None), _fleet(fragile=True))
+    assert without_cache.estimate()["eval"].replayed == 0
+
+    experiment.run(phases=["eval"])
+    stored = {
+        (t.task_id, t.model, t.condition): t
+        for t in TrajectoryStore.in_dir(tmp_path / "out" / "eval")
+    }
+    for task_id in {key[0] for key in stored}:
+        vanilla = stored[(task_id, "fragile", "vanilla")]
+        for condition in ("memcollab", "placebo"):
+            twin = stored[(task_id, "fragile", condition)]
+            assert [s.reply for s in twin.steps] == [s.reply for s in vanilla.steps]
+            assert all(s.cached for s in twin.steps)  # no model call of its own

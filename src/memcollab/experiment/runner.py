@@ -26,11 +26,10 @@ import functools
 import json
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from memcollab.agent import Agent, fleet_agent
 from memcollab.atomic import write_json
@@ -38,17 +37,7 @@ from memcollab.collect import CollectEvent, Job, TrajectoryStore, run_jobs
 from memcollab.errors import UserError
 from memcollab.experiment.conditions import Condition, MemoryRecipe, make_condition
 from memcollab.experiment.config import ExperimentConfig, excluded_task_ids
-from memcollab.experiment.estimate import (
-    LABEL_TOKENS,
-    FirstCalls,
-    JobCost,
-    ModelSpeed,
-    TrajectoryProfile,
-    cache_timings,
-    model_speed,
-    phase_seconds,
-    prompt_tokens_per_call,
-)
+from memcollab.experiment.estimate import ModelSpeed, cache_timings, model_speed
 from memcollab.experiment.gate import (
     DevPhase,
     Gate,
@@ -62,6 +51,7 @@ from memcollab.experiment.parts import (
     start_part,
     write_label_stats,
 )
+from memcollab.experiment.planning import PHASES, Phase, PhaseEstimate, estimate_plan
 from memcollab.experiment.results import write_results
 from memcollab.llm.base import Decoding
 from memcollab.llm.cache import Gateway
@@ -78,10 +68,6 @@ from memcollab.tasks.datasets import load_task_specs
 from memcollab.tasks.task import Task
 from memcollab.trajectory import Trajectory
 
-Phase = Literal["train", "memory", "dev", "eval"]
-PHASES: tuple[Phase, ...] = ("train", "memory", "dev", "eval")  # dev: only with [dev]
-LABEL_CALLS_PER_TASK = 2  # the LLM classifier asks for the category, then the subcategory
-
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -93,22 +79,6 @@ class ProgressEvent:
     correct: bool | None = None
     skipped: bool = False
     detail: str = ""
-
-
-@dataclass
-class PhaseEstimate:
-    """What a phase will cost: jobs, model calls, tokens and wall time (estimated; what
-    each number rests on: experiment/estimate.py)."""
-
-    jobs: int
-    done: int
-    calls: int
-    completion_tokens: int
-    prompt_tokens: int | None
-    basis: str
-    replayed: int = 0  # jobs left whose first call the call cache already answers
-    seconds: float | None = None  # wall time (None: a model with work has no known speed)
-    seconds_high: float | None = None  # its upper bound (the models one after another)
 
 
 @dataclass
@@ -302,141 +272,14 @@ class Experiment:
 
     # -- planning --------------------------------------------------------------------------
     def estimate(self) -> dict[Phase, PhaseEstimate]:
-        """Jobs, model calls, tokens and wall time per phase, before spending any: stored
-        jobs are done, jobs whose first call the cache holds are replayed (no model call),
-        and time comes from each model's measured speed (experiment/estimate.py)."""
-        max_tokens = self.config.agent.max_tokens or max(
-            self.fleet.spec(m).decoding.max_tokens for m in self.info.models
-        )
-        models = {m: self.fleet.model(m) for m in self.info.models}
-        timings = cache_timings(self.gateway)
-        stored = _stored(self.out / "train")
-        profile = TrajectoryProfile(
-            stored,
-            fallback=JobCost(
-                float(self.config.agent.max_turns),
-                prompt_tokens_per_call(models.values(), timings),
-                float(max_tokens),
-            ),
-        )
-        first_calls = FirstCalls(self.gateway)
-        tokens: dict[Phase, defaultdict[str, float]] = {p: defaultdict(float) for p in PHASES}
-
-        def solves(
-            phase: Phase, jobs: list[Job], folder: Path, guided: Callable[[Job], bool]
-        ) -> tuple[PhaseEstimate, list[Job]]:
-            keys = _stored_keys(folder)
-            todo = [j for j in jobs if j.key() not in keys]
-            # A job with memory guidance has no first call known before its memory is built.
-            live = [j for j in todo if guided(j) or not first_calls.answered(j)]
-            calls = completion = 0.0
-            prompt: float | None = 0.0
-            for job in live:
-                cost = profile.cost(job.agent.client.name, job.task.domain)
-                tokens[phase][job.agent.client.name] += cost.calls * cost.completion_per_call
-                calls += cost.calls
-                completion += cost.calls * cost.completion_per_call
-                if prompt is not None and cost.prompt_per_call is not None:
-                    prompt += cost.calls * cost.prompt_per_call
-                else:
-                    prompt = None
-            estimate = PhaseEstimate(
-                len(jobs),
-                len(jobs) - len(todo),
-                round(calls),
-                round(completion),
-                round(prompt) if prompt is not None else None,
-                profile.basis(),
-                replayed=len(todo) - len(live),
-            )
-            return estimate, todo
-
-        train, _ = solves("train", self.train_jobs(), self.out / "train", lambda job: False)
-
-        def guided(job: Job) -> bool:
-            return self._condition(job.condition).kind != "vanilla"
-
-        evaluation, eval_todo = solves("eval", self.eval_jobs(None), self.out / "eval", guided)
-        self._add_label_calls(evaluation, eval_todo, tokens["eval"])
-        label_calls = 0 if self.config.memory.labeller == "trained" else LABEL_CALLS_PER_TASK
-        memory = self._estimate_memory(stored, train, label_calls, tokens["memory"])
-        phases: dict[Phase, PhaseEstimate] = {"train": train, "memory": memory, "eval": evaluation}
-        if self.dev is not None:
-            dev, dev_todo = solves("dev", self.dev.jobs(None), self.dev.folder, guided)
-            self._add_label_calls(dev, dev_todo, tokens["dev"])
-            phases["dev"] = dev
-        speeds = self.model_speeds()
-        for phase, e in phases.items():
-            e.seconds, e.seconds_high = phase_seconds(
-                tokens[phase], speeds, side_by_side=phase != "memory"
-            )
-        return {p: phases[p] for p in PHASES if p in phases}
-
-    def _add_label_calls(
-        self, estimate: PhaseEstimate, todo: list[Job], tokens: defaultdict[str, float]
-    ) -> None:
-        """Add the calls the LLM labeller makes for these jobs' task-aware queries (each
-        model labels a task once, memoised, whatever condition asks)."""
-        labelled = set()
-        for job in todo:
-            described = self._condition(job.condition).describe()
-            kind = described.get("labeller") or self.config.memory.labeller
-            if (
-                described["kind"] != "vanilla"
-                and described.get("retrieval") != "global_tfidf"
-                and kind == "llm"
-            ):
-                labelled.add((job.agent.client.name, job.task.id))
-        estimate.calls += LABEL_CALLS_PER_TASK * len(labelled)
-        estimate.completion_tokens += LABEL_CALLS_PER_TASK * len(labelled) * LABEL_TOKENS
-        for model, _ in labelled:
-            tokens[model] += LABEL_CALLS_PER_TASK * LABEL_TOKENS
+        """Jobs, model calls, tokens and wall time per phase, before spending any
+        (experiment/planning.py)."""
+        return estimate_plan(self)
 
     def model_speeds(self) -> dict[str, ModelSpeed | None]:
         """Each fleet model's speed for the time estimate (experiment/estimate.py)."""
         timings = cache_timings(self.gateway)
         return {m: model_speed(self.fleet.model(m), timings) for m in self.info.models}
-
-    def _estimate_memory(
-        self,
-        stored: list[Trajectory],
-        train: PhaseEstimate,
-        label_calls: int,
-        tokens: defaultdict[str, float],
-    ) -> PhaseEstimate:
-        """The memory phase: a distillation per pair left (pairs of the stored trajectories,
-        scaled to the whole pool while it is partly collected), and its labels. Imported
-        memories (a condition's `memory = EXPORT`) cost nothing."""
-        built = {ns: r for ns, r in self.recipes.items() if r.built}
-        pairs = {ns: len(self._pairs(r, stored).pairs) for ns, r in built.items()}
-        if not stored:
-            pairs = dict.fromkeys(built, len(self.train_tasks))
-            basis = "upper bound: a pair per training task, none asked of the cache"
-        elif train.done < train.jobs:  # scale the pairs found so far to the whole pool
-            pairs = {ns: round(n * train.jobs / max(train.done, 1)) for ns, n in pairs.items()}
-            basis = f"pairs of {len(stored)} trajectories, scaled"
-        else:
-            basis = "pairs of the stored trajectories"
-        total, records = sum(pairs.values()), self._records_stored(list(built))
-        if self._memory_built() and self.gateway.cache is not None:
-            return PhaseEstimate(total, total, 0, 0, 0, "built: the cache answers it again")
-        left = max(0, total - records) / max(total, 1)  # pairs with a record are skipped
-        distillers = {r.distiller for r in built.values()}
-        for ns, recipe in built.items():
-            tokens[recipe.distiller] += pairs[ns] * left * self.config.memory.reply_tokens
-        for distiller in distillers:
-            tokens[distiller] += label_calls * len(self.train_tasks) * LABEL_TOKENS
-        distilled = round(total * left)
-        labels = label_calls * len(self.train_tasks) * len(distillers)
-        return PhaseEstimate(
-            total,
-            records,
-            distilled + labels,
-            distilled * self.config.memory.reply_tokens + labels * LABEL_TOKENS,
-            # a request is at most prompt_chars characters, about a quarter as many tokens
-            distilled * self.config.memory.prompt_chars // 4,
-            basis + "; replies at most reply_tokens",
-        )
 
     def _memory_built(self) -> bool:
         """Whether build_summary.json lists every memory (the memory phase has finished)."""
@@ -862,22 +705,10 @@ def _open_for_jobs(path: Path) -> Iterator[Memory]:
     memory.close()
 
 
-def _stored_keys(folder: Path) -> set[tuple[str, str, str, int]]:
-    """The keys stored in `folder` (one SQL query; no trajectory is parsed)."""
-    store = TrajectoryStore.if_present(folder)
-    return store.keys() if store is not None else set()
-
-
 def _stored_len(folder: Path) -> int:
     """How many trajectories `folder` stores (one COUNT query; nothing is loaded)."""
     store = TrajectoryStore.if_present(folder)
     return len(store) if store is not None else 0
-
-
-def _stored(folder: Path) -> list[Trajectory]:
-    """The trajectories stored in `folder` (a dry run must not create a store)."""
-    store = TrajectoryStore.if_present(folder)
-    return list(store) if store is not None else []
 
 
 def _dedupe(jobs: list[Job]) -> list[Job]:
