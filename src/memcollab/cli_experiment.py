@@ -63,7 +63,8 @@ def plan_table(experiment) -> Table:  # type: ignore[no-untyped-def]
     ]
     table.caption = (
         "Calls and tokens: " + "; ".join(bases) + ". Replayed: jobs whose first call the"
-        " call cache holds (no model call). Wall time: completion tokens at each model's"
+        " call cache holds, or that the gate runs without memory (they ask what vanilla"
+        " asks): no model call. Wall time: completion tokens at each model's"
         " speed, the models side by side (" + (", ".join(highs) or "no phase") + " if one"
         " after another): " + ", ".join(speeds) + "."
     )

@@ -45,7 +45,7 @@ class PhaseEstimate:
     completion_tokens: int
     prompt_tokens: int | None
     basis: str
-    replayed: int = 0  # jobs left whose first call the call cache already answers
+    replayed: int = 0  # jobs left that the call cache answers (or another job's calls)
     seconds: float | None = None  # wall time (None: a model with work has no known speed)
     seconds_high: float | None = None  # its upper bound (the models one after another)
 
