@@ -422,22 +422,3 @@ class Gate:
                 for domain, verdict in note["decisions"][model].items():
                     decisions[(name, model, domain)] = bool(verdict["memory"])
         return cls(decisions, dict(settings.follow))
-
-
-def decided_gate(
-    memory_path: Path,
-    settings: DevSettings,
-    conditions: Sequence[Condition],
-    models: Sequence[str],
-    info: FleetView,
-    digest: str,
-) -> Gate | None:
-    """The gate as the dev phase stored it with the memory, or None where it has not decided
-    yet (no memory, or no decision for these development tasks): for the plan's estimate."""
-    if not memory_path.is_file():
-        return None
-    with Memory.open(memory_path) as memory:
-        try:
-            return Gate.load(memory, settings, conditions, models, info, digest)
-        except GateError:
-            return None

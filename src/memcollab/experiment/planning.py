@@ -23,7 +23,8 @@ from memcollab.experiment.estimate import (
     phase_seconds,
     prompt_tokens_per_call,
 )
-from memcollab.experiment.gate import Gate, decided_gate
+from memcollab.experiment.gate import Gate, GateError
+from memcollab.memory.api import Memory
 from memcollab.trajectory import Trajectory
 
 if TYPE_CHECKING:
@@ -201,20 +202,15 @@ def _estimate_memory(
 def _decided_gate(exp: Experiment) -> Gate | None:
     """The gate's decisions once the dev phase has made them, where the plan has vanilla
     jobs for withheld jobs to repeat and a call cache to repeat them from; else None."""
-    if exp.dev is None or exp.config.dev is None or exp.gateway.cache is None:
-        return None
-    if not exp._memory_built():
+    if exp.gateway.cache is None or not exp._memory_built():
         return None
     if not any(c.kind == "vanilla" for c in exp.conditions):
         return None
-    return decided_gate(
-        exp.memory_path(),
-        exp.config.dev,
-        exp.conditions,
-        exp.eval_models,
-        exp.info,
-        exp.dev.sets.digest(),
-    )
+    with Memory.open(exp.memory_path()) as memory:
+        try:
+            return exp.load_gate(memory)
+        except GateError:
+            return None
 
 
 def _stored_keys(folder: Path) -> set[tuple[str, str, str, int]]:

@@ -647,22 +647,26 @@ class Experiment:
             computed = self.dev.run(ctx, memory, self._progress("dev", emit), redo)
         return computed
 
+    def load_gate(self, memory: Memory) -> Gate | None:
+        """The gate's decisions stored with `memory` (None without [dev]); a GateError
+        where the dev phase has not decided them."""
+        if self.dev is None or self.config.dev is None:
+            return None
+        return Gate.load(
+            memory,
+            self.config.dev,
+            self.conditions,
+            self.eval_models,
+            self.info,
+            self.dev.sets.digest(),
+        )
+
     def _run_eval(
         self, emit: Callable[[ProgressEvent], None], redo: bool, labels: PhaseLabels
     ) -> int:
         self._require_built()
         with _open_for_jobs(self.memory_path()) as memory:
-            gate = None
-            if self.dev is not None and self.config.dev is not None:
-                gate = Gate.load(
-                    memory,
-                    self.config.dev,
-                    self.conditions,
-                    self.eval_models,
-                    self.info,
-                    self.dev.sets.digest(),
-                )
-            ctx = self._context(memory, gate)
+            ctx = self._context(memory, self.load_gate(memory))
             labels.follow(lambda: self._label_counters(ctx))
             jobs = self.eval_jobs(ctx)
             emit(ProgressEvent("eval", total=len(jobs)))

@@ -316,9 +316,7 @@ class Gateway:
         if not leads:
             flight.done.wait()
             if flight.completion is not None:
-                with self._lock:
-                    self._stats.setdefault(model.name, ModelStats()).cache_hits += 1
-                return flight.completion.model_copy(update={"cached": True})
+                return self._hit(model, flight.completion)
             return self._call(model, request, key, identity)  # that call failed: ask again
         try:
             flight.completion = self._call(model, request, key, identity)
@@ -362,11 +360,13 @@ class Gateway:
         if self.cache is None:
             return None
         cached = self.cache.get(key)
-        if cached is None:
-            return None
+        return None if cached is None else self._hit(model, cached)
+
+    def _hit(self, model: Model, completion: Completion) -> Completion:
+        """`completion` answered without a model call: counted as a cache hit, marked cached."""
         with self._lock:
             self._stats.setdefault(model.name, ModelStats()).cache_hits += 1
-        return cached.model_copy(update={"cached": True})
+        return completion.model_copy(update={"cached": True})
 
     async def acomplete(self, model: Model, request: ChatRequest) -> Completion:
         """`complete` without blocking the event loop (the call runs in a worker thread)."""
