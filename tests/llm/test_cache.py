@@ -104,14 +104,15 @@ def test_concurrency_limit_is_applied_to_async_callers() -> None:
 
 class _HeldModel(ScriptedModel):
     """Answers only once `release` is set; counts the calls that reached it; its first
-    `failures` calls raise."""
+    `failures` calls raise; each call takes `answer_delay` seconds once released."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, answer_delay: float = 0.0) -> None:
         super().__init__(lambda r: f"answer to {r.messages[0].content}", name="held")
         self.release = threading.Event()
         self.entered = threading.Event()
         self.reached = 0
         self.failures = failures
+        self.answer_delay = answer_delay
         self._gauge = threading.Lock()
 
     def concurrency(self) -> tuple[str, int]:
@@ -123,6 +124,7 @@ class _HeldModel(ScriptedModel):
             fail = self.reached <= self.failures
         self.entered.set()
         assert self.release.wait(10)
+        time.sleep(self.answer_delay)
         if fail:
             raise RuntimeError("the backend failed")
         return super().complete(request)
@@ -164,12 +166,15 @@ def test_identical_requests_in_flight_make_one_model_call(tmp_path: Path) -> Non
 
 
 def test_a_failed_call_in_flight_lets_the_waiting_requests_ask_again(tmp_path: Path) -> None:
-    model = _HeldModel(failures=1)
+    # The second call takes a while, so both waiters are back at the gateway before it ends.
+    model = _HeldModel(failures=1, answer_delay=0.3)
     gateway = Gateway(CallCache(tmp_path / "c.sqlite"))
     first, *others = _ask_in_threads(gateway, model, 3)
     assert isinstance(first, RuntimeError)
     assert all(isinstance(r, Completion) and r.text == "answer to same" for r in others)
-    assert model.reached >= 2 and gateway.stats()["held"].errors == 1
+    # One of the waiters leads the second call; the other waits for its answer.
+    assert model.reached == 2 and gateway.stats()["held"].errors == 1
+    assert sorted(r.cached for r in others if isinstance(r, Completion)) == [False, True]
 
 
 def test_without_a_cache_identical_requests_each_ask_the_model() -> None:

@@ -299,25 +299,27 @@ class Gateway:
     def complete(self, model: Model, request: ChatRequest) -> Completion:
         """Answer `request` with `model`, from the cache when possible, or from the same
         request's call in flight (then marked cached, as a cache hit would be)."""
-        identity = model.identity() if self.cache is not None else ""
-        key = request.cache_key(identity) if self.cache is not None else ""
-        hit = self._lookup(model, key)
-        if hit is not None:
-            return hit
         if self.cache is None:
-            return self._call(model, request, key, identity)
+            return self._call(model, request, "", "")
+        identity = model.identity()
+        key = request.cache_key(identity)
         # Written here rather than taken from a library: a few lines over the lock this
-        # class already holds (the "single flight" pattern of Go's x/sync).
-        with self._lock:
-            flight = self._flights.get(key)
-            leads = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leads:
+        # class already holds (the "single flight" pattern of Go's x/sync). A waiter whose
+        # leader failed goes round again, so one of the waiters leads the next call.
+        while True:
+            hit = self._lookup(model, key)
+            if hit is not None:
+                return hit
+            with self._lock:
+                flight = self._flights.get(key)
+                leads = flight is None
+                if flight is None:
+                    flight = self._flights[key] = _Flight()
+            if leads:
+                break
             flight.done.wait()
             if flight.completion is not None:
                 return self._hit(model, flight.completion)
-            return self._call(model, request, key, identity)  # that call failed: ask again
         try:
             flight.completion = self._call(model, request, key, identity)
             return flight.completion
