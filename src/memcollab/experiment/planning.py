@@ -110,7 +110,7 @@ def estimate_plan(exp: Experiment) -> dict[Phase, PhaseEstimate]:
     train, _ = solves("train", exp.train_jobs(), exp.out / "train", lambda job: False)
 
     def guided(job: Job) -> bool:
-        return exp._condition(job.condition).kind != "vanilla"
+        return exp.condition(job.condition).kind != "vanilla"
 
     gate = _decided_gate(exp)
 
@@ -143,7 +143,7 @@ def _add_label_calls(
     model labels a task once, memoised, whatever condition asks)."""
     labelled = set()
     for job in todo:
-        described = exp._condition(job.condition).describe()
+        described = exp.condition(job.condition).describe()
         kind = described.get("labeller") or exp.config.memory.labeller
         if (
             described["kind"] != "vanilla"
@@ -168,7 +168,7 @@ def _estimate_memory(
     scaled to the whole pool while it is partly collected), and its labels. Imported
     memories (a condition's `memory = EXPORT`) cost nothing."""
     built = {ns: r for ns, r in exp.recipes.items() if r.built}
-    pairs = {ns: len(exp._pairs(r, stored).pairs) for ns, r in built.items()}
+    pairs = {ns: len(exp.pairs(r, stored).pairs) for ns, r in built.items()}
     if not stored:
         pairs = dict.fromkeys(built, len(exp.train_tasks))
         basis = "upper bound: a pair per training task, none asked of the cache"
@@ -177,8 +177,8 @@ def _estimate_memory(
         basis = f"pairs of {len(stored)} trajectories, scaled"
     else:
         basis = "pairs of the stored trajectories"
-    total, records = sum(pairs.values()), exp._records_stored(list(built))
-    if exp._memory_built() and exp.gateway.cache is not None:
+    total, records = sum(pairs.values()), exp.records_stored(list(built))
+    if exp.memory_built() and exp.gateway.cache is not None:
         return PhaseEstimate(total, total, 0, 0, 0, "built: the cache answers it again")
     left = max(0, total - records) / max(total, 1)  # pairs with a record are skipped
     distillers = {r.distiller for r in built.values()}
@@ -202,7 +202,7 @@ def _estimate_memory(
 def _decided_gate(exp: Experiment) -> Gate | None:
     """The gate's decisions once the dev phase has made them, where the plan has vanilla
     jobs for withheld jobs to repeat and a call cache to repeat them from; else None."""
-    if exp.gateway.cache is None or not exp._memory_built():
+    if exp.gateway.cache is None or not exp.memory_built():
         return None
     if not any(c.kind == "vanilla" for c in exp.conditions):
         return None

@@ -281,7 +281,7 @@ class Experiment:
         timings = cache_timings(self.gateway)
         return {m: model_speed(self.fleet.model(m), timings) for m in self.info.models}
 
-    def _memory_built(self) -> bool:
+    def memory_built(self) -> bool:
         """Whether build_summary.json lists every memory (the memory phase has finished)."""
         built = self.out / "build_summary.json"
         return (
@@ -290,12 +290,14 @@ class Experiment:
             and set(self.recipes) <= set(json.loads(built.read_text()))
         )
 
-    def _condition(self, name: str) -> Condition:
-        if name == "vanilla":  # the dev phase's baseline, listed or not
+    def condition(self, name: str) -> Condition:
+        """The condition called `name` (vanilla, the dev phase's baseline, even if unlisted)."""
+        if name == "vanilla":
             return make_condition("vanilla")
         return next(c for c in self.conditions if c.name == name)
 
-    def _records_stored(self, namespaces: Sequence[str] | None = None) -> int:
+    def records_stored(self, namespaces: Sequence[str] | None = None) -> int:
+        """Records in the run's memory, in `namespaces` (default: every recipe's)."""
         if not self.memory_path().exists():
             return 0
         with Memory.open(self.memory_path()) as mem:
@@ -409,7 +411,7 @@ class Experiment:
         ids and trajectory keys do not hold the labeller, so the two would mix (even with
         --redo, which keeps stored records)."""
         plan = self.out / "plan.json"
-        if not plan.is_file() or not (self._records_stored() or _stored_len(self.out / "eval")):
+        if not plan.is_file() or not (self.records_stored() or _stored_len(self.out / "eval")):
             return
         stored = json.loads(plan.read_text())
         memory = stored.get("config", {}).get("memory", {})
@@ -461,7 +463,7 @@ class Experiment:
     def _stored_count(self, phase: Phase) -> int:
         """How many results of `phase` are stored: trajectories, or memory records."""
         if phase == "memory":
-            return self._records_stored()
+            return self.records_stored()
         return _stored_len(self.out / phase)
 
     def _progress(self, phase: Phase, emit: Callable[[ProgressEvent], None]):  # type: ignore[no-untyped-def]
@@ -496,7 +498,8 @@ class Experiment:
     def _strengths(self) -> dict[str, int]:
         return {m: self.info.strength(m) for m in self.info.models}
 
-    def _pairs(self, recipe: MemoryRecipe, trajectories: list[Trajectory]) -> PairingResult:
+    def pairs(self, recipe: MemoryRecipe, trajectories: list[Trajectory]) -> PairingResult:
+        """The contrast pairs `recipe`'s pairing rule draws from `trajectories`."""
         return Memory.pairs(trajectories, self._pairing(recipe), self._strengths())
 
     def _run_memory(
@@ -505,7 +508,7 @@ class Experiment:
         if not self.recipes:
             emit(ProgressEvent("memory", total=0))
             return 0
-        if self._memory_built() and not redo:
+        if self.memory_built() and not redo:
             # Finished by an earlier part: building again would add nothing and overwrite
             # build_summary.json with this pass's counts (a merge that merges nothing more).
             emit(ProgressEvent("memory", total=0, detail="built"))
@@ -551,7 +554,7 @@ class Experiment:
         trajectories = list(store)
         tasks = store.tasks()
         built = {ns: r for ns, r in self.recipes.items() if r.built}
-        pairings = {ns: self._pairs(r, trajectories) for ns, r in built.items()}
+        pairings = {ns: self.pairs(r, trajectories) for ns, r in built.items()}
         emit(ProgressEvent("memory", total=sum(len(p.pairs) for p in pairings.values())))
         added = 0
         classifiers: dict[str, CountingLabeller] = {}
