@@ -215,6 +215,13 @@ def comparison_table(rows: list[ContrastResult]) -> str:
     return _table(header, cells)
 
 
+PARTS_NOTE = (
+    "A row per line of parts.jsonl, numbered in order. A part ended by SIGKILL (or killed "
+    "while writing its line) leaves no line, so a run's own log may number its parts "
+    "differently; its trajectories are stored and the next part resumed from them."
+)
+
+
 def parts_table(folder: Path) -> str | None:
     """How the run was split: a row per part in parts.jsonl (None without the file)."""
     if not (folder / PARTS_FILE).is_file():
@@ -405,7 +412,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> tuple[str
     lines += gate_section(folder, results)
     parts = parts_table(folder)
     if parts:
-        lines += ["## How the run was split", "", parts, ""]
+        lines += ["## How the run was split", "", PARTS_NOTE, "", parts, ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     notes = target / NOTES
