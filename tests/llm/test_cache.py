@@ -104,15 +104,14 @@ def test_concurrency_limit_is_applied_to_async_callers() -> None:
 
 class _HeldModel(ScriptedModel):
     """Answers only once `release` is set; counts the calls that reached it; its first
-    `failures` calls raise; each call takes `answer_delay` seconds once released."""
+    `failures` calls raise."""
 
-    def __init__(self, failures: int = 0, answer_delay: float = 0.0) -> None:
+    def __init__(self, failures: int = 0) -> None:
         super().__init__(lambda r: f"answer to {r.messages[0].content}", name="held")
         self.release = threading.Event()
         self.entered = threading.Event()
         self.reached = 0
         self.failures = failures
-        self.answer_delay = answer_delay
         self._gauge = threading.Lock()
 
     def concurrency(self) -> tuple[str, int]:
@@ -124,7 +123,6 @@ class _HeldModel(ScriptedModel):
             fail = self.reached <= self.failures
         self.entered.set()
         assert self.release.wait(10)
-        time.sleep(self.answer_delay)
         if fail:
             raise RuntimeError("the backend failed")
         return super().complete(request)
@@ -165,16 +163,17 @@ def test_identical_requests_in_flight_make_one_model_call(tmp_path: Path) -> Non
     assert (stats.calls, stats.cache_hits) == (1, 2)
 
 
-def test_a_failed_call_in_flight_lets_the_waiting_requests_ask_again(tmp_path: Path) -> None:
-    # The second call takes a while, so both waiters are back at the gateway before it ends.
-    model = _HeldModel(failures=1, answer_delay=0.3)
+def test_a_failed_call_in_flight_fails_its_waiters_and_a_later_request_asks_again(
+    tmp_path: Path,
+) -> None:
+    model = _HeldModel(failures=1)
     gateway = Gateway(CallCache(tmp_path / "c.sqlite"))
-    first, *others = _ask_in_threads(gateway, model, 3)
-    assert isinstance(first, RuntimeError)
-    assert all(isinstance(r, Completion) and r.text == "answer to same" for r in others)
-    # One of the waiters leads the second call; the other waits for its answer.
-    assert model.reached == 2 and gateway.stats()["held"].errors == 1
-    assert sorted(r.cached for r in others if isinstance(r, Completion)) == [False, True]
+    results = _ask_in_threads(gateway, model, 3)
+    # The waiters get the call's own error: one failure, not three calls that each fail.
+    assert model.reached == 1 and gateway.stats()["held"].errors == 1
+    assert all(isinstance(r, RuntimeError) and r is results[0] for r in results)
+    later = gateway.complete(model, _ask("same"))  # the failure was not cached
+    assert later.text == "answer to same" and not later.cached and model.reached == 2
 
 
 def test_without_a_cache_identical_requests_each_ask_the_model() -> None:

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -253,14 +254,6 @@ class ModelStats:
         return asdict(self)
 
 
-@dataclass
-class _Flight:
-    """A call in progress that identical requests wait for (Gateway.complete)."""
-
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
-    completion: Completion | None = None  # None once done: the call failed
-
-
 class CacheMissError(UserError):
     """A replay-only gateway was asked a call its cache does not hold."""
 
@@ -279,7 +272,8 @@ class Gateway:
         self.replay_only = replay_only
         self._stats: dict[str, ModelStats] = {}
         self._limits: dict[str, threading.BoundedSemaphore] = {}
-        self._flights: dict[str, _Flight] = {}
+        # A call in flight per key; identical requests wait on its future.
+        self._flights: dict[str, Future[Completion]] = {}
         self._lock = threading.Lock()
 
     def stats(self) -> dict[str, ModelStats]:
@@ -298,35 +292,36 @@ class Gateway:
 
     def complete(self, model: Model, request: ChatRequest) -> Completion:
         """Answer `request` with `model`, from the cache when possible, or from the same
-        request's call in flight (then marked cached, as a cache hit would be)."""
+        request's call in flight (then marked cached, as a cache hit would be; if that
+        call fails, its waiters get its error, and a later request asks again)."""
         if self.cache is None:
             return self._call(model, request, "", "")
         identity = model.identity()
         key = request.cache_key(identity)
+        hit = self._lookup(model, key)
+        if hit is not None:
+            return hit
         # Written here rather than taken from a library: a few lines over the lock this
-        # class already holds (the "single flight" pattern of Go's x/sync). A waiter whose
-        # leader failed goes round again, so one of the waiters leads the next call.
-        while True:
-            hit = self._lookup(model, key)
-            if hit is not None:
-                return hit
-            with self._lock:
-                flight = self._flights.get(key)
-                leads = flight is None
-                if flight is None:
-                    flight = self._flights[key] = _Flight()
-            if leads:
-                break
-            flight.done.wait()
-            if flight.completion is not None:
-                return self._hit(model, flight.completion)
+        # class already holds (the "single flight" pattern of Go's x/sync, whose waiters
+        # also share the call's error); a Future carries the answer or the error.
+        with self._lock:
+            flight = self._flights.get(key)
+            leads = flight is None
+            if flight is None:
+                flight = self._flights[key] = Future()
+        if not leads:
+            return self._hit(model, flight.result())
         try:
-            flight.completion = self._call(model, request, key, identity)
-            return flight.completion
+            completion = self._call(model, request, key, identity)
+        except BaseException as err:
+            flight.set_exception(err)
+            raise
+        else:
+            flight.set_result(completion)
+            return completion
         finally:
             with self._lock:
                 del self._flights[key]
-            flight.done.set()
 
     def _call(self, model: Model, request: ChatRequest, key: str, identity: str) -> Completion:
         """Ask the model (within its concurrency limit), count the call and cache it."""
