@@ -4,16 +4,19 @@ used through the public surfaces (an experiment, `Memory`, a fleet file)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from memcollab.domains import DOMAINS
 from memcollab.experiment.config import parse_experiment
 from memcollab.experiment.runner import Experiment
 from memcollab.llm.cache import Gateway
 from memcollab.llm.fleet import Fleet
 from memcollab.memory import Memory
 from memcollab.memory.store import MemoryConflictError, MemoryNotFoundError
+from memcollab.tasks.datasets import LOADERS
 from memcollab.tasks.task import Task
 from tests.experiment.scripted import experiment_dict, fleet_dict
 from tests.extensions import (  # noqa: F401 - importing registers them
@@ -84,6 +87,20 @@ def _choice_rules(answer: str, with_memory: str | None = None) -> dict[str, str]
     return rules
 
 
+@pytest.fixture
+def registries_restored() -> Iterator[None]:
+    """The domain and loader registries as they were before the test: a domain registered
+    here would otherwise stay for the rest of the session (an LLM labeller, for one, keeps
+    counters for every registered domain)."""
+    domains, loaders = dict(DOMAINS), dict(LOADERS)
+    yield
+    DOMAINS.clear()
+    DOMAINS.update(domains)
+    LOADERS.clear()
+    LOADERS.update(loaders)
+
+
+@pytest.mark.usefixtures("registries_restored")
 def test_a_benchmark_of_a_new_kind_runs_through_memory_and_an_experiment(
     tmp_path: Path,
 ) -> None:
