@@ -44,18 +44,40 @@ def _pooled(comps: list[ContrastResult], model: str, condition: str) -> Contrast
     return row
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _table(first_condition: str, condition: str) -> tuple[list[str], list[list[str]]]:
+    """The header and body rows of the section's table whose header names `condition`
+    among its columns, right after `first_condition` and a "model" column."""
+    lines = _section("Results in brief").splitlines()
+    found = [
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("| model |")
+        and _cells(line)[1] == first_condition
+        and condition in _cells(line)
+    ]
+    assert len(found) == 1, f"one table with a {condition} column, found {len(found)}"
+    body = []
+    for line in lines[found[0] + 2 :]:  # past the header and its |---| line
+        if not line.startswith("| "):
+            break
+        body.append(_cells(line))
+    return _cells(lines[found[0]]), body
+
+
 def test_the_paper_table_is_the_committed_run(
     paper: tuple[Results, list[ContrastResult]],
 ) -> None:
     results, comps = paper
     models = {_key(m): m for m in results.models}
-    lines = [ln for ln in _section("Results in brief").splitlines() if ln.startswith("| ")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    header, rows = _table("vanilla", "own")
     conditions = header[1:6]
     assert conditions == ["vanilla", "own", "other", "memcollab", "placebo"]
     seen = set()
-    for line in lines[1:]:  # the |---| line does not start with "| "
-        cells = [c.strip() for c in line.strip("|").split("|")]
+    for cells in rows:
         model = models[_key(cells[0])]
         seen.add(model)
         for condition, cell in zip(conditions, cells[1:6], strict=True):
