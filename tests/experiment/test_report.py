@@ -181,6 +181,52 @@ def test_direct_contrasts_and_holm_families_worked_out_by_hand(tmp_path: Path) -
     assert "- vanilla |" not in direct.split("##")[0]
 
 
+def test_direct_contrasts_centre_on_the_preregistered_primary(tmp_path: Path) -> None:
+    """With [analysis] primary = memcollab-v2 and no condition called memcollab, the direct
+    comparisons are memcollab-v2 against the other memory conditions (the v2 plan's
+    secondary comparisons), even one whose kind is memcollab. One benchmark of 8 tasks:
+    v2 - paper: 5 only-v2 tasks, McNemar p = 2/32 = 0.0625; v2 - placebo: 6, p = 2/64.
+    The pooled family is five rows (three against vanilla: p 1, 2/64, 1): Holm gives
+    5 x 2/64 = 0.15625 to both 2/64 rows and 3 x 0.0625 = 0.1875 to v2 - paper."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    tasks = [f"x/{i}" for i in range(8)]
+    kinds = {
+        "vanilla": "vanilla",
+        "memcollab-paper": "memcollab",
+        "memcollab-v2": "memcollab",
+        "placebo-v2": "placebo",
+    }
+    plan = {
+        "name": "v2",
+        "config": {"seed": 0, "analysis": {"primary": "memcollab-v2", "baseline": "vanilla"}},
+        "models": ["m"],
+        "conditions": {c: {"kind": k} for c, k in kinds.items()},
+        "benchmarks": {"x": tasks},
+    }
+    (folder / "plan.json").write_text(json.dumps(plan))
+    right = {
+        "vanilla": {0},
+        "memcollab-paper": {0, 1},
+        "memcollab-v2": {0, 1, 2, 3, 4, 5, 6},
+        "placebo-v2": {0},
+    }
+    rows = [
+        _row("x", task, condition, i in right[condition])
+        for i, task in enumerate(tasks)
+        for condition in right
+    ]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text, _ = write_report(folder)
+    direct = text.split("### Memory conditions against each other")[1].split("###")[0]
+    paper = "memcollab-v2 - memcollab-paper"
+    assert _comparison(direct, "all", paper) == ["8", "+62.5", "0", "5", "0.0625", "0.188"]
+    placebo = "memcollab-v2 - placebo-v2"
+    assert _comparison(direct, "all", placebo) == ["8", "+75.0", "0", "6", "0.0312", "0.156"]
+    assert "| m | memcollab-paper - memcollab-v2 |" not in text
+    assert "| m | placebo-v2 - memcollab-paper |" not in text
+
+
 def test_primary_comparison_and_power_sections(tmp_path: Path) -> None:
     """[analysis] primary names the pre-registered comparison: its pooled row per model
     with Holm over the models only (one model here: Holm p = raw p). The power table gives

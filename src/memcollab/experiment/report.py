@@ -41,19 +41,29 @@ POOLED = "all"
 Contrast = tuple[str, str]  # (baseline condition, condition)
 
 
+def headline(results: Results) -> str:
+    """The condition the direct comparisons centre on: the pre-registered primary
+    condition ([analysis] primary in the experiment file) where one is named, else the
+    condition called `memcollab`."""
+    analysis = results.plan["config"].get("analysis") or {}
+    return str(analysis.get("primary") or HEADLINE)
+
+
 def contrasts(results: Results) -> list[Contrast]:
     """Which pairs of conditions the report compares: every condition against vanilla;
-    then the condition named `memcollab` against every other memory condition (own, other,
-    self-contrast, placebo, or a user kind), the paper's direct claims; and each variant of
-    memcollab (memcollab-pN, memcollab-global) against memcollab, the ablation."""
+    then the headline condition (`headline`) against every other memory condition (own,
+    other, self-contrast, placebo, another memory, or a user kind), the paper's direct
+    claims; and each variant of memcollab (memcollab-pN, memcollab-global, whose kind is the
+    headline's name) against the headline, the ablation."""
     kinds = {name: spec.get("kind", name) for name, spec in results.plan["conditions"].items()}
+    centre = headline(results)
     out: list[Contrast] = []
     if BASELINE in results.conditions:
         out += [(BASELINE, c) for c in results.conditions if c != BASELINE]
-    if HEADLINE in results.conditions:
-        others = [c for c in results.conditions if c not in (BASELINE, HEADLINE)]
-        out += [(c, HEADLINE) for c in others if kinds.get(c) != HEADLINE]
-        out += [(HEADLINE, c) for c in others if kinds.get(c) == HEADLINE]
+    if centre in results.conditions:
+        others = [c for c in results.conditions if c not in (BASELINE, centre)]
+        out += [(c, centre) for c in others if kinds.get(c) != centre]
+        out += [(centre, c) for c in others if kinds.get(c) == centre]
     return out
 
 
