@@ -141,6 +141,19 @@ def test_notes_beside_the_report_are_its_last_section(tmp_path: Path) -> None:
     assert "## Notes" not in write_report(folder)[0]  # none beside the folder's own report
 
 
+def _one_benchmark_report(folder: Path, plan: dict, right: dict[str, set[int]]) -> str:
+    """The report of `plan`'s one benchmark "x", where condition c is right on the task
+    indices right[c]."""
+    (folder / "plan.json").write_text(json.dumps(plan))
+    rows = [
+        _row("x", task, condition, i in right[condition])
+        for i, task in enumerate(plan["benchmarks"]["x"])
+        for condition in right
+    ]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return write_report(folder)[0]
+
+
 def test_direct_contrasts_and_holm_families_worked_out_by_hand(tmp_path: Path) -> None:
     """One benchmark of 8 tasks: memcollab alone right on 6 (b=0, c=6: McNemar p = 2/64);
     own right exactly where vanilla is (p = 1). Both families (pooled rows, per-benchmark
@@ -156,15 +169,8 @@ def test_direct_contrasts_and_holm_families_worked_out_by_hand(tmp_path: Path) -
         "conditions": {c: {"kind": c} for c in ("vanilla", "own", "memcollab")},
         "benchmarks": {"x": tasks},
     }
-    (folder / "plan.json").write_text(json.dumps(plan))
     right = {"vanilla": {0}, "own": {0}, "memcollab": {0, 1, 2, 3, 4, 5, 6}}
-    rows = [
-        _row("x", task, condition, i in right[condition])
-        for i, task in enumerate(tasks)
-        for condition in right
-    ]
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    text, _ = write_report(folder)
+    text = _one_benchmark_report(folder, plan, right)
     for bench in ("x", "all"):
         assert _comparison(text, bench) == ["8", "+75.0", "0", "6", "0.0312", "0.0938"]
         assert _comparison(text, bench, "own - vanilla") == ["8", "+0.0", "0", "0", "1", "1"]
@@ -204,20 +210,13 @@ def test_direct_contrasts_centre_on_the_preregistered_primary(tmp_path: Path) ->
         "conditions": {c: {"kind": k} for c, k in kinds.items()},
         "benchmarks": {"x": tasks},
     }
-    (folder / "plan.json").write_text(json.dumps(plan))
     right = {
         "vanilla": {0},
         "memcollab-paper": {0, 1},
         "memcollab-v2": {0, 1, 2, 3, 4, 5, 6},
         "placebo-v2": {0},
     }
-    rows = [
-        _row("x", task, condition, i in right[condition])
-        for i, task in enumerate(tasks)
-        for condition in right
-    ]
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    text, _ = write_report(folder)
+    text = _one_benchmark_report(folder, plan, right)
     direct = text.split("### Memory conditions against each other")[1].split("###")[0]
     paper = "memcollab-v2 - memcollab-paper"
     assert _comparison(direct, "all", paper) == ["8", "+62.5", "0", "5", "0.0625", "0.188"]
