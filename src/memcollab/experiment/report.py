@@ -45,8 +45,12 @@ def headline(results: Results) -> str:
     """The condition the direct comparisons centre on: the pre-registered primary
     condition ([analysis] primary in the experiment file) where one is named, else the
     condition called `memcollab`."""
-    analysis = results.plan["config"].get("analysis") or {}
-    return str(analysis.get("primary") or HEADLINE)
+    return str(_analysis(results).get("primary") or HEADLINE)
+
+
+def _analysis(results: Results) -> dict[str, Any]:
+    """The experiment file's [analysis] section (empty when it has none)."""
+    return dict(results.plan["config"].get("analysis") or {})
 
 
 def contrasts(results: Results) -> list[Contrast]:
@@ -84,8 +88,9 @@ def comparisons(results: Results, seed: int = 0) -> list[ContrastResult]:
     """Every contrast for every model and benchmark (and pooled), with Holm-adjusted
     p-values: one family for the pooled rows, one for the per-benchmark rows."""
     raw: list[tuple[str, str, str, str, PairedComparison]] = []
+    pairs = contrasts(results)
     for model in results.models:
-        for baseline, condition in contrasts(results):
+        for baseline, condition in pairs:
             base = {(r.benchmark, r.task_id): r.correct for r in results.cell(model, baseline)}
             cond = {(r.benchmark, r.task_id): r.correct for r in results.cell(model, condition)}
             for bench in [*results.benchmarks, POOLED]:
@@ -105,7 +110,7 @@ def comparisons(results: Results, seed: int = 0) -> list[ContrastResult]:
 def primary_rows(results: Results, comps: list[ContrastResult]) -> list[ContrastResult] | None:
     """The pre-registered primary comparison ([analysis] in the experiment file): its pooled
     row for every model, Holm-adjusted across the models only; None when none is named."""
-    analysis = results.plan["config"].get("analysis") or {}
+    analysis = _analysis(results)
     primary, baseline = analysis.get("primary"), analysis.get("baseline", BASELINE)
     if primary is None:
         return None
