@@ -1,17 +1,20 @@
 """The numbers of the README's "Results in brief" are the committed run's: each cell of its
 table, and the counts and p-values its bullets quote, recomputed here from the committed
-per-task results (benchmarks/results/paper/results.jsonl) by the report's own code. A
+per-task results (benchmarks/results/paper and benchmarks/results/v2: results.jsonl, and
+the v2 build summary and gate) by the report's own code. A
 number edited by hand, or a run recommitted without updating the README, fails."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from memcollab.experiment.report import POOLED, ContrastResult, comparisons
-from memcollab.experiment.results import Results, average_accuracy, load_results
+from memcollab.experiment.report import POOLED, ContrastResult, comparisons, primary_rows
+from memcollab.experiment.results import Results, accuracy, average_accuracy, load_results
+from memcollab.experiment.stats import detectable_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "benchmarks" / "results" / "paper"
@@ -110,3 +113,110 @@ def test_the_paper_bullets_quote_the_committed_run(
         f"(p = {other.comparison.p_value:.2g}; {other.holm_p:.2g} after Holm's adjustment "
         f"for {family} comparisons"
     ) in text
+
+
+V2 = ROOT / "benchmarks" / "results" / "v2"
+
+
+@pytest.fixture(scope="module")
+def v2() -> tuple[Results, list[ContrastResult]]:
+    results = load_results(V2)
+    return results, comparisons(results, seed=int(results.plan["config"].get("seed", 0)))
+
+
+def test_the_v2_table_is_the_committed_run(v2: tuple[Results, list[ContrastResult]]) -> None:
+    """The v2 table's accuracies are pooled over the 500 tasks (the primary comparison's
+    unit), and its last column is the pre-registered primary row, Holm-adjusted over the
+    two models as the plan named."""
+    results, comps = v2
+    models = {_key(m): m for m in results.models}
+    header, rows = _table("memcollab-v2")
+    conditions = header[1:5]
+    assert conditions == results.conditions
+    n = sum(len(ids) for ids in results.complete_tasks.values())
+    assert n == sum(results.planned_tasks.values()) == 500
+    assert header[5].startswith(f"memcollab-v2 - vanilla, {n} tasks")
+    primary = {r.model: r for r in primary_rows(results, comps) or []}
+    seen = set()
+    for cells in rows:
+        model = models[_key(cells[0])]
+        seen.add(model)
+        for condition, cell in zip(conditions, cells[1:5], strict=True):
+            pooled = accuracy(results.cell(model, condition))
+            assert pooled is not None
+            assert cell.strip("*") == f"{100 * pooled:.1f}", (model, condition)
+        row = primary[model]
+        c = row.comparison
+        want = (
+            f"{100 * c.difference:+.1f} pp ([{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]; "
+            f"p = {c.p_value:.2g}; {row.holm_p:.2g})"
+        )
+        assert cells[5] == want, model
+    assert seen == set(results.models)
+
+
+def test_the_v2_text_quotes_the_committed_run(v2: tuple[Results, list[ContrastResult]]) -> None:
+    results, comps = v2
+    text = " ".join(_section("Results in brief").split())
+    big, small = results.models
+    assert (big, small) == ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
+
+    def pooled(model: str, condition: str, baseline: str) -> ContrastResult:
+        (row,) = [
+            c
+            for c in comps
+            if (c.model, c.condition, c.baseline, c.benchmark)
+            == (model, condition, baseline, POOLED)
+        ]
+        return row
+
+    def pp(row: ContrastResult) -> str:
+        return f"{100 * row.comparison.difference:+.1f}"
+
+    primary = [pooled(m, "memcollab-v2", "vanilla").comparison for m in (big, small)]
+    assert (
+        f"won {primary[0].only_condition} tasks and lost {primary[0].only_baseline} for the "
+        f"1.5B model, won {primary[1].only_condition} and lost {primary[1].only_baseline} "
+        "for the 0.5B model"
+    ) in text
+    power = []
+    for c in primary:
+        share = (c.only_baseline + c.only_condition) / c.n
+        smallest = detectable_difference(c.n, share)
+        assert smallest is not None
+        power.append(f"{100 * smallest:.1f}")
+    assert f"the design detects {power[0]} and {power[1]} pp with 80% power" in text
+    placebo = [pooled(m, "memcollab-v2", "placebo-v2") for m in (big, small)]
+    assert (
+        f"{pp(placebo[0])} pp for the 1.5B model and {pp(placebo[1])} pp "
+        f"(p = {placebo[1].comparison.p_value:.2g}) for the 0.5B"
+    ) in text
+    paper = [pooled(m, "memcollab-v2", "memcollab-paper") for m in (big, small)]
+    assert f"{pp(paper[0])} and {pp(paper[1])} pp, neither significant" in text
+    assert all(r.comparison.p_value >= 0.05 for r in paper)
+    old = [pooled(m, "memcollab-paper", "vanilla") for m in (big, small)]
+    assert f"({pp(old[0])} and {pp(old[1])} pp)" in text
+    unrelated = [pooled(m, "placebo-v2", "vanilla") for m in (big, small)]
+    assert f"nor did the placebo ({pp(unrelated[0])} and {pp(unrelated[1])} pp)" in text
+    assert "memcollab-v2 and vanilla give the same verdicts" in text
+    code_rows = [
+        c
+        for c in comps
+        if (c.condition, c.baseline) == ("memcollab-v2", "vanilla")
+        and c.benchmark in ("mbpp", "humaneval")
+    ]
+    assert len(code_rows) == 4
+    assert all(c.comparison.only_baseline == c.comparison.only_condition == 0 for c in code_rows)
+    build = json.loads((V2 / "build_summary.json").read_text())
+    built = build["memcollab-near-miss.by.qwen2.5-coder-1.5b"]
+    assert (
+        f"near-miss pairs ({built['pairing']['pairs']}), the v2 screen "
+        f"({built['distill']['constraints']} constraints kept of "
+        f"{built['distill']['candidates']:,} written, in {built['records']} records)"
+    ) in text
+    gate = json.loads((V2 / "gate.json").read_text())["conditions"]["memcollab-v2"]
+    code = [gate["decisions"][m]["code"] for m in (big, small)]
+    assert not any(d["memory"] for d in code)
+    assert all(gate["decisions"][m]["math"]["memory"] for m in (big, small))
+    cost = [100 * (d["only_without_right"] - d["only_with_right"]) / d["n"] for d in code]
+    assert f"cost {cost[0]:.1f} and {cost[1]:.1f} pp on development" in text
