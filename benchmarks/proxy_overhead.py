@@ -294,7 +294,7 @@ def throughput_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "memcollab.llm.llama_server",  # llama_cpp.server, AMX guarded
             "--model",
             str(gguf),
             "--model_alias",

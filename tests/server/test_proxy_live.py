@@ -1,7 +1,9 @@
 """The proxy with real models, through the official openai client: the packaged Gemma 3 270M
 served in the service's process, and the same weights behind llama-cpp-python's own
-OpenAI-compatible server (`python -m llama_cpp.server`, a server nobody here wrote) as a
-provider "openai" upstream, with a tool-call conversation. Tiny generations (max_tokens 8)."""
+OpenAI-compatible server (`python -m llama_cpp.server`, a server nobody here wrote; started
+through memcollab.llm.llama_server, which only removes llama.cpp's AMX kernels first, as
+memcollab does for its own models) as a provider "openai" upstream, with a tool-call
+conversation. Tiny generations (max_tokens 8)."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def llama_server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "memcollab.llm.llama_server",  # llama_cpp.server, AMX guarded
             "--model",
             str(gemma_path),
             "--model_alias",
