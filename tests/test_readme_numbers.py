@@ -1,8 +1,8 @@
 """The numbers of the README's "Results in brief" are the committed run's: each cell of its
 table, and the counts and p-values its bullets quote, recomputed here from the committed
 per-task results (benchmarks/results/paper and benchmarks/results/v2: results.jsonl, and
-the v2 build summary and gate) by the report's own code. A
-number edited by hand, or a run recommitted without updating the README, fails."""
+the v2 build summary and gate) by the report's own code. A number edited by hand, or a run
+recommitted without updating the README, fails."""
 
 from __future__ import annotations
 
@@ -38,11 +38,13 @@ def paper() -> tuple[Results, list[ContrastResult]]:
     return results, comparisons(results, seed=int(results.plan["config"].get("seed", 0)))
 
 
-def _pooled(comps: list[ContrastResult], model: str, condition: str) -> ContrastResult:
+def _pooled(
+    comps: list[ContrastResult], model: str, condition: str, baseline: str = "vanilla"
+) -> ContrastResult:
     (row,) = [
         c
         for c in comps
-        if (c.model, c.condition, c.baseline, c.benchmark) == (model, condition, "vanilla", POOLED)
+        if (c.model, c.condition, c.baseline, c.benchmark) == (model, condition, baseline, POOLED)
     ]
     return row
 
@@ -161,19 +163,10 @@ def test_the_v2_text_quotes_the_committed_run(v2: tuple[Results, list[ContrastRe
     big, small = results.models
     assert (big, small) == ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
 
-    def pooled(model: str, condition: str, baseline: str) -> ContrastResult:
-        (row,) = [
-            c
-            for c in comps
-            if (c.model, c.condition, c.baseline, c.benchmark)
-            == (model, condition, baseline, POOLED)
-        ]
-        return row
-
     def pp(row: ContrastResult) -> str:
         return f"{100 * row.comparison.difference:+.1f}"
 
-    primary = [pooled(m, "memcollab-v2", "vanilla").comparison for m in (big, small)]
+    primary = [_pooled(comps, m, "memcollab-v2").comparison for m in (big, small)]
     assert (
         f"won {primary[0].only_condition} tasks and lost {primary[0].only_baseline} for the "
         f"1.5B model, won {primary[1].only_condition} and lost {primary[1].only_baseline} "
@@ -186,17 +179,17 @@ def test_the_v2_text_quotes_the_committed_run(v2: tuple[Results, list[ContrastRe
         assert smallest is not None
         power.append(f"{100 * smallest:.1f}")
     assert f"the design detects {power[0]} and {power[1]} pp with 80% power" in text
-    placebo = [pooled(m, "memcollab-v2", "placebo-v2") for m in (big, small)]
+    placebo = [_pooled(comps, m, "memcollab-v2", "placebo-v2") for m in (big, small)]
     assert (
         f"{pp(placebo[0])} pp for the 1.5B model and {pp(placebo[1])} pp "
         f"(p = {placebo[1].comparison.p_value:.2g}) for the 0.5B"
     ) in text
-    paper = [pooled(m, "memcollab-v2", "memcollab-paper") for m in (big, small)]
+    paper = [_pooled(comps, m, "memcollab-v2", "memcollab-paper") for m in (big, small)]
     assert f"{pp(paper[0])} and {pp(paper[1])} pp, neither significant" in text
     assert all(r.comparison.p_value >= 0.05 for r in paper)
-    old = [pooled(m, "memcollab-paper", "vanilla") for m in (big, small)]
+    old = [_pooled(comps, m, "memcollab-paper") for m in (big, small)]
     assert f"({pp(old[0])} and {pp(old[1])} pp)" in text
-    unrelated = [pooled(m, "placebo-v2", "vanilla") for m in (big, small)]
+    unrelated = [_pooled(comps, m, "placebo-v2") for m in (big, small)]
     assert f"nor did the placebo ({pp(unrelated[0])} and {pp(unrelated[1])} pp)" in text
     assert "memcollab-v2 and vanilla give the same verdicts" in text
     code_rows = [
