@@ -32,10 +32,26 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+def _run(folder: Path) -> tuple[Results, list[ContrastResult]]:
+    """A committed run's results and the report's comparisons, with the run's seed."""
+    results = load_results(folder)
+    return results, comparisons(results, seed=int(results.plan["config"].get("seed", 0)))
+
+
+def _difference_cell(c: ContrastResult, holm: bool = False) -> str:
+    """A table's last cell as the README writes it: difference, interval, McNemar p (and,
+    with `holm`, the Holm-adjusted p)."""
+    d = c.comparison
+    adjusted = f"; {c.holm_p:.2g}" if holm else ""
+    return (
+        f"{100 * d.difference:+.1f} pp ([{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]; "
+        f"p = {d.p_value:.2g}{adjusted})"
+    )
+
+
 @pytest.fixture(scope="module")
 def paper() -> tuple[Results, list[ContrastResult]]:
-    results = load_results(PAPER)
-    return results, comparisons(results, seed=int(results.plan["config"].get("seed", 0)))
+    return _run(PAPER)
 
 
 def _pooled(
@@ -87,14 +103,9 @@ def test_the_paper_table_is_the_committed_run(
             accuracy = average_accuracy(results, model, condition)
             assert accuracy is not None
             assert cell.strip("*") == f"{100 * accuracy:.1f}", (model, condition)
-        c = _pooled(comps, model, "memcollab").comparison
         n = sum(len(ids) for ids in results.complete_tasks.values())
         assert header[6].startswith(f"memcollab - vanilla, {n} tasks")
-        want = (
-            f"{100 * c.difference:+.1f} pp ([{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]; "
-            f"p = {c.p_value:.2g})"
-        )
-        assert cells[6] == want, model
+        assert cells[6] == _difference_cell(_pooled(comps, model, "memcollab")), model
     assert seen == set(results.models)
 
 
@@ -122,8 +133,7 @@ V2 = ROOT / "benchmarks" / "results" / "v2"
 
 @pytest.fixture(scope="module")
 def v2() -> tuple[Results, list[ContrastResult]]:
-    results = load_results(V2)
-    return results, comparisons(results, seed=int(results.plan["config"].get("seed", 0)))
+    return _run(V2)
 
 
 def test_the_v2_table_is_the_committed_run(v2: tuple[Results, list[ContrastResult]]) -> None:
@@ -147,13 +157,7 @@ def test_the_v2_table_is_the_committed_run(v2: tuple[Results, list[ContrastResul
             pooled = accuracy(results.cell(model, condition))
             assert pooled is not None
             assert cell.strip("*") == f"{100 * pooled:.1f}", (model, condition)
-        row = primary[model]
-        c = row.comparison
-        want = (
-            f"{100 * c.difference:+.1f} pp ([{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]; "
-            f"p = {c.p_value:.2g}; {row.holm_p:.2g})"
-        )
-        assert cells[5] == want, model
+        assert cells[5] == _difference_cell(primary[model], holm=True), model
     assert seen == set(results.models)
 
 
