@@ -217,3 +217,25 @@ def test_the_v2_text_quotes_the_committed_run(v2: tuple[Results, list[ContrastRe
     assert all(gate["decisions"][m]["math"]["memory"] for m in (big, small))
     cost = [100 * (d["only_without_right"] - d["only_with_right"]) / d["n"] for d in code]
     assert f"cost {cost[0]:.1f} and {cost[1]:.1f} pp on development" in text
+
+
+def test_the_online_replay_text_quotes_the_committed_replay() -> None:
+    """The README's sentence on the live replay (issue 28, step 1) quotes replay.json."""
+    replay = json.loads((ROOT / "benchmarks/results/online/replay.json").read_text())
+    text = " ".join(_section("Reference").split())
+    checks, learning = replay["checks"], replay["learning"]
+    assert checks["passed"]
+    accuracy = replay["accuracy"]
+    assert (
+        f"{replay['tasks']['count']} training tasks and `--chaos` (replay.json there): "
+        f"{checks['attempts_stored']} of {checks['attempts_sent']} attempts stored through "
+        f"{checks['kills']} kill -9s of the service, {checks['attempts_lost']} lost, "
+        f"{checks['attempts_doubled']} doubled, {checks['distilled_twice']} distilled twice; "
+        f"{checks['contrasting_tasks']} tasks gave a contrasting pair, "
+        f"{learning['queue']['done']} records learned and {learning['queue']['refused']} pairs "
+        f"refused by the screen; one-turn accuracy "
+        f"{100 * accuracy['qwen2.5-coder-1.5b']:.1f}% (1.5B) and "
+        f"{100 * accuracy['qwen2.5-coder-0.5b']:.1f}% (0.5B); memory applied to "
+        f"{replay['memory_statuses']['applied']} of {replay['this_run']['calls']} calls"
+    ) in text
+    assert replay["exported_records"] == learning["queue"]["done"]
