@@ -527,6 +527,47 @@ def test_the_deadline_counts_cpu_time_not_waiting(where: str) -> None:
     assert outcome == ["done", "timed out"]
 
 
+def test_a_timeout_inside_a_finalizer_is_not_handed_to_the_unraisable_hook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # CI failed once when a tick landed inside a finalizer the check set off: Python handed
+    # the TimeoutException to sys.unraisablehook (pytest's), a second tick landed inside
+    # that hook, and pytest failed the test. Here a finalizer computes past the deadline.
+    handed_on: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", handed_on.append)
+
+    class SlowToFinalize:
+        def __del__(self) -> None:
+            _burn_cpu(0.6)
+
+    def finalize_then_compute() -> None:
+        SlowToFinalize()  # finalized at once, in this frame
+        _burn_cpu(5.0)
+
+    with pytest.raises(TimeoutException):
+        _run_with_deadline(finalize_then_compute, 0.2)
+    assert handed_on == []
+    assert sys.unraisablehook == handed_on.append  # the replaced hook is back
+
+
+def test_another_unraisable_during_a_check_reaches_the_previous_hook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handed_on: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", handed_on.append)
+
+    class FailsToFinalize:
+        def __del__(self) -> None:
+            raise ValueError("not ours")
+
+    def finalize() -> str:
+        FailsToFinalize()
+        return "done"
+
+    assert _run_with_deadline(finalize, 5.0) == "done"
+    assert [type(u.exc_value) for u in handed_on] == [ValueError]
+
+
 def test_worker_threads() -> None:
     pairs = [
         (r"\boxed{\frac{1}{2}}", "0.5", True),

@@ -36,6 +36,7 @@ import logging
 import math
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -257,6 +258,12 @@ class _MainThreadDeadline:
     library handler that swallows the first exception. Other processes on a busy machine do
     not make a check time out. Any such timer and handler set before are restored after;
     wall-clock timers (SIGALRM, pytest-timeout's) are left alone.
+
+    A tick can land inside a finalizer (`__del__`, a weakref callback, the garbage
+    collector) that the check set off; Python cannot raise there and hands the exception to
+    `sys.unraisablehook`, which would print it or, under pytest, fail the test. While armed,
+    our own hook drops that TimeoutException (the next tick times the check out) and passes
+    anything else on to the hook it replaced, with ticks held off meanwhile.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -265,10 +272,23 @@ class _MainThreadDeadline:
         self.fired = False
         self._thread_started = time.thread_time()
         self._wall_started = time.monotonic()
+        self._in_unraisable_hook = False
+        self._previous_unraisable_hook: Callable[[Any], object] = sys.unraisablehook
+
+    def _on_unraisable(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, TimeoutException) and self.fired:
+            return  # our tick, raised inside a finalizer: the check still times out
+        self._in_unraisable_hook = True
+        try:
+            self._previous_unraisable_hook(unraisable)
+        finally:
+            self._in_unraisable_hook = False
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
-        if not self.active:
+        if not self.active or self._in_unraisable_hook:
             return
+        if frame is not None and frame.f_code is _MainThreadDeadline._on_unraisable.__code__:
+            return  # raising inside our own hook would itself be unraisable
         used = time.thread_time() - self._thread_started
         waited = time.monotonic() - self._wall_started
         if used >= self.seconds or waited >= self.seconds * _WALL_CAP_FACTOR:
@@ -278,6 +298,8 @@ class _MainThreadDeadline:
     @contextmanager
     def armed(self) -> Iterator[None]:
         previous_handler = signal.signal(signal.SIGVTALRM, self._on_alarm)
+        self._previous_unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = self._on_unraisable
         self.active = True
         outer_delay, outer_interval = signal.setitimer(signal.ITIMER_VIRTUAL, self.seconds, 0.1)
         started = time.process_time()
@@ -288,6 +310,7 @@ class _MainThreadDeadline:
                 self.active = False  # from here on a late alarm is a no-op
         finally:
             signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            sys.unraisablehook = self._previous_unraisable_hook
             signal.signal(
                 signal.SIGVTALRM,
                 previous_handler if previous_handler is not None else signal.SIG_DFL,
