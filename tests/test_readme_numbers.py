@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,3 +240,105 @@ def test_the_online_replay_text_quotes_the_committed_replay() -> None:
         f"{replay['memory_statuses']['applied']} of {replay['this_run']['calls']} calls"
     ) in text
     assert replay["exported_records"] == learning["queue"]["done"]
+
+
+ONLINE = ROOT / "benchmarks" / "results" / "online"
+
+
+@pytest.fixture(scope="module")
+def online() -> tuple[Results, list[ContrastResult]]:
+    return _run(ONLINE)
+
+
+def _secondary_rows() -> dict[str, dict[str, Any]]:
+    """secondary.json's pooled online - v2-batch row per model."""
+    secondary = json.loads((ONLINE / "secondary.json").read_text())
+    assert secondary["comparison"] == "online - v2-batch"
+    return {r["model"]: r for r in secondary["rows"] if r["benchmark"] == "all"}
+
+
+def test_the_online_table_is_the_committed_run(
+    online: tuple[Results, list[ContrastResult]],
+) -> None:
+    """Accuracies pooled over the 300 held-out tasks; the primary online - vanilla
+    (Holm over the two models, as pre-registered) and the secondary online - v2-batch
+    (secondary.json, written by benchmarks/online_replay.py compare)."""
+    results, comps = online
+    models = {_key(m): m for m in results.models}
+    header, rows = _table("online")
+    conditions = header[1:4]
+    assert conditions == results.conditions == ["vanilla", "online", "v2-batch"]
+    n = sum(len(ids) for ids in results.complete_tasks.values())
+    assert n == sum(results.planned_tasks.values()) == 300
+    assert header[4].startswith(f"online - vanilla, {n} tasks")
+    assert header[5].startswith("online - v2-batch")
+    primary = {r.model: r for r in primary_rows(results, comps) or []}
+    secondary = _secondary_rows()
+    seen = set()
+    for cells in rows:
+        model = models[_key(cells[0])]
+        seen.add(model)
+        for condition, cell in zip(conditions, cells[1:4], strict=True):
+            pooled = accuracy(results.cell(model, condition))
+            assert pooled is not None
+            assert cell.strip("*") == f"{100 * pooled:.1f}", (model, condition)
+        assert cells[4] == _difference_cell(primary[model], holm=True), model
+        row = secondary[model]
+        report_row = _pooled(comps, model, "online", "v2-batch").comparison
+        # The report's McNemar and the compare step's agree (same pairs, exact test).
+        assert (row["only_baseline"], row["only_condition"]) == (
+            report_row.only_baseline,
+            report_row.only_condition,
+        )
+        assert cells[5] == (
+            f"{100 * row['difference']:+.1f} pp ([{100 * row['ci_low']:+.1f}, "
+            f"{100 * row['ci_high']:+.1f}]; p = {row['p_value']:.2g}; "
+            f"{row['holm_p_across_models']:.2g})"
+        ), model
+    assert seen == set(results.models)
+
+
+def test_the_online_text_quotes_the_committed_run(
+    online: tuple[Results, list[ContrastResult]],
+) -> None:
+    """The bullets under the online table: tasks won and lost, power at the Holm level the
+    amended pre-registration names (alpha 0.025), the secondary comparison against its
+    prediction, and v2-batch against vanilla on these tasks."""
+    results, comps = online
+    text = " ".join(_section("Results in brief").split())
+    big, small = results.models
+    assert (big, small) == ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
+    primary = [_pooled(comps, m, "online").comparison for m in (big, small)]
+    assert (
+        f"online memory against no memory won {primary[0].only_condition} tasks and lost "
+        f"{primary[0].only_baseline} for the 1.5B model, won {primary[1].only_condition} and "
+        f"lost {primary[1].only_baseline} for the 0.5B model"
+    ) in text
+    power = []
+    for c in primary:
+        smallest = detectable_difference(
+            c.n, (c.only_baseline + c.only_condition) / c.n, alpha=0.025
+        )
+        assert smallest is not None
+        power.append(f"{100 * smallest:.1f}")
+    assert f"detects {power[0]} and {power[1]} pp with 80% power at Holm's first level" in text
+    secondary = _secondary_rows()
+    assert (
+        f"online - v2-batch, predicted negative or zero: "
+        f"{100 * secondary[big]['difference']:+.1f} pp for the 1.5B model and "
+        f"{100 * secondary[small]['difference']:+.1f} pp for the 0.5B"
+    ) in text.replace("−", "-")
+    batch = [_pooled(comps, m, "v2-batch").comparison for m in (big, small)]
+    assert (
+        f"v2-batch against vanilla on these tasks: {100 * batch[0].difference:+.1f} and "
+        f"{100 * batch[1].difference:+.1f} pp"
+    ) in text
+    mbpp = {
+        c.condition: c.comparison
+        for c in comps
+        if (c.model, c.baseline, c.benchmark) == (big, "vanilla", "mbpp")
+    }
+    assert (
+        f"(MBPP: online {100 * mbpp['online'].difference:.0f} pp, v2-batch "
+        f"{100 * mbpp['v2-batch'].difference:.0f} pp, p = {mbpp['v2-batch'].p_value:.2g})"
+    ) in text
