@@ -88,6 +88,16 @@ def _table(condition: str) -> tuple[list[str], list[list[str]]]:
     return _cells(lines[found[0]]), body
 
 
+def _assert_pooled_accuracies(
+    results: Results, model: str, conditions: list[str], cells: list[str]
+) -> None:
+    """Each cell is `model`'s accuracy under its condition, pooled over the run's tasks."""
+    for condition, cell in zip(conditions, cells, strict=True):
+        pooled = accuracy(results.cell(model, condition))
+        assert pooled is not None
+        assert cell.strip("*") == f"{100 * pooled:.1f}", (model, condition)
+
+
 def test_the_paper_table_is_the_committed_run(
     paper: tuple[Results, list[ContrastResult]],
 ) -> None:
@@ -154,10 +164,7 @@ def test_the_v2_table_is_the_committed_run(v2: tuple[Results, list[ContrastResul
     for cells in rows:
         model = models[_key(cells[0])]
         seen.add(model)
-        for condition, cell in zip(conditions, cells[1:5], strict=True):
-            pooled = accuracy(results.cell(model, condition))
-            assert pooled is not None
-            assert cell.strip("*") == f"{100 * pooled:.1f}", (model, condition)
+        _assert_pooled_accuracies(results, model, conditions, cells[1:5])
         assert cells[5] == _difference_cell(primary[model], holm=True), model
     assert seen == set(results.models)
 
@@ -278,10 +285,7 @@ def test_the_online_table_is_the_committed_run(
     for cells in rows:
         model = models[_key(cells[0])]
         seen.add(model)
-        for condition, cell in zip(conditions, cells[1:4], strict=True):
-            pooled = accuracy(results.cell(model, condition))
-            assert pooled is not None
-            assert cell.strip("*") == f"{100 * pooled:.1f}", (model, condition)
+        _assert_pooled_accuracies(results, model, conditions, cells[1:4])
         assert cells[4] == _difference_cell(primary[model], holm=True), model
         row = secondary[model]
         report_row = _pooled(comps, model, "online", "v2-batch").comparison
