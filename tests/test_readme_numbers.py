@@ -39,14 +39,23 @@ def _run(folder: Path) -> tuple[Results, list[ContrastResult]]:
     return results, comparisons(results, seed=int(results.plan["config"].get("seed", 0)))
 
 
-def _difference_cell(c: ContrastResult, holm: bool = False) -> str:
-    """A table's last cell as the README writes it: difference, interval, McNemar p (and,
-    with `holm`, the Holm-adjusted p)."""
-    d = c.comparison
-    adjusted = f"; {c.holm_p:.2g}" if holm else ""
+def _difference_text(
+    difference: float, ci_low: float, ci_high: float, p_value: float, holm_p: float | None
+) -> str:
+    """A comparison cell as the README writes it: difference, interval, McNemar p (and the
+    Holm-adjusted p when given)."""
+    adjusted = "" if holm_p is None else f"; {holm_p:.2g}"
     return (
-        f"{100 * d.difference:+.1f} pp ([{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]; "
-        f"p = {d.p_value:.2g}{adjusted})"
+        f"{100 * difference:+.1f} pp ([{100 * ci_low:+.1f}, {100 * ci_high:+.1f}]; "
+        f"p = {p_value:.2g}{adjusted})"
+    )
+
+
+def _difference_cell(c: ContrastResult, holm: bool = False) -> str:
+    """A report comparison's cell (with `holm`, its Holm-adjusted p too)."""
+    d = c.comparison
+    return _difference_text(
+        d.difference, d.ci_low, d.ci_high, d.p_value, c.holm_p if holm else None
     )
 
 
@@ -86,6 +95,15 @@ def _table(condition: str) -> tuple[list[str], list[list[str]]]:
             break
         body.append(_cells(line))
     return _cells(lines[found[0]]), body
+
+
+def _rows_by_model(results: Results, rows: list[list[str]]) -> dict[str, list[str]]:
+    """A table's body rows keyed by the run's model names; one row for every model."""
+    by_model = {_key(m): m for m in results.models}
+    keyed = {by_model[_key(cells[0])]: cells for cells in rows}
+    assert len(keyed) == len(rows)
+    assert set(keyed) == set(results.models)
+    return keyed
 
 
 def _assert_pooled_accuracies(
@@ -152,7 +170,6 @@ def test_the_v2_table_is_the_committed_run(v2: tuple[Results, list[ContrastResul
     unit), and its last column is the pre-registered primary row, Holm-adjusted over the
     two models as the plan named."""
     results, comps = v2
-    models = {_key(m): m for m in results.models}
     header, rows = _table("memcollab-v2")
     conditions = header[1:5]
     assert conditions == results.conditions
@@ -160,13 +177,9 @@ def test_the_v2_table_is_the_committed_run(v2: tuple[Results, list[ContrastResul
     assert n == sum(results.planned_tasks.values()) == 500
     assert header[5].startswith(f"memcollab-v2 - vanilla, {n} tasks")
     primary = {r.model: r for r in primary_rows(results, comps) or []}
-    seen = set()
-    for cells in rows:
-        model = models[_key(cells[0])]
-        seen.add(model)
+    for model, cells in _rows_by_model(results, rows).items():
         _assert_pooled_accuracies(results, model, conditions, cells[1:5])
         assert cells[5] == _difference_cell(primary[model], holm=True), model
-    assert seen == set(results.models)
 
 
 def test_the_v2_text_quotes_the_committed_run(v2: tuple[Results, list[ContrastResult]]) -> None:
@@ -271,7 +284,6 @@ def test_the_online_table_is_the_committed_run(
     (Holm over the two models, as pre-registered) and the secondary online - v2-batch
     (secondary.json, written by benchmarks/online_replay.py compare)."""
     results, comps = online
-    models = {_key(m): m for m in results.models}
     header, rows = _table("online")
     conditions = header[1:4]
     assert conditions == results.conditions == ["vanilla", "online", "v2-batch"]
@@ -281,10 +293,7 @@ def test_the_online_table_is_the_committed_run(
     assert header[5].startswith("online - v2-batch")
     primary = {r.model: r for r in primary_rows(results, comps) or []}
     secondary = _secondary_rows()
-    seen = set()
-    for cells in rows:
-        model = models[_key(cells[0])]
-        seen.add(model)
+    for model, cells in _rows_by_model(results, rows).items():
         _assert_pooled_accuracies(results, model, conditions, cells[1:4])
         assert cells[4] == _difference_cell(primary[model], holm=True), model
         row = secondary[model]
@@ -294,12 +303,13 @@ def test_the_online_table_is_the_committed_run(
             report_row.only_baseline,
             report_row.only_condition,
         )
-        assert cells[5] == (
-            f"{100 * row['difference']:+.1f} pp ([{100 * row['ci_low']:+.1f}, "
-            f"{100 * row['ci_high']:+.1f}]; p = {row['p_value']:.2g}; "
-            f"{row['holm_p_across_models']:.2g})"
+        assert cells[5] == _difference_text(
+            row["difference"],
+            row["ci_low"],
+            row["ci_high"],
+            row["p_value"],
+            row["holm_p_across_models"],
         ), model
-    assert seen == set(results.models)
 
 
 def test_the_online_text_quotes_the_committed_run(
@@ -331,7 +341,7 @@ def test_the_online_text_quotes_the_committed_run(
         f"online - v2-batch, predicted negative or zero: "
         f"{100 * secondary[big]['difference']:+.1f} pp for the 1.5B model and "
         f"{100 * secondary[small]['difference']:+.1f} pp for the 0.5B"
-    ) in text.replace("−", "-")
+    ) in text
     batch = [_pooled(comps, m, "v2-batch").comparison for m in (big, small)]
     assert (
         f"v2-batch against vanilla on these tasks: {100 * batch[0].difference:+.1f} and "
